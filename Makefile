@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine (Python 3.10+ with venv):
+#   make run    - install into .venv, then run the whole pipeline on the built-in synthetic data
+#   make test   - install into .venv, then run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+PYTHON ?= python3
+
+.PHONY: setup run test lint clean
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/snakemake --cores $(CORES)
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/snakemake --lint
+
+clean:
+	rm -rf results/* logs benchmarks .snakemake data/synthetic

@@ -1,0 +1,274 @@
+"""Command line: every pipeline stage as a subcommand, usable without Snakemake.
+
+    python -m ichbench synth --out data/synthetic
+    python -m ichbench index --dicom-dir data/synthetic/dicom --out results/data
+    python -m ichbench preprocess --data results/data --out results/data/cache/shard-0
+    python -m ichbench split --shards results/data/cache/shard-0 --labels data/synthetic/cq500_labels.csv ...
+    python -m ichbench train --method AE --manifest results/splits/fold-0.csv --out results/models/AE/fold-0
+    python -m ichbench score --model results/models/AE/fold-0/model.pt --manifest results/splits/fold-0.csv ...
+    python -m ichbench table --scores results/scores/*/fold-*.csv --maps ... --out results/table1.csv
+    python -m ichbench figure --maps ... --cases results/splits/figure_cases.csv --out results/figure1.png
+    python -m ichbench methods            # the registered Table 1 rows
+
+`snakemake` runs exactly these commands (see workflow/rules/).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cmd_synth(a) -> None:
+    from .synthetic import SyntheticConfig, generate
+
+    params = json.loads(a.params) if a.params else {}
+    params.pop("out_dir", None)
+    if "n_slices" in params:
+        params["n_slices"] = tuple(params["n_slices"])
+    summary = generate(a.out, SyntheticConfig(**params), workers=a.workers)
+    logging.info("synthetic dataset written to %s: %s", a.out, summary)
+
+
+def cmd_index(a) -> None:
+    from .preprocess import build_index
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cand = build_index(a.dicom_dir, out / "index.csv", out / "series_candidates.csv", out / "rejected_index.csv",
+                       min_slices=a.min_slices, min_extent_mm=a.min_extent_mm, workers=a.workers)
+    logging.info("%d series of %d scans; %d selected", len(cand), cand["patient_id"].nunique(),
+                 int(cand["selected"].sum()))
+
+
+def cmd_preprocess(a) -> None:
+    from .preprocess import preprocess_shard
+    from .windowing import windows_from_config
+
+    data = Path(a.data)
+    table = preprocess_shard(data / "index.csv", data / "series_candidates.csv", a.out, shard=a.shard,
+                             n_shards=a.n_shards, windows=windows_from_config(json.loads(a.windows)),
+                             size=a.size, gt_dir=a.gt_dir or None, workers=a.workers)
+    logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
+                 int(table["n_slices"].sum()) if len(table) else 0)
+
+
+def cmd_split(a) -> None:
+    import pandas as pd
+
+    from . import dicomio, labels, splits
+
+    slices = splits.collect_slices(a.shards)
+    if a.slice_labels and Path(a.slice_labels).exists():
+        slices = splits.apply_slice_labels(slices, labels.read_slice_labels(a.slice_labels))
+    scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format)
+    cohort, problems = splits.build_cohort(slices, scan_labels)
+    rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
+    rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
+    for s, r in problems:
+        logging.warning("scan %s %s", s, r)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    Path(a.rejected_out).parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(rejected, ignore_index=True).to_csv(a.rejected_out, index=False)
+    if cohort.empty:
+        raise ValueError(f"no scan has both a usable series and a label; see {a.rejected_out}")
+    splits.cohort_summary(cohort, a.protocol).to_csv(a.cohort, index=False)
+    manifests = splits.make_manifests(cohort, a.protocol, a.n_folds, a.val_fraction, a.seed)
+    for k, m in enumerate(manifests):
+        m.to_csv(out / f"fold-{k}.csv", index=False)
+        logging.info("fold %d: %s", k, m.groupby(["part", "label"]).size().to_dict())
+    splits.choose_figure_cases(manifests, a.figure_cases, a.figure_seed).to_csv(out / "figure_cases.csv", index=False)
+
+
+def cmd_train(a) -> None:
+    from .train import train
+
+    rec = train(a.method, json.loads(a.params) if a.params else {}, a.manifest, a.out, device=a.device,
+                seed=a.seed, checkpoint_every=a.checkpoint_every, threads=a.threads, progress=not a.no_progress)
+    logging.info("done: %s", json.dumps({k: rec[k] for k in ("train_seconds", "slices_per_second", "device")}))
+
+
+def cmd_score(a) -> None:
+    from .score import score_fold
+
+    t = score_fold(a.model, a.manifest, a.out_csv, a.out_maps, figure_cases=a.figure_cases, device=a.device,
+                   batch_size=a.batch_size, threads=a.threads)
+    logging.info("scored %d slices", len(t))
+
+
+def cmd_table(a) -> None:
+    from .aggregate import read_maps, table1, table1_markdown
+
+    _, records = read_maps(a.maps)
+    methods = json.loads(a.methods)
+    table, long = table1(a.scores, records, methods, a.protocol, ddof=a.ddof)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    table.insert(1, "row", table["method"].map(display))
+    table.to_csv(a.out, index=False, float_format="%.4f")
+    long.to_csv(a.out_long, index=False, float_format="%.4f")
+    Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset))
+    print(table[["row", "AUC", "AP"]].to_string(index=False))
+
+
+def _method_cls(name):
+    from .methods import get_method
+
+    return get_method(name)
+
+
+def cmd_figure(a) -> None:
+    import pandas as pd
+
+    from .aggregate import figure1, read_maps
+
+    maps, _ = read_maps(a.maps)
+    cases = pd.read_csv(a.cases, dtype={"sop_uid": str, "patient_id": str})
+    figure1(cases, maps, json.loads(a.methods), a.out, percentile=a.percentile)
+
+
+def cmd_methods(a) -> None:
+    from .methods import REGISTRY, code_digest
+
+    for name, cls in REGISTRY.items():
+        print(f"{name:18s} {cls.group:16s} {code_digest(name)}  {cls.paper}")
+
+
+def cmd_params(a) -> None:
+    from . import config
+
+    cfg = config.load(a.config)
+    for m in cfg["methods"]:
+        print(m, config.params_json(cfg, m))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ichbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write the built-in synthetic head CT dataset")
+    s.add_argument("--out", required=True)
+    s.add_argument("--params", help="JSON of SyntheticConfig fields")
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("index", help="index a DICOM folder by headers and choose one series per scan")
+    s.add_argument("--dicom-dir", required=True)
+    s.add_argument("--out", required=True, help="folder for index.csv, series_candidates.csv, rejected_index.csv")
+    s.add_argument("--min-slices", type=int, default=8)
+    s.add_argument("--min-extent-mm", type=float, default=60.0)
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("preprocess", help="cache one shard of the chosen series as windowed NPZ")
+    s.add_argument("--data", required=True, help="folder written by `index`")
+    s.add_argument("--out", required=True)
+    s.add_argument("--shard", type=int, default=0)
+    s.add_argument("--n-shards", type=int, default=1)
+    s.add_argument("--windows", default=json.dumps([{"name": "brain", "level": 40, "width": 80},
+                                                    {"name": "subdural", "level": 75, "width": 215},
+                                                    {"name": "bone", "level": 600, "width": 2800}]))
+    s.add_argument("--size", type=int, default=128)
+    s.add_argument("--gt-dir")
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=cmd_preprocess)
+
+    s = sub.add_parser("split", help="cohort, patient-level fold manifests and Figure 1 cases")
+    s.add_argument("--shards", nargs="+", required=True)
+    s.add_argument("--label-source", default="ctfsh", choices=["ctfsh", "reads"])
+    s.add_argument("--labels")
+    s.add_argument("--reads")
+    s.add_argument("--scan-id-format", default="CQ500-CT-{n}")
+    s.add_argument("--slice-labels")
+    s.add_argument("--protocol", default="paper", choices=["paper", "slice"])
+    s.add_argument("--n-folds", type=int, default=5)
+    s.add_argument("--val-fraction", type=float, default=0.11)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--figure-cases", type=int, default=3)
+    s.add_argument("--figure-seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="folder for fold-K.csv and figure_cases.csv")
+    s.add_argument("--cohort", required=True)
+    s.add_argument("--rejected-in", nargs="*", default=[])
+    s.add_argument("--rejected-out", required=True)
+    s.set_defaults(func=cmd_split)
+
+    s = sub.add_parser("train", help="train one method on one fold")
+    s.add_argument("--method", required=True)
+    s.add_argument("--params", help="JSON of hyper-parameters")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint-every", type=int, default=1)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("score", help="score a fold's validation and test slices")
+    s.add_argument("--model", required=True)
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--figure-cases")
+    s.add_argument("--out-csv", required=True)
+    s.add_argument("--out-maps", required=True)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("table", help="Table 1 from score tables")
+    s.add_argument("--scores", nargs="+", required=True)
+    s.add_argument("--maps", nargs="+", required=True)
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--protocol", default="paper")
+    s.add_argument("--n-folds", type=int, default=5)
+    s.add_argument("--dataset", default="")
+    s.add_argument("--ddof", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.add_argument("--out-long", required=True)
+    s.add_argument("--out-md", required=True)
+    s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("figure", help="Figure 1 from the score rule's maps")
+    s.add_argument("--maps", nargs="+", required=True)
+    s.add_argument("--cases", required=True)
+    s.add_argument("--methods", required=True)
+    s.add_argument("--percentile", type=float, default=99.0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("methods", help="list the registered methods")
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("params", help="print each configured method's resolved hyper-parameters")
+    s.add_argument("--config", default="config.yaml")
+    s.set_defaults(func=cmd_params)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from .config import ConfigError
+    from .dicomio import DicomReadError
+    from .labels import LabelError
+
+    try:
+        args.func(args)
+    except (ConfigError, DicomReadError, LabelError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        print(f"ichbench {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

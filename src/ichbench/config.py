@@ -1,0 +1,82 @@
+"""Reading the experiment configuration and resolving each method's hyper-parameters.
+
+A method's hyper-parameters are, from weakest to strongest:
+    the method's code defaults (the paper's / reference's values)
+    < recipes[recipe]["all"] < recipes[recipe][method] < methods[method] in config.yaml.
+So `recipe: paper` or `recipe: demo` switches the training recipe of every row at once, and a key
+under `methods:` always wins.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _fill_defaults(schema: dict, instance: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(sub, instance[key])
+
+
+def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Validate against the JSON schema and fill in defaults (as snakemake.utils.validate does)."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    cfg = copy.deepcopy(config)
+    _fill_defaults(schema, cfg)
+    try:
+        jsonschema.validate(cfg, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ConfigError(f"config error at {where}: {exc.message}") from None
+    check_methods(cfg)
+    return cfg
+
+
+def load(path: str | Path) -> dict:
+    return validate(yaml.safe_load(Path(path).read_text()) or {})
+
+
+def check_methods(cfg: dict) -> None:
+    from .methods import REGISTRY
+
+    unknown = [m for m in cfg.get("methods", {}) if m not in REGISTRY]
+    if unknown:
+        raise ConfigError(f"config: unknown method(s) {unknown}; registered methods: {', '.join(REGISTRY)}")
+    recipe = cfg.get("recipe")
+    if recipe not in cfg.get("recipes", {}):
+        raise ConfigError(f"config: recipe {recipe!r} is not defined under recipes ({', '.join(cfg.get('recipes', {}))})")
+
+
+def method_params(cfg: dict, method: str) -> dict[str, Any]:
+    """The resolved hyper-parameters of one method (only keys that differ from nothing: all of them)."""
+    from .methods import get_method
+
+    cls = get_method(method)
+    recipe = cfg["recipes"][cfg["recipe"]]
+    merged = dict(cls.full_defaults())
+    for layer in (recipe.get("all", {}), recipe.get(method, {}), (cfg["methods"].get(method) or {})):
+        for k, v in layer.items():
+            if k not in merged:
+                raise ConfigError(f"config: {method} has no hyper-parameter {k!r}; known: {sorted(merged)}")
+            merged[k] = v
+    return merged
+
+
+def params_json(cfg: dict, method: str) -> str:
+    """Canonical JSON of a method's parameters (sorted keys): the Snakemake param that triggers reruns."""
+    return json.dumps(method_params(cfg, method), sort_keys=True)

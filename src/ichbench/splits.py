@@ -1,0 +1,160 @@
+"""Cohort and patient-level folds.
+
+Fold k: test = the k-th of `n_folds` stratified patient groups; validation = about `val_fraction`
+of all patients, drawn stratified from the rest; training = the remaining *normal* patients only.
+A patient is in exactly one test fold and never in two parts of one fold.
+
+Label protocols:
+- `paper`: every slice takes its scan's label (pathological scan -> every slice anomalous);
+- `slice`: a slice is anomalous where slice ground truth (masks, slice label file, BHX boxes) marks
+  hemorrhage; slices of normal scans are normal; anomalous scans without slice truth are left out
+  of validation and test.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+MANIFEST_COLUMNS = ["fold", "part", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
+                    "npz", "scan_label", "slice_truth", "label"]
+
+
+def collect_slices(shard_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
+    """One row per cached slice: IDs, the NPZ path and the slice ground truth where known (-1 = unknown)."""
+    rows = []
+    for d in shard_dirs:
+        d = Path(d)
+        table = pd.read_csv(d / "series.csv", dtype={"patient_id": str, "series_uid": str, "study_uid": str})
+        for _, s in table.iterrows():
+            path = d / s["npz"]
+            with np.load(path, allow_pickle=False) as z:
+                sops = z["sop_uids"].astype(str)
+                truth = z["gt_mask"].any(axis=(1, 2)).astype(int) if bool(z["has_gt"]) else np.full(len(sops), -1)
+            rows.append(pd.DataFrame({
+                "patient_id": s["patient_id"], "study_uid": s["study_uid"], "series_uid": s["series_uid"],
+                "sop_uid": sops, "slice_index": np.arange(len(sops)), "npz": str(path), "slice_truth": truth,
+            }))
+    if not rows:
+        return pd.DataFrame(columns=["patient_id", "study_uid", "series_uid", "sop_uid", "slice_index", "npz", "slice_truth"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def apply_slice_labels(slices: pd.DataFrame, slice_labels: pd.DataFrame | None) -> pd.DataFrame:
+    """Merge an external slice label table (sop_uid, hemorrhage) into slice_truth."""
+    if slice_labels is None or slice_labels.empty:
+        return slices
+    known = dict(zip(slice_labels["sop_uid"].astype(str), slice_labels["hemorrhage"].astype(int)))
+    ext = slices["sop_uid"].map(known)
+    out = slices.copy()
+    out["slice_truth"] = np.where(ext.notna(), ext.fillna(-1).astype(int), out["slice_truth"])
+    return out
+
+
+def build_cohort(slices: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep scans that have both cached slices and a label. Returns (slices with scan_label, problems)."""
+    have = set(slices["patient_id"])
+    labelled = dict(zip(labels["scan_id"], labels["label"]))
+    problems = [(s, "listed in the label file but no usable series was found") for s in sorted(set(labelled) - have)]
+    problems += [(s, "has a usable series but no label in the label file (left out)") for s in sorted(have - set(labelled))]
+    out = slices[slices["patient_id"].isin(labelled)].copy()
+    out["scan_label"] = out["patient_id"].map(labelled).astype(int)
+    return out, problems
+
+
+def slice_label(cohort: pd.DataFrame, protocol: str) -> pd.Series:
+    if protocol == "paper":
+        return cohort["scan_label"].astype(float)
+    if protocol == "slice":
+        lab = np.where(cohort["scan_label"] == 0, 0.0,
+                       np.where(cohort["slice_truth"] >= 0, cohort["slice_truth"].astype(float), np.nan))
+        return pd.Series(lab, index=cohort.index)
+    raise ValueError(f"unknown label protocol {protocol!r} (paper or slice)")
+
+
+def assign_folds(patients: pd.DataFrame, n_folds: int, val_fraction: float, seed: int) -> pd.DataFrame:
+    """patients(patient_id, scan_label) -> one row per (fold, patient) with part train/val/test."""
+    counts = patients["scan_label"].value_counts()
+    for cls in (0, 1):
+        if counts.get(cls, 0) < n_folds:
+            raise ValueError(f"{n_folds} stratified folds need at least {n_folds} patients of each class; "
+                             f"the cohort has {counts.get(0, 0)} normal and {counts.get(1, 0)} pathological")
+    p = patients.sort_values("patient_id").reset_index(drop=True)
+    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fold, (rest_idx, test_idx) in enumerate(skf.split(p["patient_id"], p["scan_label"])):
+        rest = p.iloc[rest_idx]
+        val_ids = []
+        for cls in (0, 1):
+            pool = rest[rest["scan_label"] == cls]["patient_id"].to_numpy()
+            k = int(round(val_fraction * (p["scan_label"] == cls).sum()))
+            k = min(max(k, 1 if val_fraction > 0 else 0), max(len(pool) - (1 if cls == 0 else 0), 0))
+            val_ids.extend(rng.permutation(pool)[:k])
+        val_ids = set(val_ids)
+        for pid in p.iloc[test_idx]["patient_id"]:
+            rows.append((fold, pid, "test"))
+        for pid, lab in zip(rest["patient_id"], rest["scan_label"]):
+            if pid in val_ids:
+                rows.append((fold, pid, "val"))
+            elif lab == 0:
+                rows.append((fold, pid, "train"))
+            # pathological patients outside test and validation are not used for training
+    return pd.DataFrame(rows, columns=["fold", "patient_id", "part"])
+
+
+def make_manifests(cohort: pd.DataFrame, protocol: str, n_folds: int, val_fraction: float,
+                   seed: int) -> list[pd.DataFrame]:
+    """Per-fold manifests (MANIFEST_COLUMNS). Training slices are all normal."""
+    cohort = cohort.copy()
+    cohort["label"] = slice_label(cohort, protocol)
+    patients = cohort.groupby("patient_id", as_index=False)["scan_label"].first()
+    parts = assign_folds(patients, n_folds, val_fraction, seed)
+    manifests = []
+    for fold in range(n_folds):
+        m = cohort.merge(parts[parts["fold"] == fold], on="patient_id", how="inner")
+        m = m[(m["part"] == "train") | m["label"].notna()]
+        m = m.sort_values(["part", "patient_id", "series_uid", "slice_index"]).reset_index(drop=True)
+        manifests.append(m[MANIFEST_COLUMNS].astype({"label": int}))
+    return manifests
+
+
+def choose_figure_cases(manifests: Sequence[pd.DataFrame], n_cases: int, seed: int) -> pd.DataFrame:
+    """Reproducible ICH slices for Figure 1: one slice per pathological test patient, the slice with the
+    largest ground-truth hemorrhage where masks exist (else the middle slice); patients drawn by seed."""
+    tests = pd.concat([m[m["part"] == "test"] for m in manifests], ignore_index=True)
+    tests = tests[tests["scan_label"] == 1]
+    if tests.empty:
+        return pd.DataFrame(columns=MANIFEST_COLUMNS + ["gt_pixels"])
+    picks = []
+    for (pid, suid), g in tests.groupby(["patient_id", "series_uid"], sort=True):
+        with np.load(g["npz"].iloc[0], allow_pickle=False) as z:
+            area = z["gt_mask"].sum(axis=(1, 2)) if bool(z["has_gt"]) else None
+        if area is not None and area[g["slice_index"].to_numpy()].max() > 0:
+            best = g.iloc[int(np.argmax(area[g["slice_index"].to_numpy()]))]
+            picks.append({**best.to_dict(), "gt_pixels": int(area[best["slice_index"]])})
+        else:
+            best = g.iloc[len(g) // 2]
+            picks.append({**best.to_dict(), "gt_pixels": -1})
+    picks = pd.DataFrame(picks)
+    # prefer patients with visible ground truth, then draw by seed
+    rng = np.random.default_rng(seed)
+    picks["_r"] = rng.permutation(len(picks))
+    picks["_has"] = picks["gt_pixels"] > 0
+    picks = picks.sort_values(["_has", "_r"], ascending=[False, True]).head(n_cases)
+    return picks.drop(columns=["_r", "_has"]).reset_index(drop=True)
+
+
+def cohort_summary(cohort: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    lab = slice_label(cohort, protocol)
+    rows = []
+    for name, sel in (("normal", cohort["scan_label"] == 0), ("pathological", cohort["scan_label"] == 1)):
+        rows.append({"scan_class": name, "patients": cohort.loc[sel, "patient_id"].nunique(),
+                     "slices": int(sel.sum()), "slices_normal": int((lab[sel] == 0).sum()),
+                     "slices_anomalous": int((lab[sel] == 1).sum()),
+                     "slices_unlabelled": int(lab[sel].isna().sum()), "protocol": protocol})
+    return pd.DataFrame(rows)

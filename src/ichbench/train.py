@@ -1,0 +1,165 @@
+"""The shared training loop: one method on one fold's normal training slices.
+
+    ichbench train --method AE --manifest results/splits/fold-0.csv --out results/models/AE/fold-0
+
+Writes `model.pt` (weights, hyper-parameters, run record), `history.csv` (loss per epoch) and, while
+running, `checkpoint.pt` every `checkpoint_every` epochs; a rerun after a kill resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .data import DeviceBatches, load_slices, read_manifest
+from .methods import code_digest, get_method
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA where present, else CPU. `cpu`, `cuda`, `cuda:1`, `mps` force one."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} was asked for but CUDA is not available on this machine")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_method(name: str, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
+    cls = get_method(name)
+    return cls(params, in_channels=in_channels, image_size=image_size, device=device)
+
+
+def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+          device: str = "auto", seed: int = 0, checkpoint_every: int = 1, threads: int | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train one method on the `train` part of a fold manifest; returns the run record."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    gen = seed_everything(seed)
+    rows = read_manifest(manifest)
+    train_rows = rows[rows["part"] == "train"]
+    if train_rows.empty:
+        raise ValueError(f"{manifest}: the fold has no training slices")
+    if (train_rows["label"] != 0).any():
+        raise ValueError(f"{manifest}: training slices must all be normal")
+    cls = get_method(method_name)
+    data = load_slices(train_rows)
+    n, c, s, _ = data.images.shape
+    method = build_method(method_name, params, c, s, dev)
+    batches = DeviceBatches(data, dev, mask_keys=cls.needs)
+    p = method.params
+    epochs, bs = int(p["epochs"]), int(p["batch_size"])
+    drop_last = n > bs
+    steps_per_epoch = n // bs if drop_last else 1
+    method.configure_schedulers(steps_per_epoch, epochs)
+
+    ckpt_path = out_dir / "checkpoint.pt"
+    history: list[dict[str, Any]] = []
+    start_epoch, resumed_from = 0, None
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        if ckpt.get("method") == method_name and ckpt.get("params") == p:
+            method.load_state_dict(ckpt["state"])
+            start_epoch, resumed_from = ckpt["epoch"], ckpt["epoch"]
+            history = ckpt["history"]
+            gen.set_state(ckpt["generator"])
+            torch.set_rng_state(ckpt["torch_rng"])
+            if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+            log.info("resuming %s from the checkpoint after epoch %d", method_name, start_epoch)
+        else:
+            log.warning("ignoring %s: it belongs to other settings", ckpt_path)
+
+    log.info("training %s on %d slices (%dx%dx%d) on %s: %d epochs, batch %d", method_name, n, c, s, s, dev,
+             epochs, bs)
+    t0 = time.perf_counter()
+    seen = 0
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, epochs):
+        te = time.perf_counter()
+        sums: dict[str, float] = {}
+        count = 0
+        bar = tqdm(batches.epoch(bs, gen, drop_last=drop_last), total=steps_per_epoch, file=sys.stderr,
+                   desc=f"{method_name} epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=5)
+        for batch in bar:
+            logs = method.training_step(batch, step)
+            step += 1
+            count += 1
+            seen += batch["x"].shape[0]
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+        bar.close()
+        record = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
+                  "seconds": round(time.perf_counter() - te, 3)}
+        if not all(np.isfinite(v) for v in record.values()):
+            raise FloatingPointError(f"{method_name}: non-finite loss at epoch {epoch + 1}: {record}")
+        history.append(record)
+        log.info("epoch %d/%d %s", epoch + 1, epochs,
+                 " ".join(f"{k}={v:.5g}" for k, v in record.items() if k != "epoch"))
+        pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+        if checkpoint_every and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < epochs:
+            _atomic_save({"method": method_name, "params": p, "epoch": epoch + 1, "state": method.state_dict(),
+                          "history": history, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                          "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None}, ckpt_path)
+
+    method.fit_end(lambda: batches.epoch(bs, shuffle=False))
+    elapsed = time.perf_counter() - t0
+    record = {
+        "method": method_name, "group": cls.group, "params": p, "code_digest": code_digest(method_name),
+        "epochs": epochs, "train_slices": n, "image_shape": [c, s, s], "device": str(dev),
+        "torch": torch.__version__, "python": platform.python_version(), "seed": seed,
+        "resumed_from_epoch": resumed_from, "train_seconds": round(elapsed, 2),
+        "slices_per_second": round(seen / elapsed, 1) if elapsed > 0 else None,
+        "notes": method.notes,
+    }
+    _atomic_save({"record": record, "state": method.state_dict()}, out_dir / "model.pt")
+    (out_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
+    pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+    return record
+
+
+def load_trained(model_path: str | os.PathLike, device: str = "auto"):
+    """-> (method ready for scoring, run record)."""
+    dev = resolve_device(device)
+    blob = torch.load(model_path, map_location=dev, weights_only=False)
+    rec = blob["record"]
+    c, s, _ = rec["image_shape"]
+    method = build_method(rec["method"], rec["params"], c, s, dev)
+    method.load_state_dict(blob["state"], with_optimizers=False)
+    method.model.eval()
+    return method, rec

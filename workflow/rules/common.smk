@@ -1,0 +1,107 @@
+# Helpers shared by the workflow stages (targets, input functions, params).
+import json
+import os
+import re
+import sys
+
+# The rules run the package as `{PYTHON} -m ichbench`, importable from src/ without installation.
+# PYTHON is the interpreter running Snakemake, or the conda environment's under `--sdm conda`.
+SRC = os.path.join(workflow.basedir, "src")
+sys.path.insert(0, SRC)
+
+from ichbench import config as ichconfig  # noqa: E402
+from ichbench.methods import code_digest  # noqa: E402
+
+ichconfig.check_methods(config)
+
+METHODS = list(config["methods"])
+FOLDS = list(range(config["splits"]["n_folds"]))
+SHARDS = list(range(config["preprocess"]["shards"]))
+SYNTHETIC = config["dataset"]["source"] == "synthetic"
+DATASET = config["dataset"]
+
+METHOD_PATTERN = "|".join(re.escape(m) for m in METHODS)
+
+
+def synthetic_params():
+    return json.dumps({k: v for k, v in config["synthetic"].items() if k != "out_dir"}, sort_keys=True)
+
+
+def dicom_dir():
+    """The synthetic generator's output (so that the rule runs first) or the user's folder."""
+    if SYNTHETIC:
+        return os.path.join(config["synthetic"]["out_dir"], "dicom")
+    return DATASET["dicom_dir"]
+
+
+def gt_masks_dir():
+    return DATASET.get("gt_masks_dir") or ""
+
+
+def preprocess_inputs(wildcards):
+    inputs = {"index": "results/data/index.csv", "series": "results/data/series_candidates.csv"}
+    if gt_masks_dir() and (SYNTHETIC or os.path.isdir(gt_masks_dir())):
+        inputs["gt"] = gt_masks_dir()
+    return inputs
+
+
+def label_inputs(wildcards):
+    """Label files the split rule reads; missing optional ones are simply not inputs."""
+    inputs = {}
+    key = "labels" if DATASET["label_source"] == "ctfsh" else "reads"
+    inputs["scan_labels"] = DATASET[key]
+    if DATASET.get("slice_labels") and (SYNTHETIC or os.path.exists(DATASET["slice_labels"])):
+        inputs["slice_labels"] = DATASET["slice_labels"]
+    return inputs
+
+
+def windows_json():
+    return json.dumps(config["preprocess"]["windows"], sort_keys=True)
+
+
+def method_params(wildcards):
+    return ichconfig.params_json(config, wildcards.method)
+
+
+def method_digest(wildcards):
+    return code_digest(wildcards.method)
+
+
+def score_files(kind):
+    ext = {"scores": "csv", "maps": "maps.npz"}[kind]
+    return expand("results/scores/{method}/fold-{fold}.{ext}", method=METHODS, fold=FOLDS, ext=ext)
+
+
+def train_mem_mb(wildcards, attempt):
+    return 8000 * attempt
+
+
+def uses_conda():
+    try:
+        return any("conda" in str(m).lower() for m in workflow.deployment_settings.deployment_method)
+    except AttributeError:
+        return False
+
+
+PYTHON = "python" if uses_conda() else sys.executable
+# Every shell command runs `ichbench ...`: this interpreter with the package from src/.
+shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ichbench() {{{{ {PYTHON} -m ichbench \"$@\"; }}}}; ")
+
+# `--sdm conda`: one environment for every rule. PyPI's CUDA build of PyTorch also runs on CPU-only
+# machines; envs/ichbench-cpu.yaml is the smaller CPU-only alternative (copy it over this one).
+CONDA_ENV = "../../envs/ichbench-cuda.yaml"
+
+
+def output_dir(wildcards, output):
+    """The folder of a rule's first output (a param that follows the output path)."""
+    return os.path.dirname(output[0])
+
+
+def data_dir(wildcards, input):
+    """The folder the index rule writes (beside its index.csv)."""
+    return os.path.dirname(input.index)
+
+
+def scan_id_format(wildcards):
+    """A function, so that the "{n}" in the format is not taken for a wildcard."""
+    return DATASET["scan_id_format"]

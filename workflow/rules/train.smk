@@ -1,0 +1,31 @@
+# One training job per method x fold (GPU-tagged for clusters).
+
+
+rule train:
+    input:
+        manifest="results/splits/fold-{fold}.csv",
+    output:
+        model="results/models/{method}/fold-{fold}/model.pt",
+        history="results/models/{method}/fold-{fold}/history.csv",
+    params:
+        hyper=method_params,
+        code=method_digest,
+        device=config["train"]["device"],
+        seed=config["train"]["seed"],
+        checkpoint_every=config["train"]["checkpoint_every"],
+        out=output_dir,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/train/{method}/fold-{fold}.log",
+    benchmark:
+        "benchmarks/train/{method}/fold-{fold}.tsv"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=train_mem_mb,
+        runtime=720,
+    shell:
+        "ichbench train --method {wildcards.method} --params '{params.hyper}' "
+        "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
+        "--checkpoint-every {params.checkpoint_every} --threads {threads} > {log} 2>&1"
