@@ -14,18 +14,28 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 GROUP_ORDER = {"reconstruction": 0, "self-supervised": 1}
 
 
-def fold_metrics(scores: pd.DataFrame) -> pd.DataFrame:
-    """Long format: one row per (method, fold, part, metric). AUC/AP are NaN where a part has one class."""
+def _metric_rows(g: pd.DataFrame, y: np.ndarray, protocol: str) -> list[dict]:
+    s = g["score"].to_numpy(float)
+    both = len(np.unique(y)) == 2
+    base = {"protocol": protocol, "n_slices": len(y), "n_anomalous": int(y.sum())}
+    return [{"metric": "AUC", "value": 100 * roc_auc_score(y, s) if both else np.nan, **base},
+            {"metric": "AP", "value": 100 * average_precision_score(y, s) if both else np.nan, **base}]
+
+
+def fold_metrics(scores: pd.DataFrame, protocol: str) -> pd.DataFrame:
+    """Long format: one row per (method, fold, part, protocol, metric); NaN where a part has one class.
+
+    Besides the configured protocol (the `label` column), the slice-level protocol is scored too
+    wherever slice ground truth exists for the anomalous scans (normal scans: every slice normal;
+    anomalous scans: slices with known truth only)."""
     rows = []
     for (method, fold, part), g in scores.groupby(["method", "fold", "part"], sort=True):
-        y, s = g["label"].to_numpy(int), g["score"].to_numpy(float)
-        both = len(np.unique(y)) == 2
-        rows.append({"method": method, "fold": fold, "part": part, "metric": "AUC",
-                     "value": 100 * roc_auc_score(y, s) if both else np.nan, "n_slices": len(g),
-                     "n_anomalous": int(y.sum())})
-        rows.append({"method": method, "fold": fold, "part": part, "metric": "AP",
-                     "value": 100 * average_precision_score(y, s) if both else np.nan, "n_slices": len(g),
-                     "n_anomalous": int(y.sum())})
+        keys = {"method": method, "fold": fold, "part": part}
+        rows += [{**keys, **r} for r in _metric_rows(g, g["label"].to_numpy(int), protocol)]
+        if protocol != "slice" and "slice_truth" in g and ((g["scan_label"] == 1) & (g["slice_truth"] >= 0)).any():
+            known = g[(g["scan_label"] == 0) | (g["slice_truth"] >= 0)]
+            y = np.where(known["scan_label"] == 0, 0, known["slice_truth"]).astype(int)
+            rows += [{**keys, **r} for r in _metric_rows(known, y, "slice")]
     return pd.DataFrame(rows)
 
 
@@ -33,12 +43,22 @@ def _fmt(mean: float, std: float) -> str:
     return "n/a" if not np.isfinite(mean) else f"{mean:.1f} +- {std:.1f}"
 
 
+def _summary(values: np.ndarray, ddof: int) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return np.nan, np.nan
+    return float(values.mean()), float(values.std(ddof=ddof)) if len(values) > ddof else np.nan
+
+
 def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Sequence[str],
            protocol: str, ddof: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """-> (table in the paper's shape, per-fold long table). Std over folds with `ddof` (0: population)."""
+    """-> (table in the paper's shape, per-fold long table). Std over folds with `ddof` (0: population).
+
+    AUC / AP follow the configured protocol; AUC_slice / AP_slice the slice-level protocol where
+    slice ground truth exists (else n/a)."""
     scores = pd.concat([pd.read_csv(p, dtype={"sop_uid": str, "patient_id": str}) for p in score_csvs],
                        ignore_index=True)
-    long = fold_metrics(scores)
+    long = fold_metrics(scores, protocol)
     long.insert(1, "group", long["method"].map(lambda m: records.get(m, {}).get("group", "")))
     test = long[long["part"] == "test"]
     rows = []
@@ -46,18 +66,19 @@ def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Se
         t = test[test["method"] == method]
         if t.empty:
             continue
-        auc = t[t["metric"] == "AUC"]["value"].dropna().to_numpy()
-        ap = t[t["metric"] == "AP"]["value"].dropna().to_numpy()
         rec = records.get(method, {})
-        row = {"method": method, "group": rec.get("group", ""),
-               "AUC": _fmt(auc.mean() if len(auc) else np.nan, auc.std(ddof=ddof) if len(auc) > ddof else 0.0),
-               "AP": _fmt(ap.mean() if len(ap) else np.nan, ap.std(ddof=ddof) if len(ap) > ddof else 0.0),
-               "auc_mean": auc.mean() if len(auc) else np.nan,
-               "auc_std": auc.std(ddof=ddof) if len(auc) > ddof else np.nan,
-               "ap_mean": ap.mean() if len(ap) else np.nan,
-               "ap_std": ap.std(ddof=ddof) if len(ap) > ddof else np.nan,
-               "folds": len(auc), "protocol": protocol, "epochs": rec.get("epochs"),
-               "notes": "; ".join(rec.get("notes", []))}
+        row = {"method": method, "group": rec.get("group", "")}
+        for suffix, prot in (("", protocol), ("_slice", "slice")):
+            tp = t[t["protocol"] == prot]
+            if suffix and prot == protocol:
+                tp = tp.iloc[0:0]
+            for metric in ("AUC", "AP"):
+                mean, std = _summary(tp[tp["metric"] == metric]["value"].to_numpy(float), ddof)
+                row[metric + suffix] = _fmt(mean, std if np.isfinite(std) else 0.0)
+                row[f"{metric.lower()}{suffix}_mean"] = mean
+                row[f"{metric.lower()}{suffix}_std"] = std
+        row.update({"folds": int(t[(t["protocol"] == protocol) & (t["metric"] == "AUC")]["value"].notna().sum()),
+                    "protocol": protocol, "epochs": rec.get("epochs"), "notes": "; ".join(rec.get("notes", []))})
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -68,12 +89,18 @@ def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Se
 
 
 def table1_markdown(table: pd.DataFrame, protocol: str, n_folds: int, dataset: str) -> str:
+    slice_cols = protocol != "slice" and "AUC_slice" in table and (table["AUC_slice"] != "n/a").any()
     lines = [f"# Table 1: slice-level ICH detection ({dataset})", "",
              f"AUC and AP in %, mean +- std over {n_folds} patient-level folds (test parts); "
-             f"label protocol: `{protocol}`.", "",
-             "| group | method | AUC | AP | notes |", "|---|---|---|---|---|"]
+             f"label protocol: `{protocol}`."]
+    if slice_cols:
+        lines.append("AUC / AP (slice): the same scores against slice-level ground truth "
+                     "(anomalous only where hemorrhage is on the slice).")
+    head = "| group | method | AUC | AP |" + (" AUC (slice) | AP (slice) |" if slice_cols else "") + " notes |"
+    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for _, r in table.iterrows():
-        lines.append(f"| {r['group']} | {r['method']} | {r['AUC']} | {r['AP']} | {r['notes'] or ''} |")
+        extra = f" {r['AUC_slice']} | {r['AP_slice']} |" if slice_cols else ""
+        lines.append(f"| {r['group']} | {r['method']} | {r['AUC']} | {r['AP']} |{extra} {r['notes'] or ''} |")
     return "\n".join(lines) + "\n"
 
 

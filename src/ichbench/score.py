@@ -16,7 +16,8 @@ import torch
 from .data import DeviceBatches, load_slices, read_manifest
 from .train import load_trained
 
-SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid", "slice_index", "label", "score"]
+SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid", "slice_index", "scan_label",
+                 "slice_truth", "label", "score"]
 
 
 def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, device: str = "auto",
