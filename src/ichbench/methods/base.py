@@ -57,10 +57,10 @@ class Method:
         self.in_channels = in_channels
         self.image_size = image_size
         self.device = device
+        self.notes: list[str] = []           # remarks that Table 1 must carry (e.g. random VGG weights)
         self.model: nn.Module = self.build().to(device)
         self.optimizers: list[torch.optim.Optimizer] = self.configure_optimizers()
         self.schedulers: list[Any] = []
-        self.notes: list[str] = []           # remarks that Table 1 must carry (e.g. random VGG weights)
 
     # -- hyper-parameters shared by every row (training recipe) ------------------------------
     @classmethod
