@@ -2,7 +2,8 @@
 #
 #   snakemake --cores 2                              # the built-in synthetic default (config.yaml)
 #   snakemake --cores 8 --configfile my-cq500.yaml   # your data: see README "Run on CQ500"
-#   snakemake --profile profiles/slurm               # a SLURM cluster
+#   snakemake --workflow-profile profiles/slurm      # a SLURM cluster (README: "Run on a cluster")
+#   snakemake --report results/report.html          # after a run: Table 1, Figure 1, runtimes, config
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,6 +13,9 @@ configfile: "config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
@@ -32,6 +36,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        table="results/table1.csv",
-        table_md="results/table1.md",
-        figure="results/figure1.png",
+        final_targets(),
+        runtimes="results/runtimes.csv",

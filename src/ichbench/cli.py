@@ -42,10 +42,20 @@ def cmd_index(a) -> None:
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    cand = build_index(a.dicom_dir, out / "index.csv", out / "series_candidates.csv", out / "rejected_index.csv",
-                       min_slices=a.min_slices, min_extent_mm=a.min_extent_mm, workers=a.workers)
-    logging.info("%d series of %d scans; %d selected", len(cand), cand["patient_id"].nunique(),
-                 int(cand["selected"].sum()))
+    if a.nifti_dir:
+        from .nifti import build_index as build_nifti_index
+
+        cand = build_nifti_index(a.nifti_dir, out / "index.csv", out / "series_candidates.csv",
+                                 out / "rejected_index.csv", masks_dir=a.nifti_masks_dir or None,
+                                 min_slices=a.min_slices)
+    else:
+        cand = build_index(a.dicom_dir, out / "index.csv", out / "series_candidates.csv", out / "rejected_index.csv",
+                           min_slices=a.min_slices, min_extent_mm=a.min_extent_mm, workers=a.workers,
+                           series_override=a.series_override or None,
+                           bone_patterns=json.loads(a.bone_patterns) if a.bone_patterns else (),
+                           axial_tolerance_deg=a.axial_tolerance_deg)
+    logging.info("%d series of %d scans; %d selected (see %s)", len(cand), cand["patient_id"].nunique(),
+                 int(cand["selected"].sum()), out / "series_selected.csv")
 
 
 def cmd_preprocess(a) -> None:
@@ -55,7 +65,8 @@ def cmd_preprocess(a) -> None:
     data = Path(a.data)
     table = preprocess_shard(data / "index.csv", data / "series_candidates.csv", a.out, shard=a.shard,
                              n_shards=a.n_shards, windows=windows_from_config(json.loads(a.windows)),
-                             size=a.size, gt_dir=a.gt_dir or None, workers=a.workers)
+                             size=a.size, gt_dir=a.gt_dir or None, workers=a.workers,
+                             boxes=[b for b in (a.boxes or []) if b] or None)
     logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
                  int(table["n_slices"].sum()) if len(table) else 0)
 
@@ -63,12 +74,13 @@ def cmd_preprocess(a) -> None:
 def cmd_split(a) -> None:
     import pandas as pd
 
-    from . import dicomio, labels, splits
+    from . import bhx, dicomio, labels, splits
 
     slices = splits.collect_slices(a.shards)
     if a.slice_labels and Path(a.slice_labels).exists():
         slices = splits.apply_slice_labels(slices, labels.read_slice_labels(a.slice_labels))
-    scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format)
+    scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format,
+                                     table=a.labels, slices=slices, keep_undecided=True)
     cohort, problems = splits.build_cohort(slices, scan_labels)
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
     rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
@@ -78,9 +90,19 @@ def cmd_split(a) -> None:
     out.mkdir(parents=True, exist_ok=True)
     Path(a.rejected_out).parent.mkdir(parents=True, exist_ok=True)
     pd.concat(rejected, ignore_index=True).to_csv(a.rejected_out, index=False)
+    boxes = bhx.read_bhx([b for b in (a.boxes or []) if b])
+    if a.boxes_out:
+        matched = bhx.match_boxes(cohort if not cohort.empty else slices, boxes)
+        matched.to_csv(a.boxes_out, index=False)
+        if len(boxes):
+            logging.info("BHX: %d boxes read, %d lie on cached cohort slices (%d slices, %d series)", len(boxes),
+                         len(matched), matched["sop_uid"].nunique(), matched["series_uid"].nunique())
     if cohort.empty:
         raise ValueError(f"no scan has both a usable series and a label; see {a.rejected_out}")
-    splits.cohort_summary(cohort, a.protocol).to_csv(a.cohort, index=False)
+    summary = splits.cohort_summary(cohort, a.protocol, a.label_source)
+    summary.to_csv(a.cohort, index=False)
+    logging.info("cohort (%s labels, %s protocol):\n%s", a.label_source, a.protocol,
+                 summary.drop(columns=["protocol", "label_source"]).to_string(index=False))
     manifests = splits.make_manifests(cohort, a.protocol, a.n_folds, a.val_fraction, a.seed)
     for k, m in enumerate(manifests):
         m.to_csv(out / f"fold-{k}.csv", index=False)
@@ -134,6 +156,21 @@ def cmd_figure(a) -> None:
     figure1(cases, maps, json.loads(a.methods), a.out, percentile=a.percentile)
 
 
+def cmd_anomaly_figure(a) -> None:
+    import numpy as np
+
+    from .anomaly_figure import plot_synthetic_anomalies
+    from .data import load_slices, read_manifest
+
+    rows = read_manifest(a.manifest)
+    data = load_slices(rows[rows["part"] == "train"])
+    brain = data.masks["brain_mask"].reshape(len(data), -1).sum(1)
+    order = np.argsort(-brain, kind="stable")           # slices with the most brain, not neighbours
+    pick = np.sort(order[:: max(1, len(order) // (4 * a.n))][: a.n])
+    plot_synthetic_anomalies(data.images[pick], data.masks["head_mask"][pick], data.masks["brain_mask"][pick],
+                             a.out, seed=a.seed)
+
+
 def cmd_methods(a) -> None:
     from .methods import REGISTRY, code_digest
 
@@ -160,11 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("index", help="index a DICOM folder by headers and choose one series per scan")
-    s.add_argument("--dicom-dir", required=True)
-    s.add_argument("--out", required=True, help="folder for index.csv, series_candidates.csv, rejected_index.csv")
+    s = sub.add_parser("index", help="index a DICOM (or NIfTI) folder by headers and choose one series per scan")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dicom-dir")
+    src.add_argument("--nifti-dir", help="folder of .nii/.nii.gz CT volumes in HU (one per scan) instead of DICOM")
+    s.add_argument("--nifti-masks-dir", help="folder of same-shape hemorrhage masks for --nifti-dir")
+    s.add_argument("--out", required=True,
+                   help="folder for index.csv, series_candidates.csv, series_selected.csv, rejected_index.csv")
     s.add_argument("--min-slices", type=int, default=8)
     s.add_argument("--min-extent-mm", type=float, default=60.0)
+    s.add_argument("--series-override", help="CSV patient_id,series_uid replacing the automatic series choice")
+    s.add_argument("--bone-patterns", help="JSON list of extra regular expressions marking bone-kernel series")
+    s.add_argument("--axial-tolerance-deg", type=float, default=30.0)
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_index)
 
@@ -178,12 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                     {"name": "bone", "level": 600, "width": 2800}]))
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--gt-dir")
+    s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s), rasterised into gt_mask")
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_preprocess)
 
     s = sub.add_parser("split", help="cohort, patient-level fold manifests and Figure 1 cases")
     s.add_argument("--shards", nargs="+", required=True)
-    s.add_argument("--label-source", default="ctfsh", choices=["ctfsh", "reads"])
+    s.add_argument("--label-source", default="ctfsh", choices=["ctfsh", "reads", "csv", "masks"],
+                   help="ctfsh / csv: --labels file; reads: --reads file; masks: from the cached ground truth")
     s.add_argument("--labels")
     s.add_argument("--reads")
     s.add_argument("--scan-id-format", default="CQ500-CT-{n}")
@@ -198,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohort", required=True)
     s.add_argument("--rejected-in", nargs="*", default=[])
     s.add_argument("--rejected-out", required=True)
+    s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s)")
+    s.add_argument("--boxes-out", help="CSV of the BHX boxes matched to cached slices")
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("train", help="train one method on one fold")
@@ -243,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--percentile", type=float, default=99.0)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_figure)
+
+    s = sub.add_parser("anomaly-figure", help="picture of every synthetic-anomaly generator on training slices")
+    s.add_argument("--manifest", required=True, help="a fold manifest; its training slices are used")
+    s.add_argument("--n", type=int, default=3)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_anomaly_figure)
 
     s = sub.add_parser("methods", help="list the registered methods")
     s.set_defaults(func=cmd_methods)

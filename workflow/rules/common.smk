@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 # The rules run the package as `{PYTHON} -m ichbench`, importable from src/ without installation.
@@ -18,6 +19,7 @@ METHODS = list(config["methods"])
 FOLDS = list(range(config["splits"]["n_folds"]))
 SHARDS = list(range(config["preprocess"]["shards"]))
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
+NIFTI = config["dataset"]["source"] == "nifti"
 DATASET = config["dataset"]
 
 METHOD_PATTERN = "|".join(re.escape(m) for m in METHODS)
@@ -35,24 +37,89 @@ def dicom_dir():
 
 
 def gt_masks_dir():
-    return DATASET.get("gt_masks_dir") or ""
+    return "" if NIFTI else (DATASET.get("gt_masks_dir") or "")
+
+
+def index_inputs(wildcards):
+    """The scans (DICOM or NIfTI folder), the NIfTI masks and the series override file."""
+    if NIFTI:
+        inputs = {"data": DATASET["nifti_dir"]}
+        if DATASET.get("nifti_masks_dir"):
+            inputs["masks"] = DATASET["nifti_masks_dir"]
+        return inputs
+    inputs = {"data": dicom_dir()}
+    if config["preprocess"].get("series_override"):
+        inputs["override"] = config["preprocess"]["series_override"]
+    return inputs
+
+
+def index_args(wildcards, input):
+    """Command line arguments of `ichbench index` naming its inputs and the series-selection settings."""
+    q = shlex.quote
+    if NIFTI:
+        args = f"--nifti-dir {q(input.data)}"
+        if DATASET.get("nifti_masks_dir"):
+            args += f" --nifti-masks-dir {q(input.masks)}"
+        return args
+    pre = config["preprocess"]
+    args = f"--dicom-dir {q(input.data)} --axial-tolerance-deg {pre.get('axial_tolerance_deg', 30.0)}"
+    if pre.get("series_override"):
+        args += f" --series-override {q(input.override)}"
+    if pre.get("bone_patterns"):
+        args += f" --bone-patterns {q(json.dumps(list(pre['bone_patterns'])))}"
+    return args
+
+
+def bhx_files():
+    """The BHX box file(s) of dataset.bhx (a path or a list), CQ500 only."""
+    value = DATASET.get("bhx") or []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def bhx_args(wildcards):
+    return " ".join(shlex.quote(p) for p in bhx_files())
 
 
 def preprocess_inputs(wildcards):
     inputs = {"index": "results/data/index.csv", "series": "results/data/series_candidates.csv"}
     if gt_masks_dir() and (SYNTHETIC or os.path.isdir(gt_masks_dir())):
         inputs["gt"] = gt_masks_dir()
+    if bhx_files():
+        inputs["bhx"] = bhx_files()
     return inputs
+
+
+def label_source():
+    """ctfsh | reads | csv | masks. NIfTI scans take dataset.nifti_labels (csv) or, without it, their masks."""
+    if NIFTI:
+        return "csv" if DATASET.get("nifti_labels") else "masks"
+    return DATASET["label_source"]
+
+
+def label_file():
+    """The scan label file passed as --labels (CTFSH file, scan_id,label table or none)."""
+    if NIFTI:
+        return DATASET.get("nifti_labels") or ""
+    return DATASET.get("labels") or ""
 
 
 def label_inputs(wildcards):
     """Label files the split rule reads; missing optional ones are simply not inputs."""
     inputs = {}
-    key = "labels" if DATASET["label_source"] == "ctfsh" else "reads"
-    inputs["scan_labels"] = DATASET[key]
-    if DATASET.get("slice_labels") and (SYNTHETIC or os.path.exists(DATASET["slice_labels"])):
+    source = label_source()
+    if source in ("ctfsh", "csv"):
+        inputs["scan_labels"] = label_file()
+    elif source == "reads":
+        inputs["scan_labels"] = DATASET["reads"]
+    if not NIFTI and DATASET.get("slice_labels") and (SYNTHETIC or os.path.exists(DATASET["slice_labels"])):
         inputs["slice_labels"] = DATASET["slice_labels"]
+    if bhx_files():
+        inputs["bhx"] = bhx_files()
     return inputs
+
+
+def slice_labels_file():
+    return "" if NIFTI else (DATASET.get("slice_labels") or "")
 
 
 def windows_json():
@@ -105,3 +172,13 @@ def data_dir(wildcards, input):
 def scan_id_format(wildcards):
     """A function, so that the "{n}" in the format is not taken for a wildcard."""
     return DATASET["scan_id_format"]
+
+
+def final_targets():
+    """Table 1 and Figure 1; the synthetic-anomaly picture when a self-supervised row is configured."""
+    from ichbench.methods import get_method
+
+    targets = ["results/table1.csv", "results/table1.md", "results/figure1.png"]
+    if any(get_method(m).group == "self-supervised" for m in METHODS):
+        targets.append("results/figures/synthetic_anomalies.png")
+    return targets

@@ -1,4 +1,4 @@
-# Scores -> Table 1 (CSV, per-fold long CSV, Markdown) and Figure 1.
+# Scores -> Table 1 (CSV, per-fold long CSV, Markdown) and Figure 1; every job's runtime -> one table.
 
 
 rule table1:
@@ -19,6 +19,8 @@ rule table1:
         CONDA_ENV
     log:
         "logs/report/table1.log",
+    benchmark:
+        "benchmarks/report/table1.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -43,6 +45,8 @@ rule figure1:
         CONDA_ENV
     log:
         "logs/report/figure1.log",
+    benchmark:
+        "benchmarks/report/figure1.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -50,3 +54,44 @@ rule figure1:
     shell:
         "ichbench figure --maps {input.maps} --cases {input.cases} --methods '{params.methods}' "
         "--percentile {params.percentile} --out {output} > {log} 2>&1"
+
+
+rule synthetic_anomalies:
+    input:
+        manifest="results/splits/fold-0.csv",
+    output:
+        report(
+            "results/figures/synthetic_anomalies.png",
+            caption="../report/synthetic_anomalies.rst",
+            category="Synthetic anomalies",
+        ),
+    params:
+        seed=config["train"]["seed"],
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/synthetic_anomalies.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "ichbench anomaly-figure --manifest {input.manifest} --seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule runtimes:
+    input:
+        (["benchmarks/data/synthesize.tsv"] if SYNTHETIC else [])
+        + ["benchmarks/data/index.tsv", "benchmarks/splits/split.tsv"]
+        + expand("benchmarks/data/preprocess/shard-{shard}.tsv", shard=SHARDS)
+        + expand("benchmarks/{step}/{method}/fold-{fold}.tsv", step=["train", "score"], method=METHODS, fold=FOLDS)
+        + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv"],
+    output:
+        report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
+    localrule: True
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/runtimes.log",
+    script:
+        "../report/runtimes.py"

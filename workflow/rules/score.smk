@@ -18,7 +18,7 @@ rule score:
         "logs/score/{method}/fold-{fold}.log",
     benchmark:
         "benchmarks/score/{method}/fold-{fold}.tsv"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=8000,

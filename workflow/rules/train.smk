@@ -20,7 +20,7 @@ rule train:
         "logs/train/{method}/fold-{fold}.log",
     benchmark:
         "benchmarks/train/{method}/fold-{fold}.tsv"
-    threads: 2
+    threads: 1
     resources:
         gpu=1,
         mem_mb=train_mem_mb,

@@ -65,8 +65,10 @@ class Method:
     # -- hyper-parameters shared by every row (training recipe) ------------------------------
     @classmethod
     def full_defaults(cls) -> dict[str, Any]:
+        # max_train_slices: train on a seeded random subset of at most this many slices (None: all);
+        # only for quick demos on a CPU, never for reported results.
         merged: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "epochs": 250, "weight_decay": 0.0,
-                                  "amp": True}
+                                  "amp": True, "max_train_slices": None}
         for klass in reversed(cls.__mro__):
             merged.update(getattr(klass, "defaults", {}) if klass is not Method else {})
         return merged

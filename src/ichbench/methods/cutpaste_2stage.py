@@ -1,0 +1,22 @@
+"""CutPaste (2 stage) (Li et al., CVPR 2021): a ResNet-18 learns to tell slices from copies with a
+pasted patch of themselves (2-15 % of the area, aspect log-uniform in [0.3, 3.3], intensity jitter 0.1);
+a Gaussian on the L2-normalised 512-d embeddings of the training slices scores by Mahalanobis distance.
+"""
+from __future__ import annotations
+
+from ..anomalies import CutPasteAug
+from .base import register
+from .selfsup import EmbeddingGaussianMethod
+
+
+@register
+class CutPaste2Stage(EmbeddingGaussianMethod):
+    name = "CutPaste-2stage"
+    display = "CutPaste (2 stage)"
+    paper = "Li et al. 2021, CutPaste: self-supervised learning for anomaly detection and localization"
+    defaults = {"jitter": 0.1}
+
+    def make_generator(self):
+        p = self.params
+        return CutPasteAug(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
+                           aspect_max=p["aspect_max"], jitter=p["jitter"])

@@ -1,0 +1,189 @@
+"""Shared parts of the self-supervised rows (no row is registered here).
+
+SelfSupervisedMethod: owns the numpy Generator of the synthetic anomalies. It is seeded from the
+training seed (train.py seeds torch before it builds the method, so `torch.initial_seed()` is the
+run's seed) together with the hyper-parameter `synth_seed`; its state is part of `extra_state`, so
+checkpoints carry it and a resumed run draws the same anomalies as an uninterrupted one.
+
+PatchSegmentationMethod (one-stage rows: NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste): a ResNet-18
+encoder-decoder trained with pixel-wise binary cross-entropy (with logits, safe under bf16) against the
+pseudo-label map of a synthetic anomaly; Adam with cosine decay from lr to lr_min over the whole run
+(per step); anomaly map = sigmoid of the output, slice score = its mean (the base `score`).
+
+EmbeddingGaussianMethod (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021): ResNet-18 +
+projection head + linear classifier trained to tell each batch from its augmented copy
+(cross-entropy); SGD with momentum and cosine annealing. After training, a Gaussian (mean and
+Ledoit-Wolf covariance) is fitted to the L2-normalised 512-d embeddings of the training slices; the
+slice score is the Mahalanobis distance to it. Figure map: Grad-CAM of that distance on the last
+ResNet stage (`cam_layer`), i.e. ReLU(sum_k w_k A_k) with w_k the spatial mean of d(score)/dA_k,
+bilinearly upsampled to the input size; one backward pass per batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.covariance import LedoitWolf
+
+from ..anomalies import PatchSampler, Synthesis
+from ..nets.resnet import ResNetEncoderDecoder, ResNetProjectionClassifier
+from .base import Method
+
+#: hyper-parameters of the NSA patch placement (anomalies.PatchSampler), shared by the one-stage rows
+PATCH_DEFAULTS = {"patch_base": 0.05, "patch_gamma_shape": 2.0, "patch_gamma_scale": 0.03,
+                  "patch_min_half": 0.03, "patch_max_half": 0.40, "max_patches": 3, "extra_patch_p": 0.5,
+                  "min_object_coverage": 0.7, "max_tries": 200}
+
+
+def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """sqrt((e - mean)^T precision (e - mean)) for each row of (B, D) `emb`."""
+    d = emb - mean
+    return ((d @ precision) * d).sum(1).clamp_min(1e-12).sqrt()
+
+
+class SelfSupervisedMethod(Method):
+    group = "self-supervised"
+    defaults = {"synth_seed": 0}
+
+    def __init__(self, params, in_channels, image_size, device):
+        super().__init__(params, in_channels, image_size, device)
+        self.rng = np.random.default_rng([int(self.params["synth_seed"]), torch.initial_seed()])
+        self.generator = self.make_generator()
+
+    def make_generator(self) -> Callable[..., Synthesis]:
+        raise NotImplementedError
+
+    def synthesise(self, batch: dict[str, torch.Tensor]) -> Synthesis:
+        with torch.no_grad():
+            return self.generator(batch["x"], self.rng, head_mask=batch.get("head_mask"),
+                                  brain_mask=batch.get("brain_mask"))
+
+    def patch_sampler(self) -> PatchSampler:
+        p = self.params
+        return PatchSampler(base=p["patch_base"], gamma_shape=p["patch_gamma_shape"],
+                            gamma_scale=p["patch_gamma_scale"], min_half=p["patch_min_half"],
+                            max_half=p["patch_max_half"], max_patches=int(p["max_patches"]),
+                            extra_patch_p=p["extra_patch_p"], min_coverage=p["min_object_coverage"],
+                            max_tries=int(p["max_tries"]))
+
+    def cosine_schedule(self, steps_per_epoch: int, epochs: int) -> None:
+        total = max(1, steps_per_epoch * epochs)
+        self.schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizers[0], T_max=total,
+                                                                      eta_min=self.params["lr_min"])]
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "rng" in state:
+            self.rng.bit_generator.state = state["rng"]
+
+
+class PatchSegmentationMethod(SelfSupervisedMethod):
+    """One-stage rows: segment the synthetic anomaly pixel by pixel."""
+
+    needs = ("head_mask",)
+    defaults = {"lr_min": 1e-6, **PATCH_DEFAULTS}
+
+    def build(self) -> torch.nn.Module:
+        return ResNetEncoderDecoder(self.in_channels)
+
+    def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
+        self.cosine_schedule(steps_per_epoch, epochs)
+
+    def training_step(self, batch, step):
+        syn = self.synthesise(batch)
+        return super().training_step({"x": syn.x, "label": syn.label}, step)
+
+    def loss(self, batch):
+        logits = self.model(batch["x"]).float()
+        return F.binary_cross_entropy_with_logits(logits, batch["label"].float()), {}
+
+    def score_map(self, batch):
+        return torch.sigmoid(self.model(batch["x"]).float())
+
+
+class EmbeddingGaussianMethod(SelfSupervisedMethod):
+    """Two-stage rows: classify normal vs augmented, then score embeddings with a Gaussian."""
+
+    defaults = {"lr": 0.03, "momentum": 0.9, "weight_decay": 3e-5, "lr_min": 0.0, "proj_dim": 128,
+                "area_min": 0.02, "area_max": 0.15, "aspect_min": 0.3, "aspect_max": 3.3,
+                "cam_layer": "layer4"}
+
+    def __init__(self, params, in_channels, image_size, device):
+        super().__init__(params, in_channels, image_size, device)
+        if self.params["cam_layer"] not in ("layer3", "layer4"):
+            raise ValueError(f"{self.name}: cam_layer must be 'layer3' or 'layer4'")
+        self.gaussian: dict[str, torch.Tensor] | None = None
+
+    def build(self) -> torch.nn.Module:
+        return ResNetProjectionClassifier(self.in_channels, int(self.params["proj_dim"]))
+
+    def configure_optimizers(self):
+        p = self.params
+        return [torch.optim.SGD(self.model.parameters(), lr=p["lr"], momentum=p["momentum"],
+                                weight_decay=p["weight_decay"])]
+
+    def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
+        self.cosine_schedule(steps_per_epoch, epochs)
+
+    def training_step(self, batch, step):
+        x = batch["x"]
+        syn = self.synthesise(batch)
+        # an augmented copy identical to its original (e.g. air pasted on air) would teach noise
+        changed = (syn.x != x).flatten(1).any(1)
+        aug = syn.x[changed]
+        y = torch.cat([torch.zeros(len(x), dtype=torch.long, device=x.device),
+                       torch.ones(len(aug), dtype=torch.long, device=x.device)])
+        return super().training_step({"x": torch.cat([x, aug]), "y": y}, step)
+
+    def loss(self, batch):
+        _, logits = self.model(batch["x"])
+        logits = logits.float()
+        acc = (logits.argmax(1) == batch["y"]).float().mean()
+        return F.cross_entropy(logits, batch["y"]), {"accuracy": float(acc)}
+
+    # -- the Gaussian on training embeddings -----------------------------------------------------
+    def fit_end(self, train_batches) -> None:
+        self.model.eval()
+        embs = []
+        with torch.no_grad(), self.autocast():
+            for batch in train_batches():
+                embs.append(self.model.embed(batch["x"]).float().cpu())
+        e = F.normalize(torch.cat(embs).double(), dim=1).numpy()
+        lw = LedoitWolf().fit(e)
+        self.gaussian = {"mean": torch.from_numpy(lw.location_.copy()),
+                         "precision": torch.from_numpy(lw.precision_.copy())}
+
+    def _stat_dtype(self) -> torch.dtype:
+        return torch.float32 if self.device.type == "mps" else torch.float64
+
+    def slice_score(self, emb: torch.Tensor) -> torch.Tensor:
+        if self.gaussian is None:
+            raise RuntimeError(f"{self.name}: no Gaussian fitted yet (fit_end has not run)")
+        dt = self._stat_dtype()
+        g = {k: v.to(emb.device, dt) for k, v in self.gaussian.items()}
+        return mahalanobis(F.normalize(emb.to(dt), dim=1), g["mean"], g["precision"])
+
+    def score(self, batch):
+        self.model.eval()
+        x = batch["x"]
+        with torch.enable_grad():
+            with self.autocast():
+                l3, l4 = self.model.encoder.forward_maps(x)
+            fmap = l3 if self.params["cam_layer"] == "layer3" else l4
+            d = self.slice_score(l4.float().mean(dim=(2, 3)))
+            (grad,) = torch.autograd.grad(d.sum(), fmap)
+        fmap, grad = fmap.detach().float(), grad.float()
+        cam = F.relu((grad.mean(dim=(2, 3), keepdim=True) * fmap).sum(1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return d.detach().float(), cam.detach()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {**super().extra_state(), "gaussian": self.gaussian}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        super().load_extra_state(state)
+        self.gaussian = state.get("gaussian")
