@@ -100,3 +100,76 @@ def test_real_cq500_series_decodes_sorted(shared_data):
     assert mid.max() > 300                                     # bone
     brain = mid[(mid > 0) & (mid < 80)]
     assert brain.size > 10000
+
+
+def _first_file(tiny_synthetic):
+    return sorted((tiny_synthetic / "dicom").rglob("*.dcm"))[0]
+
+
+def test_bits_stored_too_small_uses_all_bits(tiny_synthetic):
+    ds = pydicom.dcmread(_first_file(tiny_synthetic))
+    hu = np.full((ds.Rows, ds.Columns), -1000, np.int16)
+    hu[100:140, 100:140] = 40
+    hu[10:60, :] = 2600                                   # dense bone / metal beyond 12-bit signed
+    ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    if "PixelPaddingValue" in ds:
+        del ds.PixelPaddingValue
+    ds.PixelData = hu.astype("<i2").tobytes()
+    notes = []
+    out = dicomio._pixels_to_hu(ds, "x.dcm", notes)
+    assert np.allclose(out, np.maximum(hu, -1024)) and "smaller than the pixel data need" in notes[0]
+
+
+def test_bits_above_bits_stored_are_ignored_when_garbage(tiny_synthetic):
+    ds = pydicom.dcmread(_first_file(tiny_synthetic))
+    stored = np.full((ds.Rows, ds.Columns), 24, np.uint16)     # -1000 HU
+    stored[100:140, 100:140] = 1064                             # 40 HU
+    ds.PixelRepresentation, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 16, 12, 11
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    if "PixelPaddingValue" in ds:
+        del ds.PixelPaddingValue
+    ds.PixelData = (stored | 0xE000).astype("<u2").tobytes()     # overlay bits set above bit 11
+    notes = []
+    out = dicomio._pixels_to_hu(ds, "x.dcm", notes)
+    assert out[120, 120] == 40 and out[0, 0] == -1000 and "ignored" in notes[0]
+
+
+def test_padding_value_becomes_air(tiny_synthetic):
+    ds = pydicom.dcmread(_first_file(tiny_synthetic))
+    stored = np.full((ds.Rows, ds.Columns), 1064, np.int16)
+    stored[:5] = -2000
+    ds.PixelRepresentation, ds.BitsStored, ds.HighBit = 1, 16, 15
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    ds.PixelData = stored.astype("<i2").tobytes()
+    ds.PixelPaddingValue = -2000
+    out = dicomio._pixels_to_hu(ds, "x.dcm")
+    assert (out[:5] == -1024).all() and (out[5:] == 40).all()
+
+
+def test_error_messages_never_quote_values():
+    exc = ValueError("Invalid value for VR PN: 'SYNTHETIC^PATIENT1' in b'19600101'")
+    text = dicomio.describe_error(exc)
+    assert "SYNTHETIC" not in text and "19600101" not in text and text.startswith("ValueError")
+
+
+def test_select_series_thinnest_covering_and_fallback():
+    base = {"study_uid": "s", "series_description": "", "kernel": "STANDARD", "axial": True, "bone_kernel": False,
+            "normal_angle_deg": 0.0}
+    series = pd.DataFrame([
+        {**base, "patient_id": "A", "series_uid": "thick", "n_files": 30, "slice_thickness": 5.0, "extent_mm": 145},
+        {**base, "patient_id": "A", "series_uid": "thin", "n_files": 240, "slice_thickness": 0.625, "extent_mm": 150},
+        {**base, "patient_id": "A", "series_uid": "partial", "n_files": 40, "slice_thickness": 0.5, "extent_mm": 20},
+        {**base, "patient_id": "A", "series_uid": "bone", "n_files": 240, "slice_thickness": 0.5, "extent_mm": 150,
+         "bone_kernel": True},
+        {**base, "patient_id": "A", "series_uid": "coronal", "n_files": 200, "slice_thickness": 0.5, "extent_mm": 150,
+         "axial": False, "normal_angle_deg": 90.0},
+        {**base, "patient_id": "B", "series_uid": "short1", "n_files": 10, "slice_thickness": 1.0, "extent_mm": 10},
+        {**base, "patient_id": "B", "series_uid": "short2", "n_files": 10, "slice_thickness": 2.0, "extent_mm": 20},
+    ])
+    s = dicomio.select_series(series).set_index("series_uid")
+    assert s.loc["thin", "selected"] and s["selected"].sum() == 2
+    assert s.loc["short2", "selected"] and "the longest" in s.loc["short2", "choice"]
+    assert s.loc["bone", "why_not"] == "bone kernel" and s.loc["coronal", "why_not"].startswith("not axial")
+    o = dicomio.select_series(series, override={"A": "thick", "B": ""}).set_index("series_uid")
+    assert o.loc["thick", "selected"] and not o.loc[["short1", "short2"], "selected"].any()

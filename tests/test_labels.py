@@ -34,3 +34,32 @@ def test_scan_id_format(tmp_path):
     p = tmp_path / "l.csv"
     p.write_text("name;is_pathl;diagnosis;TEST;notes\nCT_7;0;HEALTHY;0;\n")
     assert scan_labels("ctfsh", ctfsh=str(p), scan_id_format="SYN-CT-{n}")["scan_id"].tolist() == ["SYN-CT-7"]
+
+
+def test_ctfsh_name_forms(tmp_path):
+    p = tmp_path / "l.csv"
+    p.write_text("name;is_pathl;diagnosis;TEST;notes\nCT_7;0;HEALTHY;0;\nCQ500-CT-8;1;SDH;0;\nct-9;1;IPH;0;\n")
+    assert read_ctfsh(p)["scan_id"].tolist() == ["CQ500-CT-7", "CQ500-CT-8", "CQ500-CT-9"]
+
+
+def test_scan_table_and_labels_from_masks(tmp_path):
+    import pandas as pd
+
+    from ichbench.labels import labels_from_slices, read_scan_table
+
+    p = tmp_path / "t.csv"
+    p.write_text("scan_id,label\na,0\nb,1\n")
+    assert read_scan_table(p).to_dict("list") == {"scan_id": ["a", "b"], "label": [0, 1]}
+    p.write_text("scan_id;label\na;0\nb;2\n")
+    with pytest.raises(LabelError, match="row 3: label '2'"):
+        read_scan_table(p)
+    p.write_text("id,label\na,0\n")
+    with pytest.raises(LabelError, match="scan_id and label"):
+        read_scan_table(p)
+    slices = pd.DataFrame({"patient_id": ["a", "a", "b", "b", "c"], "slice_truth": [0, 0, 0, 1, -1]})
+    assert labels_from_slices(slices).to_dict("list") == {"scan_id": ["a", "b"], "label": [0, 1]}
+
+
+def test_reads_protocol_keeps_undecided_for_reporting(shared_data):
+    df = scan_labels("reads", reads=str(shared_data / "cq500" / "reads.csv"), keep_undecided=True)
+    assert len(df) == 491 and df["label"].isna().sum() == 491 - len(scan_labels("reads", reads=str(shared_data / "cq500" / "reads.csv")))

@@ -87,3 +87,22 @@ def test_cohort_reports_missing_and_unlabelled_scans():
     assert set(cohort["patient_id"]) == {"P0", "P1", "P2", "P3", "P4"}
     assert ("ZZ", "listed in the label file but no usable series was found") in problems
     assert any(s == "P5" for s, _ in problems)
+
+
+def test_undecided_labels_are_reported_and_summary_has_totals():
+    from ichbench.splits import cohort_summary
+
+    c = _cohort(3, 3)
+    labels = pd.DataFrame({"scan_id": ["P0", "P1", "P2", "P3", "P4", "P5"], "label": [0, 0, 0, 1, 1, np.nan]})
+    cohort, problems = build_cohort(c.drop(columns="scan_label"), labels)
+    assert "P5" not in set(cohort["patient_id"])
+    assert any(s == "P5" and "label protocol" in r for s, r in problems)
+    summary = cohort_summary(cohort, "paper", "reads").set_index("scan_class")
+    assert summary.loc["all", "patients"] == 5 and summary.loc["all", "slices"] == 25
+    assert summary.loc["all", "paper_cq500_slices"] == 88808 and (summary["label_source"] == "reads").all()
+
+
+def test_manifests_name_their_protocol():
+    for protocol in ("paper", "slice"):
+        for m in make_manifests(_cohort(), protocol, 3, 0.11, seed=0):
+            assert set(m["protocol"]) == {protocol}

@@ -5,7 +5,13 @@
   The paper's cohort and scan labels (normal = is_pathl 0).
 - CQ500 reads (Chilamkurthy et al. 2018), `reads.csv`: 3 readers x 14 findings. Majority protocol:
   normal = no reader marks any finding; ICH = at least 2 of 3 readers mark ICH; others are left out.
+- A plain scan label table (`csv`): columns `scan_id,label` (0 normal, 1 hemorrhage), e.g. for NIfTI.
+- Labels from masks (`masks`): a scan whose cached series has ground truth is labelled by whether
+  any of its slices shows hemorrhage (NIfTI volumes with masks and no label file).
 - Slice ground truth: a CSV with `sop_uid` and `hemorrhage` (0/1), as the synthetic generator writes.
+- BHX boxes (slice level, CQ500): see bhx.py.
+
+Every scan label table has columns scan_id (the DICOM PatientID / NIfTI scan ID) and label (int).
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ def read_ctfsh(path: str | os.PathLike, scan_id_format: str = "CQ500-CT-{n}") ->
         raise LabelError(f"{path}: missing column(s) {sorted(missing)}; expected name;is_pathl;diagnosis;TEST;notes")
     ids, labels = [], []
     for i, (name, v) in enumerate(zip(df["name"], df["is_pathl"])):
-        m = re.fullmatch(r"\s*CT_(\d+)\s*", name)
+        m = re.fullmatch(r"\s*(?:CQ500[-_]?)?CT[_-]?(\d+)\s*", name, flags=re.IGNORECASE)
         if not m:
             raise LabelError(f"{path}: row {i + 2}: scan name {name!r} is not of the form CT_<number>")
         if v.strip() not in ("0", "1"):
@@ -73,10 +79,48 @@ def read_slice_labels(path: str | os.PathLike) -> pd.DataFrame:
     return df[["sop_uid", "hemorrhage"]].astype({"hemorrhage": int})
 
 
+def read_scan_table(path: str | os.PathLike) -> pd.DataFrame:
+    """-> DataFrame(scan_id, label) from a CSV with columns scan_id,label (',' or ';' separated)."""
+    try:
+        df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise LabelError(f"{path}: cannot read as a scan label CSV ({type(exc).__name__})") from None
+    df.columns = [c.strip().lstrip("\ufeff") for c in df.columns]
+    if not {"scan_id", "label"} <= set(df.columns):
+        raise LabelError(f"{path}: a scan label file needs columns scan_id and label; has {', '.join(df.columns)}")
+    ids = df["scan_id"].str.strip()
+    bad = [(i + 2, v) for i, v in enumerate(df["label"].str.strip()) if v not in ("0", "1")]
+    if bad:
+        raise LabelError(f"{path}: row {bad[0][0]}: label {bad[0][1]!r} is not 0 or 1")
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise LabelError(f"{path}: scan(s) listed twice: {', '.join(dup.iloc[:5])}")
+    return pd.DataFrame({"scan_id": ids, "label": df["label"].str.strip().astype(int)})
+
+
+def labels_from_slices(slices: pd.DataFrame) -> pd.DataFrame:
+    """Scan labels from slice ground truth (`slice_truth` of collect_slices): 1 where any slice of the
+    scan shows hemorrhage, 0 where its slices have ground truth and none does; scans without ground
+    truth get no label."""
+    known = slices[slices["slice_truth"] >= 0]
+    lab = known.groupby("patient_id")["slice_truth"].max()
+    return pd.DataFrame({"scan_id": lab.index.astype(str), "label": lab.to_numpy(int)})
+
+
 def scan_labels(source: str, *, ctfsh: str | None = None, reads: str | None = None,
-                scan_id_format: str = "CQ500-CT-{n}") -> pd.DataFrame:
-    """Scan labels of the chosen source (`ctfsh`: the paper's; `reads`: majority of 3 readers),
-    dropping scans without a definite label."""
+                scan_id_format: str = "CQ500-CT-{n}", table: str | None = None,
+                slices: pd.DataFrame | None = None, keep_undecided: bool = False) -> pd.DataFrame:
+    """Scan labels of the chosen source (`ctfsh`: the paper's; `reads`: majority of 3 readers;
+    `csv`: a scan_id,label table; `masks`: from the slice ground truth of `slices`), dropping scans
+    without a definite label unless `keep_undecided` (then their label is NaN)."""
+    if source == "csv":
+        if not table:
+            raise LabelError("label_source csv needs a scan_id,label file (dataset.labels or dataset.nifti_labels)")
+        return read_scan_table(table)
+    if source == "masks":
+        if slices is None:
+            raise LabelError("label_source masks needs the cached slices")
+        return labels_from_slices(slices)
     if source == "ctfsh":
         if not ctfsh:
             raise LabelError("dataset.labels (the CTFSH cq500_labels.csv) is not set")
@@ -86,5 +130,7 @@ def scan_labels(source: str, *, ctfsh: str | None = None, reads: str | None = No
             raise LabelError("dataset.reads (the CQ500 reads.csv) is not set")
         df = read_reads_majority(reads)
     else:
-        raise LabelError(f"unknown label source {source!r} (ctfsh or reads)")
+        raise LabelError(f"unknown label source {source!r} (ctfsh, reads, csv or masks)")
+    if keep_undecided:
+        return df
     return df.dropna(subset=["label"]).astype({"label": int})

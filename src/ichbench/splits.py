@@ -8,7 +8,12 @@ Label protocols:
 - `paper`: every slice takes its scan's label (pathological scan -> every slice anomalous);
 - `slice`: a slice is anomalous where slice ground truth (masks, slice label file, BHX boxes) marks
   hemorrhage; slices of normal scans are normal; anomalous scans without slice truth are left out
-  of validation and test.
+  of validation and test. With BHX (CQ500): a slice of an anomalous scan is anomalous where a BHX
+  box lies on its SOPInstanceUID; anomalous scans whose cached series carries no box at all have no
+  slice truth.
+
+Every manifest row names its protocol (column `protocol`); cohort.csv names protocol and label source.
+The paper's CQ500 cohort: 88,808 slices, 27,562 of normal and 61,246 of pathological scans.
 """
 from __future__ import annotations
 
@@ -21,7 +26,10 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 MANIFEST_COLUMNS = ["fold", "part", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
-                    "npz", "scan_label", "slice_truth", "label"]
+                    "npz", "scan_label", "slice_truth", "label", "protocol"]
+
+#: The paper's CQ500 cohort (CTFSH labels, paper protocol), for comparison in cohort.csv.
+PAPER_COUNTS = {"normal": 27562, "pathological": 61246, "all": 88808}
 
 
 def collect_slices(shard_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
@@ -56,11 +64,17 @@ def apply_slice_labels(slices: pd.DataFrame, slice_labels: pd.DataFrame | None) 
 
 
 def build_cohort(slices: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Keep scans that have both cached slices and a label. Returns (slices with scan_label, problems)."""
+    """Keep scans that have both cached slices and a definite label. Returns (slices with scan_label,
+    problems). Scans the label file lists with an undecided label (NaN, e.g. one ICH vote of three
+    under the reads majority protocol) are reported as left out by the protocol."""
     have = set(slices["patient_id"])
-    labelled = dict(zip(labels["scan_id"], labels["label"]))
-    problems = [(s, "listed in the label file but no usable series was found") for s in sorted(set(labelled) - have)]
-    problems += [(s, "has a usable series but no label in the label file (left out)") for s in sorted(have - set(labelled))]
+    listed = set(labels["scan_id"])
+    decided = labels.dropna(subset=["label"])
+    labelled = dict(zip(decided["scan_id"], decided["label"].astype(int)))
+    problems = [(s, "listed in the label file but no usable series was found") for s in sorted(listed - have)]
+    problems += [(s, "has a usable series but no label in the label file (left out)") for s in sorted(have - listed)]
+    problems += [(s, "left out by the label protocol (no definite label, e.g. a finding without majority ICH)")
+                 for s in sorted((have & listed) - set(labelled))]
     out = slices[slices["patient_id"].isin(labelled)].copy()
     out["scan_label"] = out["patient_id"].map(labelled).astype(int)
     return out, problems
@@ -119,6 +133,7 @@ def make_manifests(cohort: pd.DataFrame, protocol: str, n_folds: int, val_fracti
         m = cohort.merge(parts[parts["fold"] == fold], on="patient_id", how="inner")
         m = m[(m["part"] == "train") | m["label"].notna()]
         m = m.sort_values(["part", "patient_id", "series_uid", "slice_index"]).reset_index(drop=True)
+        m["protocol"] = protocol
         manifests.append(m[MANIFEST_COLUMNS].astype({"label": int}))
     return manifests
 
@@ -149,12 +164,19 @@ def choose_figure_cases(manifests: Sequence[pd.DataFrame], n_cases: int, seed: i
     return picks.drop(columns=["_r", "_has"]).reset_index(drop=True)
 
 
-def cohort_summary(cohort: pd.DataFrame, protocol: str) -> pd.DataFrame:
+def cohort_summary(cohort: pd.DataFrame, protocol: str, label_source: str = "") -> pd.DataFrame:
+    """Patients and slices per scan class (and in all), slices per slice label under the protocol,
+    series with slice ground truth, and the paper's CQ500 slice counts for comparison."""
     lab = slice_label(cohort, protocol)
+    truth = cohort["slice_truth"] >= 0 if "slice_truth" in cohort else pd.Series(False, index=cohort.index)
     rows = []
-    for name, sel in (("normal", cohort["scan_label"] == 0), ("pathological", cohort["scan_label"] == 1)):
+    for name, sel in (("normal", cohort["scan_label"] == 0), ("pathological", cohort["scan_label"] == 1),
+                      ("all", cohort["scan_label"] >= 0)):
         rows.append({"scan_class": name, "patients": cohort.loc[sel, "patient_id"].nunique(),
                      "slices": int(sel.sum()), "slices_normal": int((lab[sel] == 0).sum()),
                      "slices_anomalous": int((lab[sel] == 1).sum()),
-                     "slices_unlabelled": int(lab[sel].isna().sum()), "protocol": protocol})
+                     "slices_unlabelled": int(lab[sel].isna().sum()),
+                     "series_with_slice_truth": cohort.loc[sel & truth, "series_uid"].nunique(),
+                     "protocol": protocol, "label_source": label_source,
+                     "paper_cq500_slices": PAPER_COUNTS[name]})
     return pd.DataFrame(rows)

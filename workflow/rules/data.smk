@@ -1,4 +1,4 @@
-# Raw DICOM -> header index + series choice -> cached windowed NPZ per series (sharded).
+# Raw DICOM (or NIfTI) -> header index + series choice -> cached windowed NPZ per series (sharded).
 
 
 if SYNTHETIC:
@@ -17,6 +17,8 @@ if SYNTHETIC:
             CONDA_ENV
         log:
             "logs/data/synthesize.log",
+        benchmark:
+            "benchmarks/data/synthesize.tsv"
         threads: 2
         resources:
             mem_mb=2000,
@@ -28,13 +30,15 @@ if SYNTHETIC:
 
 rule index_dicom:
     input:
-        dicom=dicom_dir(),
+        unpack(index_inputs),
     output:
         index="results/data/index.csv",
         series="results/data/series_candidates.csv",
+        selected="results/data/series_selected.csv",
         rejected="results/data/rejected_index.csv",
     params:
         out=output_dir,
+        source=index_args,
         min_slices=config["preprocess"]["min_slices"],
         min_extent=config["preprocess"]["min_extent_mm"],
     conda:
@@ -48,7 +52,7 @@ rule index_dicom:
         mem_mb=4000,
         runtime=120,
     shell:
-        "ichbench index --dicom-dir {input.dicom} --out {params.out} "
+        "ichbench index {params.source} --out {params.out} "
         "--min-slices {params.min_slices} --min-extent-mm {params.min_extent} --workers {threads} > {log} 2>&1"
 
 
@@ -63,6 +67,7 @@ rule preprocess:
         windows=windows_json(),
         size=config["preprocess"]["image_size"],
         gt=gt_masks_dir(),
+        boxes=bhx_args,
     conda:
         CONDA_ENV
     log:
@@ -76,4 +81,4 @@ rule preprocess:
     shell:
         "ichbench preprocess --data {params.data} --out {output} --shard {wildcards.shard} "
         "--n-shards {params.n_shards} --windows '{params.windows}' --size {params.size} "
-        "--gt-dir '{params.gt}' --workers {threads} > {log} 2>&1"
+        "--gt-dir '{params.gt}' --boxes {params.boxes} --workers {threads} > {log} 2>&1"

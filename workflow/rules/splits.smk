@@ -11,10 +11,11 @@ rule split:
         figure_cases="results/splits/figure_cases.csv",
         cohort="results/data/cohort.csv",
         rejected="results/data/rejected.csv",
+        boxes="results/data/boxes.csv",
     params:
         out=output_dir,
-        label_source=DATASET["label_source"],
-        labels=DATASET.get("labels") or "",
+        label_source=label_source(),
+        labels=label_file(),
         reads=DATASET.get("reads") or "",
         scan_id_format=scan_id_format,
         protocol=config["protocol"],
@@ -23,12 +24,15 @@ rule split:
         seed=config["splits"]["seed"],
         figure_cases=config["figure"]["n_cases"],
         figure_seed=config["figure"]["seed"],
-        slice_labels=DATASET.get("slice_labels") or "",
+        slice_labels=slice_labels_file(),
+        bhx=bhx_args,
         shard_rejected=expand("results/data/cache/shard-{shard}/rejected.csv", shard=SHARDS),
     conda:
         CONDA_ENV
     log:
         "logs/splits/split.log",
+    benchmark:
+        "benchmarks/splits/split.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -40,4 +44,4 @@ rule split:
         "--val-fraction {params.val_fraction} --seed {params.seed} --figure-cases {params.figure_cases} "
         "--figure-seed {params.figure_seed} --out {params.out} --cohort {output.cohort} "
         "--rejected-in {input.rejected_index} {params.shard_rejected} "
-        "--rejected-out {output.rejected} > {log} 2>&1"
+        "--rejected-out {output.rejected} --boxes {params.bhx} --boxes-out {output.boxes} > {log} 2>&1"
