@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
+# jobs that may hold the `gpu` resource at once: on a CPU-only machine, as many as cores
+GPU_JOBS ?= $(CORES)
 PYTHON ?= python3
 
 .PHONY: setup run test lint clean
@@ -17,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(VENV)/bin/snakemake --cores $(CORES)
+	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=$(GPU_JOBS)
 
 test: setup
 	$(PY) -m pytest -q

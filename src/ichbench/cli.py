@@ -2,6 +2,7 @@
 
     python -m ichbench synth --out data/synthetic
     python -m ichbench index --dicom-dir data/synthetic/dicom --out results/data
+    python -m ichbench index --nifti-dir data/ct --nifti-masks-dir data/masks --out results/data   # NIfTI input
     python -m ichbench preprocess --data results/data --out results/data/cache/shard-0
     python -m ichbench split --shards results/data/cache/shard-0 --labels data/synthetic/cq500_labels.csv ...
     python -m ichbench train --method AE --manifest results/splits/fold-0.csv --out results/models/AE/fold-0

@@ -3,10 +3,14 @@
     ichbench train --method AE --manifest results/splits/fold-0.csv --out results/models/AE/fold-0
 
 Writes `model.pt` (weights, hyper-parameters, run record), `history.csv` (loss per epoch) and, while
-running, `checkpoint.pt` every `checkpoint_every` epochs; a rerun after a kill resumes from it.
+running, `checkpoint.pt` every `checkpoint_every` epochs; a rerun after a kill (time limit, pre-emption)
+resumes from it when it was written for the same method, hyper-parameters, code, seed and training
+slices, and ends with the same weights as an uninterrupted run. `run.json` and the model's record
+carry `resumed_from_epoch` (null for a run from scratch).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -53,6 +57,14 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _data_digest(data, rows: pd.DataFrame) -> str:
+    """Digest of the training slices (pixels and identity): a checkpoint only resumes on the same data."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(data.images).data)
+    h.update("\n".join(f"{a}#{b}" for a, b in zip(rows["npz"], rows["slice_index"])).encode())
+    return h.hexdigest()[:16]
+
+
 def build_method(name: str, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
     cls = get_method(name)
     return cls(params, in_channels=in_channels, image_size=image_size, device=device)
@@ -75,9 +87,19 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     if (train_rows["label"] != 0).any():
         raise ValueError(f"{manifest}: training slices must all be normal")
     cls = get_method(method_name)
+    limit = {**cls.full_defaults(), **params}.get("max_train_slices")
+    subset_note = None
+    if limit and len(train_rows) > int(limit):
+        subset_note = f"trained on {int(limit)} of {len(train_rows)} slices per fold (max_train_slices)"
+        keep = np.sort(np.random.default_rng(seed).choice(len(train_rows), int(limit), replace=False))
+        log.warning("training on a random subset of %d of the %d training slices (max_train_slices)",
+                    int(limit), len(train_rows))
+        train_rows = train_rows.iloc[keep]
     data = load_slices(train_rows)
     n, c, s, _ = data.images.shape
     method = build_method(method_name, params, c, s, dev)
+    if subset_note:
+        method.notes.append(subset_note)
     batches = DeviceBatches(data, dev, mask_keys=cls.needs)
     p = method.params
     epochs, bs = int(p["epochs"]), int(p["batch_size"])
@@ -86,21 +108,29 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     method.configure_schedulers(steps_per_epoch, epochs)
 
     ckpt_path = out_dir / "checkpoint.pt"
+    # What a checkpoint must match to be resumed from: a checkpoint left by a killed run of other settings,
+    # other code (Snakemake reruns the job when either changes) or other data (e.g. new windows, same
+    # file names) is ignored and training starts over.
+    fingerprint = {"method": method_name, "params": p, "code": code_digest(method_name), "seed": seed,
+                   "data": _data_digest(data, train_rows)}
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from = 0, None
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if ckpt.get("method") == method_name and ckpt.get("params") == p:
+        if ckpt.get("fingerprint") == fingerprint and 0 < ckpt.get("epoch", 0) < epochs:
             method.load_state_dict(ckpt["state"])
             start_epoch, resumed_from = ckpt["epoch"], ckpt["epoch"]
             history = ckpt["history"]
-            gen.set_state(ckpt["generator"])
-            torch.set_rng_state(ckpt["torch_rng"])
+            # RNG states are CPU byte tensors whatever map_location moved them to
+            gen.set_state(ckpt["generator"].cpu())
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
             if dev.type == "cuda" and ckpt.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-            log.info("resuming %s from the checkpoint after epoch %d", method_name, start_epoch)
+                torch.cuda.set_rng_state_all([st.cpu() for st in ckpt["cuda_rng"]])
+            log.info("resuming %s from %s after epoch %d of %d", method_name, ckpt_path, start_epoch, epochs)
         else:
-            log.warning("ignoring %s: it belongs to other settings", ckpt_path)
+            log.warning("ignoring %s: it belongs to other settings, code or data; training from the start",
+                        ckpt_path)
+        del ckpt
 
     log.info("training %s on %d slices (%dx%dx%d) on %s: %d epochs, batch %d", method_name, n, c, s, s, dev,
              epochs, bs)
@@ -131,7 +161,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
                  " ".join(f"{k}={v:.5g}" for k, v in record.items() if k != "epoch"))
         pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
         if checkpoint_every and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < epochs:
-            _atomic_save({"method": method_name, "params": p, "epoch": epoch + 1, "state": method.state_dict(),
+            _atomic_save({"method": method_name, "params": p, "fingerprint": fingerprint, "epoch": epoch + 1,
+                          "state": method.state_dict(),
                           "history": history, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                           "cuda_rng": torch.cuda.get_rng_state_all() if dev.type == "cuda" else None}, ckpt_path)
 

@@ -71,6 +71,8 @@ rule synthetic_anomalies:
         CONDA_ENV
     log:
         "logs/report/synthetic_anomalies.log",
+    benchmark:
+        "benchmarks/report/synthetic_anomalies.tsv"
     threads: 1
     resources:
         mem_mb=2000,
