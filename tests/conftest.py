@@ -22,3 +22,15 @@ def tiny_synthetic(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthetic")
     generate(out, SyntheticConfig(seed=3, n_normal=3, n_pathological=3, image_size=256, n_slices=(8, 10)))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: on a shared 2-core machine OpenMP threads spin
+    against each other and run tiny training steps several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

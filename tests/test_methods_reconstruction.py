@@ -23,13 +23,7 @@ EXPECTED = {"AE", "AE-L1", "AE-Grad", "AE-SSIM", "AE-PL", "AE-U", "VAE", "DAE", 
             "GANomaly"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a busy machine: one intra-op thread is several times faster than two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_params(name: str, **extra) -> dict:

@@ -19,14 +19,7 @@ SIZE = 64
 TINY = {"batch_size": 4, "epochs": 1, "amp": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads spin against each other and
-    run these tiny steps several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
