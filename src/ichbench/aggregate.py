@@ -161,5 +161,5 @@ def figure1(cases: pd.DataFrame, maps: dict[str, dict[str, np.ndarray]], method_
         axes[0, j].set_title(title, fontsize=7)
     fig.tight_layout(pad=0.3)
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=150)
+    fig.savefig(out_png, dpi=100)
     plt.close(fig)
