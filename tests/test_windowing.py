@@ -73,3 +73,8 @@ def test_quantise_roundtrip_error_below_half_a_step():
 def test_hu_to_cache_shape_dtype():
     q = hu_to_cache(np.zeros((2, 256, 256), np.float32), PAPER_WINDOWS, 128)
     assert q.shape == (2, 3, 128, 128) and q.dtype == np.uint8
+
+
+def test_dequantise_numpy_and_torch_agree_exactly():
+    q = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(dequantise(q), dequantise(torch.from_numpy(q)).numpy())

@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .windowing import dequantise, quantise
+
 #: one grey level of an 8-bit image on the [-1, 1] scale
 GREY_LEVEL = 1.0 / 127.5
 
@@ -206,13 +208,12 @@ def _object_mask(mask: torch.Tensor | None, x: torch.Tensor) -> np.ndarray:
 
 def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) [-1, 1] -> (B, H, W, C) uint8 codes, as the slice cache stores them."""
-    return torch.round((x.detach().float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8) \
-        .permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    return quantise(x.detach().float().permute(0, 2, 3, 1).cpu().numpy())
 
 
 def from_uint8_hwc(a: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a)).to(like.device).permute(0, 3, 1, 2).float()
-    return (t / 127.5 - 1.0).to(like.dtype)
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(like.device).permute(0, 3, 1, 2)
+    return dequantise(t).to(like.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ def quantise(x: np.ndarray) -> np.ndarray:
 def dequantise(q: np.ndarray | torch.Tensor):
     """uint8 codes -> [-1, 1] float32 (numpy or torch, matching the input)."""
     if isinstance(q, torch.Tensor):
-        return q.float().mul_(1.0 / 127.5).sub_(1.0)
+        return q.float().div_(127.5).sub_(1.0)   # division, as the numpy branch: identical values
     return q.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
