@@ -271,3 +271,62 @@ def test_config_validation(tmp_path):
         generate(tmp_path, tiny(image_size=64))
     with pytest.raises(ValueError):
         generate(tmp_path, tiny(n_slices=(3, 3)))
+    for bad in (dict(trauma_prob=1.5), dict(normal_trauma_prob=-0.1), dict(lesion_scale=0.0),
+                dict(lesion_slices=(4, 2))):
+        with pytest.raises(ValueError):
+            generate(tmp_path, tiny(**bad))
+
+
+def _patients(cfg):
+    from ichbench.synthetic import _Patient, _plans
+    return [_Patient(cfg, plan) for plan in _plans(cfg)]
+
+
+def test_lesion_size_and_extent_knobs():
+    """lesion_scale grows every hemorrhage in plane (same draws otherwise); lesion_slices bounds the runs."""
+    cfg = dict(seed=11, n_normal=0, n_pathological=6, n_slices=(14, 14))
+    small, big = _patients(tiny(lesion_scale=1.0, **cfg)), _patients(tiny(lesion_scale=1.6, **cfg))
+    npx = {"small": 0, "big": 0}
+    for name, pats in (("small", small), ("big", big)):
+        for P in pats:
+            for k in range(P.n):
+                npx[name] += sum(int(m.sum()) for m in P.render(k)[2].values())
+    assert npx["big"] > 1.5 * npx["small"] > 0
+    for a, b in zip(small, big):
+        assert [(L.kind, L.k0, L.k1) for L in a.lesions] == [(L.kind, L.k0, L.k1) for L in b.lesions]
+    for P in _patients(tiny(lesion_slices=(3, 3), **cfg)):
+        for L in P.lesions:
+            if L.kind != "IVH":      # IVH is also bounded by the ventricles
+                assert L.k1 - L.k0 + 1 == 3
+
+
+def test_trauma_findings_are_extracranial_and_leave_the_rest_unchanged(tmp_path):
+    from ichbench.synthetic import BLOOD, SCALP_HEM
+    cfg = dict(seed=5, n_normal=3, n_pathological=4, n_slices=(10, 10))
+    plain = _patients(tiny(trauma_prob=0.0, normal_trauma_prob=0.0, **cfg))
+    trauma = _patients(tiny(trauma_prob=1.0, fracture_prob=1.0, normal_trauma_prob=1.0, **cfg))
+    for a, b in zip(plain, trauma):
+        assert a.scalp_hem is None and a.fracture is None
+        assert b.scalp_hem is not None
+        assert (b.fracture is not None) == b.plan.pathological
+        assert [(L.kind, L.k0, L.k1, L.mean_hu) for L in a.lesions] == [(L.kind, L.k0, L.k1, L.mean_hu) for L in b.lesions]
+        k = (b.scalp_hem.k0 + b.scalp_hem.k1) // 2
+        hu_a, lab_a, masks_a = a.render(k)
+        hu_b, lab_b, masks_b = b.render(k)
+        hem = lab_b == SCALP_HEM
+        assert hem.sum() > 20
+        # outside the skull, blood-dense, and never in the ICH ground truth
+        assert np.all(lab_a[hem] <= 2)                       # air, skin or fat in the plain twin
+        assert 35 < float(np.median(hu_b[hem])) < 90
+        gt = np.zeros_like(hem)
+        for m in masks_b.values():
+            gt |= m
+        assert not (gt & hem).any()
+        assert ((lab_b == BLOOD) == (lab_a == BLOOD)).all()
+    # the fractures reach reads.csv; the scalp hematoma and fracture counts reach the summary
+    summary = generate(tmp_path, tiny(trauma_prob=1.0, fracture_prob=1.0, normal_trauma_prob=0.0, **cfg))
+    assert summary["n_scalp_hematoma"] == {"normal": 0, "pathological": 4} and summary["n_fracture"] == 4
+    rows = list(csv.DictReader(open(tmp_path / "reads.csv", newline="")))
+    marked = {r["name"] for r in rows if any(r[f"R{i}:Fracture"] == "1" for i in (1, 2, 3))}
+    path = {r["name"] for r in rows if r["R1:ICH"] == "1" or r["R2:ICH"] == "1"}
+    assert marked and marked <= path

@@ -32,8 +32,9 @@ def cmd_synth(a) -> None:
 
     params = json.loads(a.params) if a.params else {}
     params.pop("out_dir", None)
-    if "n_slices" in params:
-        params["n_slices"] = tuple(params["n_slices"])
+    for key in ("n_slices", "lesion_slices", "fov_mm"):
+        if key in params:
+            params[key] = tuple(params[key])
     summary = generate(a.out, SyntheticConfig(**params), workers=a.workers)
     logging.info("synthetic dataset written to %s: %s", a.out, summary)
 

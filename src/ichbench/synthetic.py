@@ -50,7 +50,7 @@ SLICE_LABEL_COLUMNS: tuple[str, ...] = (
     "patient_id", "study_uid", "series_uid", "sop_uid", "instance_number", "position_z",
     "hemorrhage", "types", "hemorrhage_pixels")
 
-_GENERATOR_VERSION = "ichbench-synthetic-1"
+_GENERATOR_VERSION = "ichbench-synthetic-2"
 
 
 @dataclass
@@ -76,6 +76,14 @@ class SyntheticConfig:
     reader_fp_prob: float = 0.15   # per normal patient: probability one reader calls an ICH
     study_date: str = "20000101"   # fixed fake StudyDate
     number_range_factor: int = 4   # patient numbers drawn without replacement from [0, max(100, f*N))
+    lesion_scale: float = 1.0      # in-plane size factor of every hemorrhage (thickness, length, radius)
+    lesion_slices: tuple[int, int] = (2, 10)  # min, max slices a hemorrhage spans (clipped to the series)
+    # Head trauma, the commonest cause of ICH in CQ500-like cohorts: a subgaleal (scalp) hematoma over
+    # the bleed, and for some a linear calvarial fracture under it. Extracranial findings: never in the
+    # ICH ground truth. Normal patients can be trauma cases too (a scalp hematoma, no bleed).
+    trauma_prob: float = 0.6         # pathological patients with a scalp hematoma
+    fracture_prob: float = 0.5       # of those, with a calvarial fracture (an EDH always has one)
+    normal_trauma_prob: float = 0.2  # normal patients with a scalp hematoma
 
     def validate(self) -> None:
         if self.image_size < 128:
@@ -85,6 +93,13 @@ class SyntheticConfig:
             raise ValueError("n_slices must be (min, max) with 4 <= min <= max")
         if self.n_normal < 0 or self.n_pathological < 0 or self.n_normal + self.n_pathological < 1:
             raise ValueError("need at least one patient")
+        for name in ("trauma_prob", "fracture_prob", "normal_trauma_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within [0, 1]")
+        if self.lesion_scale <= 0:
+            raise ValueError("lesion_scale must be > 0")
+        if not (1 <= self.lesion_slices[0] <= self.lesion_slices[1]):
+            raise ValueError("lesion_slices must be (min, max) with 1 <= min <= max")
         if self.slice_thickness_mm <= 0 or self.noise_hu < 0:
             raise ValueError("slice_thickness_mm must be > 0 and noise_hu >= 0")
         if "{n}" not in self.id_format:
@@ -94,7 +109,7 @@ class SyntheticConfig:
 # ----------------------------------------------------------------------------- helpers
 
 # label codes of the tissue map
-AIR, SKIN, FAT, CORT, DIPL, CSF, GM, WM, VENT, DEEP, FALX, CALC, BLOOD, EDEMA, SINUS = range(15)
+AIR, SKIN, FAT, CORT, DIPL, CSF, GM, WM, VENT, DEEP, FALX, CALC, BLOOD, EDEMA, SINUS, SCALP_HEM = range(16)
 _PARENCHYMA = (GM, WM, DEEP)
 
 
@@ -320,6 +335,7 @@ class _Patient:
         self.lesions: list[_Lesion] = []
         if plan.pathological:
             self._draw_lesions(rng)
+        self.scalp_hem, self.fracture = self._draw_trauma(rng)
         self.shift = np.zeros(self.n)
         for les in self.lesions:
             if les.shift_mm:
@@ -352,10 +368,13 @@ class _Patient:
         tr = dict(EDH=(0.3, 0.85), SDH=(0.3, 0.88), IPH=(0.25, 0.8), IVH=(0.42, 0.66), SAH=(0.25, 0.85))
         v0, v1 = self._vent_range()
         vent_slices = [k for k in range(1, n - 1) if v0 + 0.02 < self.t(k) < v1 - 0.02]
+        ls = float(self.cfg.lesion_scale)
         for kind in kinds:
             if kind == "IVH" and not vent_slices:
                 kind = "IPH"
-            L = int(rng.integers(2, min(10, n - 2) + 1))
+            r_lo, r_hi = self.cfg.lesion_slices
+            r_hi = max(1, min(r_hi, n - 2))
+            L = int(rng.integers(min(r_lo, r_hi), r_hi + 1))
             if kind == "IVH":
                 kc = int(rng.choice(vent_slices))
                 L = min(L, 4)
@@ -375,14 +394,14 @@ class _Patient:
                 base = 0.0 if side > 0 else np.pi
                 P["theta"] = float(base + side * rng.normal(0, 0.55))
                 if kind == "EDH":
-                    P["arc"] = float(rng.uniform(20, 45))
-                    P["h"] = float(np.exp(rng.uniform(np.log(7), np.log(28))))
+                    P["arc"] = float(rng.uniform(20, 45)) * ls
+                    P["h"] = float(np.exp(rng.uniform(np.log(7), np.log(28)))) * ls
                     P["power"] = 1.0
                     if P["h"] > 12:
                         shift = -side * min(10.0, (P["h"] - 8) * 0.5)
                 else:
-                    P["arc"] = float(rng.uniform(45, 100))
-                    P["h"] = float(np.exp(rng.uniform(np.log(3), np.log(14))))
+                    P["arc"] = float(rng.uniform(45, 100)) * ls
+                    P["h"] = float(np.exp(rng.uniform(np.log(3), np.log(14)))) * ls
                     P["power"] = float(rng.uniform(0.25, 0.45))
                     if P["h"] > 8:
                         shift = -side * min(10.0, (P["h"] - 5) * 0.7)
@@ -392,7 +411,7 @@ class _Patient:
                 frac = float(rng.uniform(0.15, 0.6))
                 P["dir"] = ang
                 P["frac"] = frac
-                a = float(np.exp(rng.uniform(np.log(3.5), np.log(22))))
+                a = float(np.exp(rng.uniform(np.log(3.5), np.log(22)))) * ls
                 P["a"], P["b"] = a, a * float(rng.uniform(0.6, 1.4))
                 P["psi"] = float(rng.uniform(0, np.pi))
                 P["harm"] = [(float(rng.normal(0, 0.1)), float(rng.uniform(0, 6.3))) for _ in range(4)]
@@ -404,11 +423,11 @@ class _Patient:
             elif kind == "IVH":
                 r = rng.random()
                 side = 0 if r < 0.3 else side
-                P["fill"] = float(rng.uniform(0.3, 0.8))
+                P["fill"] = min(1.0, float(rng.uniform(0.3, 0.8)) * ls)
             elif kind == "SAH":
                 P["basal"] = bool(rng.random() < 0.3)
                 P["theta"] = float(rng.uniform(0, 2 * np.pi))
-                P["r"] = float(rng.uniform(15, 35)) * (1.4 if P["basal"] else 1.0)
+                P["r"] = float(rng.uniform(15, 35)) * (1.4 if P["basal"] else 1.0) * ls
                 side = 0 if P["basal"] else (1 if math.cos(P["theta"]) > 0 else -1)
                 if P["basal"]:
                     k_lo = max(1, int(round(0.2 * (n - 1))))
@@ -416,6 +435,35 @@ class _Patient:
                     k0 = max(k_lo, min(k0, k_hi))
                     k1 = max(k0, min(k1, k_hi))
             self.lesions.append(_Lesion(kind, k0, k1, mean, side, P, shift))
+
+    def _draw_trauma(self, rng):
+        """Scalp hematoma (and fracture) parameters, or (None, None). Drawn after the lesions, so that
+        the trauma settings leave every other draw of the patient unchanged."""
+        cfg, n = self.cfg, self.n
+        p = cfg.trauma_prob if self.plan.pathological else cfg.normal_trauma_prob
+        if not rng.random() < p:
+            return None, None
+        # over the (first) extra-axial or lobar bleed, else anywhere above the skull base
+        site = next((L for L in self.lesions if L.kind in ("EDH", "SDH")), None) or next(
+            (L for L in self.lesions if L.kind in ("IPH", "SAH") and L.side != 0), None)
+        if site is not None and "theta" in site.params:
+            theta = float(site.params["theta"] + rng.normal(0, 0.3))
+        elif site is not None:
+            theta = float(site.params["dir"] + rng.normal(0, 0.3))
+        else:
+            theta = float(rng.uniform(0, 2 * np.pi))
+        kc = (site.k0 + site.k1) / 2 if site is not None else float(rng.uniform(0.35, 0.85)) * (n - 1)
+        L = int(rng.integers(3, max(4, min(9, n - 2)) + 1))
+        k0 = max(1, int(round(kc - L / 2)))
+        hem = _Lesion("scalp", k0, min(n - 2, k0 + L - 1), float(rng.uniform(45, 75)), 0,
+                      dict(theta=theta, arc=float(rng.uniform(50, 130)),
+                           h=float(np.exp(rng.uniform(np.log(4), np.log(14))))))
+        fracture = None
+        is_edh = site is not None and site.kind == "EDH"
+        if self.plan.pathological and (is_edh or rng.random() < cfg.fracture_prob):
+            fracture = dict(theta=float(theta + rng.normal(0, 0.15)), width=float(rng.uniform(0.8, 2.0)),
+                            k0=max(hem.k0, int(round(kc)) - 2), k1=min(hem.k1, int(round(kc)) + 2))
+        return hem, fracture
 
     # -- rendering
     def render(self, k: int):
@@ -443,6 +491,18 @@ class _Patient:
         lab[bone] = CORT
         rel = (d - sc) / skull
         lab[bone & (rel > 0.3) & (rel < 0.7)] = DIPL
+        sh = self.scalp_hem
+        if sh is not None and sh.taper(k) > 0:
+            # subgaleal hematoma: a lens that lifts the outer scalp surface
+            dth = sh.params["arc"] / max(float(np.median(R)), 10.0)
+            u = _wrap(th - sh.params["theta"]) / dth
+            w = sh.params["h"] * np.sqrt(np.clip(1 - u * u, 0, 1)) * sh.taper(k)
+            lab[(w > 0.3) & (d >= -w) & (d < 0.5 * sc)] = SCALP_HEM
+        fr = self.fracture
+        if fr is not None and fr["k0"] <= k <= fr["k1"]:
+            # linear calvarial fracture: a soft-tissue gap across the bone
+            gap = np.abs(_wrap(th - fr["theta"])) * rho < fr["width"] / 2
+            lab[bone & gap] = SKIN
         ic = depth >= 0
         lab[ic] = WM
 
@@ -608,16 +668,18 @@ class _Patient:
 
         # --- HU
         H = self.hu
-        lut = np.zeros(15, np.float32)
-        lut[[AIR, SKIN, FAT, CORT, DIPL, CSF, GM, WM, VENT, DEEP, FALX, CALC, BLOOD, EDEMA, SINUS]] = [
+        lut = np.zeros(16, np.float32)
+        lut[[AIR, SKIN, FAT, CORT, DIPL, CSF, GM, WM, VENT, DEEP, FALX, CALC, BLOOD, EDEMA, SINUS, SCALP_HEM]] = [
             -1000, H["skin"], H["fat"], H["cort"], H["dipl"], H["csf"], H["gm"], H["wm"], H["vent"],
-            H["deep"], H["falx"], 150, 60, 20, H["sinus"]]
+            H["deep"], H["falx"], 150, 60, 20, H["sinus"], sh.mean_hu if sh is not None else 60]
         hu = lut[lab]
         tex = 1.2 * self.f_lo(k) + 1.0 * f_mid
         par = _IS_PAR_EDEMA[lab]
         hu += np.where(par, tex, 0).astype(np.float32)
         hu += np.where(lab == DIPL, 160 * f_fine, 0).astype(np.float32)
         hu += np.where(lab == CORT, 80 * f_fine, 0).astype(np.float32)
+        if sh is not None:
+            hu += np.where(lab == SCALP_HEM, 3.0 * f_fine, 0).astype(np.float32)
         for L, tap in lesions:
             if L.kind == "IPH" and L.params["rim"] > 0:
                 hu[lab == EDEMA] = L.params["rim_hu"] + tex[lab == EDEMA]
@@ -900,7 +962,8 @@ def _make_patient_impl(cfg: SyntheticConfig, plan: _Plan, out_dir: str) -> dict:
     return dict(number=plan.number, pid=pid, pathological=plan.pathological, types=present,
                 left=left, right=right, mass_effect=bool(np.abs(P.shift).max() > 0),
                 midline_shift=bool(np.abs(P.shift).max() > 4), rows=rows, n_files=n_files,
-                n_slices=P.n, n_hem_slices=int(hem_slices))
+                n_slices=P.n, n_hem_slices=int(hem_slices), scalp_hematoma=P.scalp_hem is not None,
+                fracture=P.fracture is not None)
 
 
 # ----------------------------------------------------------------------------- dataset level
@@ -949,6 +1012,8 @@ def _simulate_reads(cfg: SyntheticConfig, results: list[dict]) -> list[list]:
                     v["ChronicBleed"] = int(rng.random() < 0.03)
                     v["MassEffect"] = int(r["mass_effect"] and rng.random() < 0.85)
                     v["MidlineShift"] = int(r["midline_shift"] and rng.random() < 0.8)
+                    if r.get("fracture"):
+                        v["Fracture"] = v["CalvarialFracture"] = int(rng.random() < 0.85)
             elif r["number"] in fp and reader == fp_reader:
                 v["ICH"] = 1
                 v[str(rng.choice(HEMORRHAGE_TYPES))] = 1
@@ -1027,6 +1092,9 @@ def generate(out_dir: str | Path, cfg: SyntheticConfig, workers: int = 1) -> dic
         n_hemorrhage_slices=sum(r["n_hem_slices"] for r in results),
         n_files=sum(r["n_files"] for r in results),
         types={t: sum(t in r["types"] for r in results) for t in HEMORRHAGE_TYPES},
+        n_scalp_hematoma={"normal": sum(r["scalp_hematoma"] and not r["pathological"] for r in results),
+                          "pathological": sum(r["scalp_hematoma"] and r["pathological"] for r in results)},
+        n_fracture=sum(r["fracture"] for r in results),
     )
     (out / "README.txt").write_text(_README.format(
         version=_GENERATOR_VERSION, slice_cols=",".join(SLICE_LABEL_COLUMNS),
