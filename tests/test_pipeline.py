@@ -86,6 +86,21 @@ def test_outputs_carry_no_identifying_fields(tiny_run):
                 assert n not in blob, f"{n!r} found in {p}"
 
 
+@pytest.mark.slow
+def test_ae_signal_script_reports_both_protocols(tiny_run):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "ae_signal.py"), "--workdir", str(tiny_run),
+                           "--folds", "0", "--set", "epochs=1", "--tag", "smoke"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("fold=0"))
+    fields = dict(item.split("=") for item in line.split())
+    assert {"AUC_P", "AUC_S", "band_share", "brain_share", "outside_head_share"} <= set(fields)
+    shares = float(fields["band_share"]) + float(fields["brain_share"]) + float(fields["outside_head_share"])
+    assert abs(shares - 100) < 0.2
+    assert (tiny_run / "results" / "ae_signal" / "AE-smoke" / "fold-0" / "model.pt").exists()
+
+
 def test_snakemake_lint():
     proc = subprocess.run(SNAKEMAKE + ["--lint", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
