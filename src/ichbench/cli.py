@@ -32,9 +32,6 @@ def cmd_synth(a) -> None:
 
     params = json.loads(a.params) if a.params else {}
     params.pop("out_dir", None)
-    for key in ("n_slices", "lesion_slices", "fov_mm"):
-        if key in params:
-            params[key] = tuple(params[key])
     summary = generate(a.out, SyntheticConfig(**params), workers=a.workers)
     logging.info("synthetic dataset written to %s: %s", a.out, summary)
 

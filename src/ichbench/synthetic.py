@@ -85,6 +85,11 @@ class SyntheticConfig:
     fracture_prob: float = 0.5       # of those, with a calvarial fracture (an EDH always has one)
     normal_trauma_prob: float = 0.2  # normal patients with a scalp hematoma
 
+    def __post_init__(self) -> None:
+        # (min, max) pairs arrive as lists from JSON / YAML
+        for name in ("n_slices", "fov_mm", "lesion_slices"):
+            setattr(self, name, tuple(getattr(self, name)))
+
     def validate(self) -> None:
         if self.image_size < 128:
             raise ValueError("image_size must be >= 128")
@@ -369,12 +374,12 @@ class _Patient:
         v0, v1 = self._vent_range()
         vent_slices = [k for k in range(1, n - 1) if v0 + 0.02 < self.t(k) < v1 - 0.02]
         ls = float(self.cfg.lesion_scale)
+        r_hi = max(1, min(self.cfg.lesion_slices[1], n - 2))
+        r_lo = min(self.cfg.lesion_slices[0], r_hi)
         for kind in kinds:
             if kind == "IVH" and not vent_slices:
                 kind = "IPH"
-            r_lo, r_hi = self.cfg.lesion_slices
-            r_hi = max(1, min(r_hi, n - 2))
-            L = int(rng.integers(min(r_lo, r_hi), r_hi + 1))
+            L = int(rng.integers(r_lo, r_hi + 1))
             if kind == "IVH":
                 kc = int(rng.choice(vent_slices))
                 L = min(L, 4)
@@ -492,11 +497,12 @@ class _Patient:
         rel = (d - sc) / skull
         lab[bone & (rel > 0.3) & (rel < 0.7)] = DIPL
         sh = self.scalp_hem
-        if sh is not None and sh.taper(k) > 0:
+        sh_tap = sh.taper(k) if sh is not None else 0.0
+        if sh_tap > 0:
             # subgaleal hematoma: a lens that lifts the outer scalp surface
             dth = sh.params["arc"] / max(float(np.median(R)), 10.0)
             u = _wrap(th - sh.params["theta"]) / dth
-            w = sh.params["h"] * np.sqrt(np.clip(1 - u * u, 0, 1)) * sh.taper(k)
+            w = sh.params["h"] * np.sqrt(np.clip(1 - u * u, 0, 1)) * sh_tap
             lab[(w > 0.3) & (d >= -w) & (d < 0.5 * sc)] = SCALP_HEM
         fr = self.fracture
         if fr is not None and fr["k0"] <= k <= fr["k1"]:
@@ -678,7 +684,7 @@ class _Patient:
         hu += np.where(par, tex, 0).astype(np.float32)
         hu += np.where(lab == DIPL, 160 * f_fine, 0).astype(np.float32)
         hu += np.where(lab == CORT, 80 * f_fine, 0).astype(np.float32)
-        if sh is not None:
+        if sh_tap > 0:
             hu += np.where(lab == SCALP_HEM, 3.0 * f_fine, 0).astype(np.float32)
         for L, tap in lesions:
             if L.kind == "IPH" and L.params["rim"] > 0:
@@ -1012,7 +1018,7 @@ def _simulate_reads(cfg: SyntheticConfig, results: list[dict]) -> list[list]:
                     v["ChronicBleed"] = int(rng.random() < 0.03)
                     v["MassEffect"] = int(r["mass_effect"] and rng.random() < 0.85)
                     v["MidlineShift"] = int(r["midline_shift"] and rng.random() < 0.8)
-                    if r.get("fracture"):
+                    if r["fracture"]:
                         v["Fracture"] = v["CalvarialFracture"] = int(rng.random() < 0.85)
             elif r["number"] in fp and reader == fp_reader:
                 v["ICH"] = 1
