@@ -3,8 +3,9 @@
 
 Trains one method (default AE) on the `train` part of each fold manifest with the config's recipe
 (or overrides), scores the fold's test slices, and prints the test AUC of the paper's slice score
-(mean of the pixel map over the image) under both label protocols: `P` (paper: every slice of a
-pathological scan is anomalous) and `S` (slice ground truth). It also prints how that mean splits
+(mean of the pixel map over the image) under both label protocols, computed as Table 1 does: `P`, the
+manifests' protocol (`paper` by default: every slice of a pathological scan is anomalous), and `S`, slice
+ground truth where it is known. It also prints how that mean splits
 into the extracranial band (head minus brain mask), the brain and the ground-truth hemorrhage,
 and the AUCs of the brain-only mean, a diagnostic that is not the paper's score.
 
@@ -26,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 
 from ichbench import config as cfgmod
+from ichbench.aggregate import fold_metrics
 from ichbench.data import DeviceBatches, load_slices, read_manifest
 from ichbench.train import load_trained, train
 
@@ -62,15 +63,18 @@ def fold_report(model_path: Path, manifest: Path, batch_size: int = 128) -> dict
             parts["lesion"].append(((maps * gt).sum((1, 2)) / pixels).numpy())
             parts["brain_mean"].append(((maps * brain).sum((1, 2)) / brain.sum((1, 2)).clamp(min=1)).numpy())
     v = {k: np.concatenate(p) for k, p in parts.items()}
-    y_paper, y_slice = rows["label"].to_numpy(), rows["slice_truth"].to_numpy()
-    lesion_slices = y_slice == 1
+    lesion_slices = rows["slice_truth"].to_numpy() == 1
 
-    def auc(y, s):
-        return 100 * roc_auc_score(y, s) if 0 < y.sum() < len(y) else float("nan")
+    def aucs(score: np.ndarray) -> tuple[float, float]:
+        """Test AUC under the `label` column and against slice truth, computed as Table 1 does."""
+        protocol = str(rows["protocol"].iloc[0])
+        m = fold_metrics(rows.assign(method="-", score=score), protocol)
+        auc = m[m["metric"] == "AUC"].set_index("protocol")["value"]
+        return float(auc[protocol]), float(auc.get("slice", np.nan))
 
+    (auc_p, auc_s), (brain_p, brain_s) = aucs(v["score"]), aucs(v["brain_mean"])
     return {
-        "test_slices": len(rows), "AUC_P": auc(y_paper, v["score"]), "AUC_S": auc(y_slice, v["score"]),
-        "brain_AUC_P": auc(y_paper, v["brain_mean"]), "brain_AUC_S": auc(y_slice, v["brain_mean"]),
+        "test_slices": len(rows), "AUC_P": auc_p, "AUC_S": auc_s, "brain_AUC_P": brain_p, "brain_AUC_S": brain_s,
         "band_share": 100 * v["band"].sum() / v["score"].sum(),
         "brain_share": 100 * v["brain"].sum() / v["score"].sum(),
         "outside_head_share": 100 * (1 - (v["band"].sum() + v["brain"].sum()) / v["score"].sum()),
