@@ -303,7 +303,7 @@ def test_ae_pl_weights(monkeypatch, tmp_path):
     assert "allow_random_vgg" in msg
 
     method = REGISTRY["AE-PL"]({**params, "allow_random_vgg": True}, in_channels=3, image_size=16, device=CPU)
-    assert method.notes == ["VGG-19 with random weights, not the paper's AE-PL"]
+    assert method.notes == ["VGG-19 with random weights (and no ImageNet feature normalisation), not the paper's AE-PL"]
     assert not any(k.startswith("vgg") for k in method.state_dict()["model"])
 
     # a weights file (torchvision's key names) is found in the hub cache and used, and then no note

@@ -282,14 +282,26 @@ def _relative_distance(method, b, mean=None, var=None):
     return np.abs(fx - fr) / np.abs(fx).mean(axis=(1, 2, 3), keepdims=True)
 
 
-def test_ae_pl_by_hand_with_the_reference_feature_normalisation():
+def vgg_weights_file(tmp_path):
+    """A weights file in torchvision's format (random values): AE-PL treats it as the ImageNet weights."""
+    from ichbench.methods import ae_pl
+
+    torch.manual_seed(1)
+    state = {f"features.{k}": v for k, v in ae_pl.tv_vgg.make_layers(ae_pl.tv_vgg.cfgs["E"]).state_dict().items()}
+    path = tmp_path / "vgg19.pth"
+    torch.save(state, path)
+    return str(path)
+
+
+def test_ae_pl_by_hand_with_the_reference_feature_normalisation(tmp_path):
     from ichbench.methods.ae_pl import default_feature_stats_path
 
     stats = torch.load(default_feature_stats_path(), weights_only=True)
     mean, var = (np64(t) for t in stats["r21"])             # relu2_1: 128 channels
     assert mean.shape == (1, 128, 1, 1) and (var > 0).all()
-    method, b = build("AE-PL"), tiny_batch()
-    assert method.params["feature_normalization"] is True
+    weights = vgg_weights_file(tmp_path)
+    method, b = build("AE-PL", vgg_weights=weights), tiny_batch()
+    assert method.params["feature_normalization"] is True and method.notes == []
     want = _relative_distance(method, b, mean, var)
     assert loss_of(method, b) == pytest.approx(want.mean(), rel=1e-4)
     # not the identity: without the statistics the value differs
@@ -300,8 +312,12 @@ def test_ae_pl_by_hand_with_the_reference_feature_normalisation():
                        align_corners=False)
     np.testing.assert_allclose(m.numpy(), up[:, 0].numpy(), rtol=1e-4, atol=1e-6)
 
-    raw = build("AE-PL", feature_normalization=False)
+    raw = build("AE-PL", vgg_weights=weights, feature_normalization=False)
     assert loss_of(raw, b) == pytest.approx(_relative_distance(raw, b).mean(), rel=1e-4)
+    # random weights (no file): the ImageNet statistics do not describe them, so no normalisation, and the note
+    rand = build("AE-PL")
+    assert "no ImageNet feature normalisation" in rand.notes[0]
+    assert loss_of(rand, b) == pytest.approx(_relative_distance(rand, b).mean(), rel=1e-4)
 
 
 def test_ae_pl_feature_stats_file_errors(tmp_path):
@@ -318,8 +334,10 @@ def test_ae_pl_feature_stats_file_errors(tmp_path):
         load_feature_stats(bad, "relu4_2", 512)
     with pytest.raises(ValueError, match="not a \\(mean, var\\) pair of 128"):
         load_feature_stats(_save(tmp_path, {"r21": (torch.zeros(3), torch.ones(3))}), "relu2_1", 128)
-    files = AEPL.input_files({"vgg_weights": str(tmp_path / "missing.pth")})
-    assert files == {"vgg_weights": None, "feature_stats": str(default_feature_stats_path())}
+    assert AEPL.input_files({"vgg_weights": str(tmp_path / "missing.pth")}) == {
+        "vgg_weights": None, "feature_stats": None}
+    assert AEPL.input_files({"vgg_weights": str(bad)}) == {
+        "vgg_weights": str(bad), "feature_stats": str(default_feature_stats_path())}
     assert AEPL.input_files({"vgg_weights": str(bad), "feature_normalization": False}) == {
         "vgg_weights": str(bad), "feature_stats": None}
 
@@ -370,8 +388,8 @@ def test_ganomaly_reinitialises_after_an_epoch_the_reference_way():
 
 @pytest.mark.slow                                             # two snakemake dry runs: ~20 s of CPU
 def test_ae_pl_jobs_take_the_vgg_weights_and_statistics_as_inputs(tmp_path, monkeypatch):
-    """A dry run: the statistics file is an input of AE-PL's train and score jobs, and the VGG-19 weights
-    file is one as soon as it exists (then its job params change too, so a run with random weights reruns)."""
+    """A dry run: without the VGG-19 weights file AE-PL's train and score jobs read neither file; once it exists,
+    it and the statistics file are inputs (and the job params change, so a run with random weights reruns)."""
     import yaml
     from test_pipeline import run_snakemake, tiny_config
 
@@ -389,7 +407,7 @@ def test_ae_pl_jobs_take_the_vgg_weights_and_statistics_as_inputs(tmp_path, monk
 
     stats = str(default_feature_stats_path())
     before = job_inputs()
-    assert all(stats in files and not any("vgg19-dcbb9e9d" in f for f in files) for files in before.values())
+    assert all(stats not in files and not any("vgg19-dcbb9e9d" in f for f in files) for files in before.values())
     hub.mkdir(parents=True)
     (hub / "vgg19-dcbb9e9d.pth").write_bytes(b"")
     after = job_inputs()

@@ -13,9 +13,11 @@ name -> (mean, var), per channel; MIT, shipped in `ichbench/resources/`, see the
 file named by the hyper-parameter `feature_stats`. Note the division by the variance, not the standard
 deviation, as the reference does. `feature_normalization: false` skips the step (raw features).
 
-With random VGG weights (`allow_random_vgg`, the CPU demo) the normalisation is still applied: it is
-then a fixed per-channel affine map with no meaning for those channels, but the demo runs the paper's
-code path, and the row is marked as not the paper's AE-PL in Table 1 anyway.
+The statistics describe the ImageNet network's channels, so the step is applied only when the VGG
+weights come from a file. With random weights (`allow_random_vgg`, the CPU demo) it is skipped and the
+Table 1 note says so: their features are unrelated to those statistics (measured at relu3_1 on uniform
+noise, 64 px: mean |f| 0.11, while mean |(f - mean_c) / var_c| is 0.42, almost all of it the constant mean_c / var_c),
+so the per-slice normaliser mean |n(f(x))| would be a constant and the loss no longer relative.
 
 What the VGG sees: the 3 CT windows (brain, subdural, bone) are fed as its 3 input channels (R, G, B),
 each mapped from [-1, 1] to [0, 1] and normalised with the ImageNet mean / std; a 1-channel input is
@@ -136,7 +138,7 @@ def build_vgg_features(layer: str, weights: str | os.PathLike | None, allow_rand
         feats.load_state_dict({k: state[k] for k in feats.state_dict()})
     elif allow_random:
         _random_init(feats, seed)
-        note = "VGG-19 with random weights, not the paper's AE-PL"
+        note = "VGG-19 with random weights (and no ImageNet feature normalisation), not the paper's AE-PL"
     else:
         where = f"the file given by `vgg_weights` ({path})" if weights else str(path)
         raise RuntimeError(
@@ -161,12 +163,13 @@ class AEPL(AutoEncoderMethod):
     @classmethod
     def input_files(cls, params: dict) -> dict[str, str | None]:
         """The files this row reads besides the data (for the workflow's job inputs): the VGG weights
-        (None when the file is absent) and the feature statistics (None when switched off)."""
+        (None when the file is absent) and the feature statistics (None when not used: switched off, or
+        no weights file)."""
         p = {**cls.full_defaults(), **params}
         vgg = Path(p["vgg_weights"]).expanduser() if p["vgg_weights"] else default_vgg_path()
         stats = Path(p["feature_stats"]).expanduser() if p["feature_stats"] else default_feature_stats_path()
         return {"vgg_weights": str(vgg) if vgg.is_file() else None,
-                "feature_stats": str(stats) if p["feature_normalization"] else None}
+                "feature_stats": str(stats) if p["feature_normalization"] and vgg.is_file() else None}
 
     def __init__(self, params, in_channels, image_size, device):
         super().__init__(params, in_channels, image_size, device)
@@ -181,7 +184,7 @@ class AEPL(AutoEncoderMethod):
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         self._feat_mean = self._feat_var = None
-        if p["feature_normalization"]:
+        if p["feature_normalization"] and note is None:      # only for the weights the statistics describe
             channels = [m for m in self.vgg.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
             mean, var = load_feature_stats(p["feature_stats"], p["vgg_layer"], channels)
             self._feat_mean, self._feat_var = mean.to(device), var.to(device)
