@@ -17,7 +17,7 @@ The statistics describe the ImageNet network's channels, so the step is applied 
 weights come from a file. With random weights (`allow_random_vgg`, the CPU demo) it is skipped and the
 Table 1 note says so: their features are unrelated to those statistics (measured at relu3_1 on uniform
 noise, 64 px: mean |f| 0.11, while mean |(f - mean_c) / var_c| is 0.42, almost all of it the constant mean_c / var_c),
-so the per-slice normaliser mean |n(f(x))| would be a constant and the loss no longer relative.
+so the per-slice normaliser mean |n(f(x))| would be nearly constant and the loss no longer relative.
 
 What the VGG sees: the 3 CT windows (brain, subdural, bone) are fed as its 3 input channels (R, G, B),
 each mapped from [-1, 1] to [0, 1] and normalised with the ImageNet mean / std; a 1-channel input is
