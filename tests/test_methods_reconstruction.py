@@ -233,12 +233,14 @@ def test_ssim_map_identity_and_skimage():
     assert torch.allclose(1 - ssim_map(a, a), torch.zeros(()), atol=1e-5)
     b = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1)
     ours = ssim_map(a, b)
-    assert ours.shape == a.shape
+    assert ours.shape == (2, 3, 14, 14)                  # 'valid': 24 - 11 + 1, the border left out
     for i, c in [(0, 0), (1, 2)]:
         ref_mean, ref = structural_similarity(a[i, c].numpy().astype(np.float64), b[i, c].numpy().astype(np.float64),
                                               data_range=1.0, gaussian_weights=True, sigma=1.5,
                                               use_sample_covariance=False, full=True)
-        np.testing.assert_allclose(ours[i, c].numpy(), ref, atol=2e-4)
+        np.testing.assert_allclose(ours[i, c].numpy(), ref[5:-5, 5:-5], atol=2e-4)
+    with pytest.raises(ValueError, match="smaller than the 11-pixel window"):
+        ssim_map(a[..., :10, :10], b[..., :10, :10])
 
     method = build("AE-SSIM")
     x = make_heads(2, seed=4)[0]
@@ -301,7 +303,7 @@ def test_ae_pl_weights(monkeypatch, tmp_path):
     assert "allow_random_vgg" in msg
 
     method = REGISTRY["AE-PL"]({**params, "allow_random_vgg": True}, in_channels=3, image_size=16, device=CPU)
-    assert method.notes == ["VGG-19 with random weights, not the paper's AE-PL"]
+    assert method.notes == ["VGG-19 with random weights (and no ImageNet feature normalisation), not the paper's AE-PL"]
     assert not any(k.startswith("vgg") for k in method.state_dict()["model"])
 
     # a weights file (torchvision's key names) is found in the hub cache and used, and then no note

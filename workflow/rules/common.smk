@@ -134,6 +134,24 @@ def method_digest(wildcards):
     return code_digest(wildcards.method)
 
 
+def _method_files(method):
+    from ichbench.methods import get_method
+
+    return get_method(method).input_files(ichconfig.method_params(config, method))
+
+
+def method_files(wildcards):
+    """Named inputs of a row's train and score jobs: the files it reads besides the data that exist
+    (AE-PL: the VGG-19 weights, the feature statistics). Replacing one reruns the row."""
+    return {name: path for name, path in _method_files(wildcards.method).items() if path}
+
+
+def method_files_state(wildcards):
+    """Which of those files a row uses (a param; their paths are in the hyper-parameters): adding one that
+    was missing, e.g. the ImageNet VGG-19 weights after a run with random ones, reruns the row."""
+    return json.dumps({name: bool(path) for name, path in _method_files(wildcards.method).items()}, sort_keys=True)
+
+
 def score_files(kind):
     ext = {"scores": "csv", "maps": "maps.npz"}[kind]
     return expand("results/scores/{method}/fold-{fold}.{ext}", method=METHODS, fold=FOLDS, ext=ext)

@@ -3,6 +3,7 @@
 
 rule score:
     input:
+        unpack(method_files),
         model="results/models/{method}/fold-{fold}/model.pt",
         manifest="results/splits/fold-{fold}.csv",
         figure_cases="results/splits/figure_cases.csv",
@@ -10,6 +11,7 @@ rule score:
         scores="results/scores/{method}/fold-{fold}.csv",
         maps="results/scores/{method}/fold-{fold}.maps.npz",
     params:
+        files=method_files_state,
         device=config["train"]["device"],
         batch_size=config["train"]["score_batch_size"],
     conda:

@@ -3,11 +3,13 @@
 
 rule train:
     input:
+        unpack(method_files),
         manifest="results/splits/fold-{fold}.csv",
     output:
         model="results/models/{method}/fold-{fold}/model.pt",
         history="results/models/{method}/fold-{fold}/history.csv",
     params:
+        files=method_files_state,
         hyper=method_params,
         code=method_digest,
         device=config["train"]["device"],

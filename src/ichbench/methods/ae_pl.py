@@ -2,15 +2,26 @@
 perceptual autoencoder), in the relative-L1 form of the MedIAnomaly reference:
 
     f = VGG-19 features up to relu4_2 (torchvision `vgg19().features[:23]`, frozen, eval mode)
-    loss  = mean over (channels, pixels) of |f(x) - f(x^)| / mean |f(x)|     (per slice, the
+    n(f) = (f - mean_c) / var_c      per channel c, the ImageNet statistics of that layer (below)
+    loss  = mean over (channels, pixels) of |n(f(x)) - n(f(x^))| / mean |n(f(x))|   (per slice, the
             normaliser detached), then mean over the batch
-    map   = mean over feature channels of |f(x) - f(x^)| / mean |f(x)|, upsampled bilinearly from
-            S/8 to S x S
+    map   = mean over feature channels of the same ratio, upsampled bilinearly from S/8 to S x S
+
+This is the reference's `RelativePerceptualL1Loss` (`use_feature_normalization=True`, layer `r42`).
+The statistics: the reference's file `vgg19_ILSVRC2012_object_detection_mean_var.pt` (a dict layer
+name -> (mean, var), per channel; MIT, shipped in `ichbench/resources/`, see the README there), or the
+file named by the hyper-parameter `feature_stats`. Note the division by the variance, not the standard
+deviation, as the reference does. `feature_normalization: false` skips the step (raw features).
+
+The statistics describe the ImageNet network's channels, so the step is applied only when the VGG
+weights come from a file. With random weights (`allow_random_vgg`, the CPU demo) it is skipped and the
+Table 1 note says so: their features are unrelated to those statistics (measured at relu3_1 on uniform
+noise, 64 px: mean |f| 0.11, while mean |(f - mean_c) / var_c| is 0.42, almost all of it the constant mean_c / var_c),
+so the per-slice normaliser mean |n(f(x))| would be nearly constant and the loss no longer relative.
 
 What the VGG sees: the 3 CT windows (brain, subdural, bone) are fed as its 3 input channels (R, G, B),
 each mapped from [-1, 1] to [0, 1] and normalised with the ImageNet mean / std; a 1-channel input is
-replicated to 3. (The reference's optional per-layer ImageNet feature mean / variance file is not
-used: its normalisation is the identity by default.)
+replicated to 3.
 
 Weights: the features part of torchvision's `vgg19-dcbb9e9d.pth` (ImageNet), from the hyper-parameter
 `vgg_weights` or, when that is null, from `torch.hub.get_dir()/checkpoints/vgg19-dcbb9e9d.pth`. Nothing
@@ -40,6 +51,7 @@ from .ae import AutoEncoderMethod
 from .base import register
 
 VGG19_FILE = "vgg19-dcbb9e9d.pth"
+FEATURE_STATS_FILE = "vgg19_ILSVRC2012_object_detection_mean_var.pt"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: index (in torchvision's `vgg19().features`) of each ReLU a feature map can be taken from
@@ -50,6 +62,35 @@ VGG19_RELU = {"relu1_1": 1, "relu1_2": 3, "relu2_1": 6, "relu2_2": 8, "relu3_1":
 
 def default_vgg_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_FILE
+
+
+def default_feature_stats_path() -> Path:
+    return Path(__file__).resolve().parents[1] / "resources" / FEATURE_STATS_FILE
+
+
+def load_feature_stats(path: str | os.PathLike | None, layer: str,
+                       channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (mean, var), each (1, channels, 1, 1) float32, of VGG-19 layer `layer` (e.g. relu4_2 -> key
+    'r42') from the reference's statistics file (`path`, or the packaged copy when None)."""
+    path = Path(path).expanduser() if path else default_feature_stats_path()
+    key = "r" + layer[len("relu"):].replace("_", "")
+    if not path.is_file():
+        raise FileNotFoundError(f"AE-PL: feature statistics file {path} not found (hyper-parameter "
+                                f"`feature_stats`; null means the packaged {FEATURE_STATS_FILE})")
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"AE-PL: cannot read feature statistics file {path}: {exc}") from None
+    if not isinstance(stats, dict) or key not in stats:
+        raise ValueError(f"AE-PL: {path} holds no statistics for layer {layer!r} (key {key!r}); expected the "
+                         f"dict layer name -> (mean, var) of {FEATURE_STATS_FILE}")
+    try:
+        mean, var = (torch.as_tensor(t, dtype=torch.float32).reshape(1, channels, 1, 1) for t in stats[key])
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"AE-PL: {path}: entry {key!r} is not a (mean, var) pair of {channels} values each") from None
+    if not (torch.isfinite(mean).all() and torch.isfinite(var).all() and (var > 0).all()):
+        raise ValueError(f"AE-PL: {path}: entry {key!r} has non-finite values or a variance <= 0")
+    return mean, var
 
 
 def _random_init(features: nn.Sequential, seed: int) -> None:
@@ -97,7 +138,7 @@ def build_vgg_features(layer: str, weights: str | os.PathLike | None, allow_rand
         feats.load_state_dict({k: state[k] for k in feats.state_dict()})
     elif allow_random:
         _random_init(feats, seed)
-        note = "VGG-19 with random weights, not the paper's AE-PL"
+        note = "VGG-19 with random weights (and no ImageNet feature normalisation), not the paper's AE-PL"
     else:
         where = f"the file given by `vgg_weights` ({path})" if weights else str(path)
         raise RuntimeError(
@@ -117,7 +158,18 @@ class AEPL(AutoEncoderMethod):
     name = "AE-PL"
     paper = "Shvetsova et al. 2021, deep perceptual autoencoder"
     defaults = {"vgg_layer": "relu4_2", "vgg_weights": None, "allow_random_vgg": False, "vgg_seed": 0,
-                "vgg_input_size": None}
+                "vgg_input_size": None, "feature_normalization": True, "feature_stats": None}
+
+    @classmethod
+    def input_files(cls, params: dict) -> dict[str, str | None]:
+        """The files this row reads besides the data (for the workflow's job inputs): the VGG weights
+        (None when the file is absent) and the feature statistics (None when not used: switched off, or
+        no weights file)."""
+        p = {**cls.full_defaults(), **params}
+        vgg = Path(p["vgg_weights"]).expanduser() if p["vgg_weights"] else default_vgg_path()
+        stats = Path(p["feature_stats"]).expanduser() if p["feature_stats"] else default_feature_stats_path()
+        return {"vgg_weights": str(vgg) if vgg.is_file() else None,
+                "feature_stats": str(stats) if p["feature_normalization"] and vgg.is_file() else None}
 
     def __init__(self, params, in_channels, image_size, device):
         super().__init__(params, in_channels, image_size, device)
@@ -131,6 +183,17 @@ class AEPL(AutoEncoderMethod):
             self.notes.append(note)
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        self._feat_mean = self._feat_var = None
+        if p["feature_normalization"] and note is None:      # only for the weights the statistics describe
+            channels = [m for m in self.vgg.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
+            mean, var = load_feature_stats(p["feature_stats"], p["vgg_layer"], channels)
+            self._feat_mean, self._feat_var = mean.to(device), var.to(device)
+
+    def _normalise(self, f: torch.Tensor) -> torch.Tensor:
+        """(f - mean_c) / var_c, the reference's per-channel feature normalisation (float32)."""
+        if self._feat_mean is None:
+            return f
+        return (f - self._feat_mean) / self._feat_var
 
     def _vgg_in(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() + 1) / 2
@@ -142,14 +205,14 @@ class AEPL(AutoEncoderMethod):
         return (x - self._mean) / self._std
 
     def _distance(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) relative feature distance |f(x) - f(x^)| / mean |f(x)| (float32)."""
+        """(B, K, h, w) relative distance |n(f(x)) - n(f(x^))| / mean |n(f(x))| (float32)."""
         rec = self.model(x)
         self.vgg.eval()
         with torch.no_grad():                       # the target's features: no graph needed
             fx = self.vgg(self._vgg_in(x))
         fr = self.vgg(self._vgg_in(rec))
         with float32(x):
-            fx, fr = fx.float(), fr.float()
+            fx, fr = self._normalise(fx.float()), self._normalise(fr.float())
             norm = fx.abs().mean(dim=(1, 2, 3), keepdim=True).detach().clamp_min(1e-8)
             return (fx - fr).abs() / norm
 

@@ -1,13 +1,16 @@
 """AE-SSIM: the shared autoencoder trained with 1 - SSIM; the pixel map is 1 - the local SSIM map
-(Bergmann et al. 2019).
+(Bergmann et al. 2019), as the MedIAnomaly reference computes them (`SSIMLoss`, pytorch_msssim's `_ssim`):
 
-SSIM is computed per channel on images mapped from [-1, 1] to [0, 1] (and clamped there, as the
-reference does), data range 1, K1 = 0.01, K2 = 0.03, with an 11 x 11 Gaussian window of sigma 1.5
-(separable, normalised) and population (not sample) covariances: the definition of Wang et al. 2004.
-`pytorch_msssim` only returns the mean SSIM of a 'valid' convolution, not a same-size local map, so
-the map is computed here. Borders are padded symmetrically (edge pixel repeated, scipy's 'reflect'),
-which makes the map equal to `skimage.metrics.structural_similarity(..., gaussian_weights=True,
-sigma=1.5, use_sample_covariance=False, data_range=1, full=True)`. All in float32.
+SSIM per channel on images mapped from [-1, 1] to [0, 1] and clamped there, data range 1, K1 = 0.01,
+K2 = 0.03, an 11 x 11 Gaussian window of sigma 1.5 (separable, normalised), population covariances
+(the definition of Wang et al. 2004), and a 'valid' filter: the map covers the (S - 10) x (S - 10) window
+centres that lie wholly inside the image, so the 5-pixel border takes no part in the loss.
+
+    loss = mean of (1 - SSIM) over the valid map
+    map  = 1 - SSIM, valid map upsampled bilinearly (align_corners False) to S x S
+
+The valid map equals `skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+use_sample_covariance=False, data_range=1, full=True)` with its 5-pixel border cut off. All in float32.
 """
 from __future__ import annotations
 
@@ -26,24 +29,18 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Te
     return g / g.sum()
 
 
-def _pad_symmetric(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Pad the last two dims by p, repeating the edge pixel (d c b a | a b c d | d c b a)."""
-    x = torch.cat([x[..., :p].flip(-1), x, x[..., -p:].flip(-1)], dim=-1)
-    return torch.cat([x[..., :p, :].flip(-2), x, x[..., -p:, :].flip(-2)], dim=-2)
-
-
 def _blur(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable depthwise Gaussian filter, same size output."""
+    """Separable depthwise Gaussian filter, 'valid' (no padding): (H, W) -> (H - k + 1, W - k + 1)."""
     c = x.shape[1]
-    p = g.numel() // 2
-    x = _pad_symmetric(x, p)
     x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
     return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
              sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Local SSIM map (B, C, H, W) of two image batches, in float32."""
+    """Local SSIM map (B, C, H - win_size + 1, W - win_size + 1) of two image batches ('valid'), float32."""
+    if min(a.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM: images {tuple(a.shape[-2:])} are smaller than the {win_size}-pixel window")
     with float32(a):
         a, b = a.float(), b.float()
         g = gaussian_window(win_size, sigma, a.device)
@@ -62,6 +59,7 @@ class AESSIM(AutoEncoderMethod):
     defaults = {"ssim_window": 11, "ssim_sigma": 1.5}
 
     def _dissimilarity(self, x: torch.Tensor) -> torch.Tensor:
+        """1 - the valid SSIM map, (B, C, S - w + 1, S - w + 1)."""
         rec = self.model(x)
         to01 = lambda t: ((t.float() + 1) / 2).clamp(0, 1)  # noqa: E731
         return 1 - ssim_map(to01(x), to01(rec), 1.0, self.params["ssim_window"], self.params["ssim_sigma"])
@@ -70,4 +68,7 @@ class AESSIM(AutoEncoderMethod):
         return self._dissimilarity(batch["x"]).mean(), {}
 
     def score_map(self, batch):
-        return self._dissimilarity(batch["x"])
+        x = batch["x"]
+        d = self._dissimilarity(x)
+        with float32(d):
+            return F.interpolate(d, size=x.shape[-2:], mode="bilinear", align_corners=False)

@@ -73,6 +73,12 @@ class Method:
             merged.update(getattr(klass, "defaults", {}) if klass is not Method else {})
         return merged
 
+    @classmethod
+    def input_files(cls, params: dict[str, Any]) -> dict[str, str | None]:
+        """Files the row reads besides the data (e.g. pretrained weights), name -> path or None when
+        absent or unused: the workflow makes the existing ones inputs of the row's jobs."""
+        return {}
+
     # -- to implement ---------------------------------------------------------------------------
     def build(self) -> nn.Module:
         raise NotImplementedError

@@ -5,10 +5,12 @@ noise from normal slices:
 
 Noise n: Gaussian with std `noise_std` (0.2) drawn at `noise_res` x `noise_res` (16 x 16) per slice
 and channel (or one field shared by the channels with `noise_shared_channels`), bilinearly upsampled
-to the image size, rolled (translated with wrap-around) by one random shift per batch in each
-direction, and set to zero outside the head mask (`needs = ("head_mask",)`). All draws use the torch
+to the image size with `align_corners=True` (as the reference), rolled (translated with wrap-around) by
+one random shift per batch in each direction, and set to zero outside the head mask
+(`needs = ("head_mask",)`; the reference masks only its MRI sets, by x > min x). All draws use the torch
 global RNG. The reference code's leftover `n = (n - 0.5) * 2` line can be reproduced with
 `reference_noise_shift: true` (off by default). The reference trains with batch 16 (a recipe value).
+The UNet (`nets.unet`) is the reference's at `unet_width` 64 and `unet_levels` 5.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def coarse_noise(x: torch.Tensor, std: float, res: int, mask: torch.Tensor | Non
     """Coarse Gaussian noise shaped like x (B, C, H, W), zero where `mask` (B, H, W) is False."""
     b, c, h, w = x.shape
     n = torch.randn(b, 1 if shared_channels else c, res, res, device=x.device) * std
-    n = F.interpolate(n, size=(h, w), mode="bilinear", align_corners=False)
+    n = F.interpolate(n, size=(h, w), mode="bilinear", align_corners=True)
     shift = torch.randint(0, h, (1,)).item(), torch.randint(0, w, (1,)).item()
     n = torch.roll(n, shifts=shift, dims=(-2, -1)).expand(b, c, h, w)
     if reference_shift:
@@ -41,11 +43,11 @@ class DAE(Method):
     paper = "Kascenas et al. 2022, denoising autoencoder"
     needs = ("head_mask",)
     defaults = {"noise_std": 0.2, "noise_res": 16, "noise_shared_channels": False,
-                "reference_noise_shift": False, "unet_width": 64, "unet_levels": 5, "unet_groups": 32}
+                "reference_noise_shift": False, "unet_width": 64, "unet_levels": 5}
 
     def build(self) -> torch.nn.Module:
         p = self.params
-        return UNet(self.in_channels, p["unet_width"], p["unet_levels"], p["unet_groups"])
+        return UNet(self.in_channels, p["unet_width"], p["unet_levels"])
 
     def loss(self, batch):
         x = batch["x"]

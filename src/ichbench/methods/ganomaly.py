@@ -1,21 +1,27 @@
 """GANomaly (Akcay et al. 2018) on the shared autoencoder's parts (`nets.ganomaly`), as in the
 MedIAnomaly reference:
 
-generator loss      w_adv * mean (f_D(x) - f_D(x^))^2        (feature matching on D's conv features)
+generator loss      w_adv * mean (f_D(x) - f_D(x^))^2        (feature matching on D's dense features,
+                                                          the ReLU output of its Linear 4w(S/16)^2 -> 1024)
                   + w_rec * reconstruction  (mean squared error, the reference; `rec_loss: l1` = Akcay)
                   + w_lat * mean (z - z^)^2
-discriminator loss  0.5 * (BCE(D(x), 1) + BCE(D(x^ detached), 0))   (on logits: autocast-safe)
+discriminator loss  0.5 * (BCE(sigmoid D(x), 1) + BCE(sigmoid D(x^ detached), 0))   (computed from the
+                    logits: the same value, autocast-safe)
 
-Two Adam optimisers (the recipe's lr; `beta1` 0.9 as the other reconstruction rows, Akcay et al. used
-0.5). One `training_step` = one generator step then one discriminator step; the discriminator is
-re-initialised when its loss falls below `d_reinit_below` (1e-5). Slice score: mean (z - z^)^2 in eval
-mode (the reference scores in train mode, where BatchNorm sees one batch); the figure map is
-abs(x - x^), channel-averaged.
+Two Adam optimisers (the recipe's lr; `beta1` 0.9 as the reference, Akcay et al. used 0.5). One
+`training_step` = one generator step then one discriminator step. As in the reference, when the
+discriminator's loss averaged over an epoch falls below `d_reinit_below` (1e-5), it is re-initialised
+the reference's way (`weights_init`: conv weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02) and biases 0;
+its Linear layers and BatchNorm running statistics are left as they are). The epoch length comes from
+`configure_schedulers`; without it (a bare `training_step` loop) every step is checked. Slice score:
+mean (z - z^)^2 in eval mode (the reference scores in train mode, where BatchNorm sees one image); the
+figure map is abs(x - x^), channel-averaged.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..nets.ganomaly import GANomalyNet
 from ._common import float32
@@ -29,6 +35,11 @@ class GANomaly(AutoEncoderMethod):
     paper = "Akcay et al. 2018, GANomaly"
     defaults = {"w_adv": 1.0, "w_rec": 50.0, "w_lat": 1.0, "rec_loss": "l2", "beta1": 0.9,
                 "d_reinit_below": 1e-5}
+
+    def __init__(self, params, in_channels, image_size, device):
+        super().__init__(params, in_channels, image_size, device)
+        self._steps_per_epoch = 1            # set by configure_schedulers
+        self._d_sum, self._d_count = 0.0, 0  # the discriminator's loss over the current epoch
 
     def build(self) -> torch.nn.Module:
         p = self.params
@@ -74,10 +85,18 @@ class GANomaly(AutoEncoderMethod):
         loss, logs, _ = self._generator_loss(batch["x"])
         return loss, logs
 
+    def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
+        self._steps_per_epoch = max(1, int(steps_per_epoch))
+
     def reinit_discriminator(self) -> None:
-        for m in self.model.discriminator.modules():
-            if m is not self.model.discriminator and hasattr(m, "reset_parameters"):
-                m.reset_parameters()
+        """The reference's `weights_init` applied to the discriminator (draws from the torch global RNG)."""
+        with torch.no_grad():
+            for m in self.model.discriminator.modules():
+                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                    m.weight.normal_(0.0, 0.02)
+                elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.weight.normal_(1.0, 0.02)
+                    m.bias.zero_()
 
     def training_step(self, batch, step):
         self.model.train()
@@ -99,9 +118,15 @@ class GANomaly(AutoEncoderMethod):
         loss_d.backward()
         opt_d.step()
         ld = float(loss_d.detach())
-        reinit = ld < self.params["d_reinit_below"]
-        if reinit:
-            self.reinit_discriminator()
+        # the reference tests the epoch's mean discriminator loss after each epoch
+        self._d_sum += ld
+        self._d_count += 1
+        reinit = False
+        if self._d_count >= self._steps_per_epoch:
+            reinit = self._d_sum / self._d_count < self.params["d_reinit_below"]
+            self._d_sum, self._d_count = 0.0, 0
+            if reinit:
+                self.reinit_discriminator()
         for s in self.schedulers:
             s.step()
         return {"loss": float(loss_g.detach()), **logs, "loss_d": ld, "d_reinit": float(reinit)}
