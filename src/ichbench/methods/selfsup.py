@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
 from ..anomalies import Synthesis
-from ..one_stage_anomalies import PatchSampler
 from ..nets.resnet import ResNetEncoderDecoder, ResNetProjectionClassifier
+from ..one_stage_anomalies import PatchSampler
 from .base import Method
 
 #: hyper-parameters of the patch placement (one_stage_anomalies.PatchSampler), shared by the one-stage rows
