@@ -14,16 +14,17 @@ import numpy as np
 import torch
 
 from . import anomalies as an
+from . import one_stage_anomalies as osa
 from .masks import brain_mask, head_mask
 from .windowing import PAPER_WINDOWS, apply_windows, dequantise, quantise
 
 #: (column title, generator) in Table 1 order; each is called on the whole batch
 GENERATORS = (
-    ("NSA", an.NSA(label="binary")),
-    ("NSA-Intensity", an.NSA(label="logistic")),
-    ("FPI", an.FPI()),
-    ("FPI-Poisson", an.FPI(poisson=True)),
-    ("CutPaste", an.CutPaste()),
+    ("NSA", osa.NSA(label="binary")),
+    ("NSA-Intensity", osa.NSA(label="logistic")),
+    ("FPI", osa.FPI()),
+    ("FPI-Poisson", osa.FPI(poisson=True)),
+    ("CutPaste", osa.CutPaste()),
     ("CutPaste (2 stage)", an.CutPasteAug()),
     ("AnatPaste", an.AnatPaste()),
 )

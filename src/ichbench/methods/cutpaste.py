@@ -1,9 +1,10 @@
-"""CutPaste, one-stage (the NSA / MedIAnomaly variant of Li et al. 2021): a patch of the same slice is
-copied to another place on the head without blending; the network segments the binary patch mask.
+"""CutPaste, one-stage (the NSA / MedIAnomaly variant of Li et al. 2021, the reference's `CutPaste`
+setting): a patch of the same slice is copied to another place on the head without blending; the network
+segments the pixels that changed (more than 1 grey level, 5 x 5 median-filtered).
 """
 from __future__ import annotations
 
-from ..anomalies import CutPaste as CutPasteGenerator
+from ..one_stage_anomalies import CutPaste as CutPasteGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
 
@@ -14,4 +15,4 @@ class CutPaste(PatchSegmentationMethod):
     paper = "Li et al. 2021 (CutPaste), one-stage segmentation variant of Schlueter et al. 2022"
 
     def make_generator(self):
-        return CutPasteGenerator(patches=self.patch_sampler())
+        return CutPasteGenerator(**self.label_options())

@@ -1,11 +1,13 @@
 """FPI: Foreign Patch Interpolation (Tan et al., MELBA 2022).
 
 A patch of another training slice at the same position is linearly interpolated into the slice,
-x' = (1 - a) x + a x_other with a ~ U(0.05, 0.95); the network regresses a pixel by pixel.
+x' = floor((1 - a) x + a x_other) on the 8-bit grid, with one a ~ U(0.05, 0.95) per slice for all its
+patches (the reference's `FPI` setting); the network regresses a on the pixels that changed (more than
+1 grey level, 5 x 5 median-filtered), 0 elsewhere.
 """
 from __future__ import annotations
 
-from ..anomalies import FPI as FPIGenerator
+from ..one_stage_anomalies import FPI as FPIGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
 
@@ -21,5 +23,5 @@ class FPI(PatchSegmentationMethod):
 
     def make_generator(self):
         p = self.params
-        return FPIGenerator(patches=self.patch_sampler(), alpha_min=p["alpha_min"], alpha_max=p["alpha_max"],
-                            **self.blend_options())
+        return FPIGenerator(alpha_min=p["alpha_min"], alpha_max=p["alpha_max"], **self.blend_options(),
+                            **self.label_options())

@@ -5,10 +5,14 @@ training seed (train.py seeds torch before it builds the method, so `torch.initi
 run's seed) together with the hyper-parameter `synth_seed`; its state is part of `extra_state`, so
 checkpoints carry it and a resumed run draws the same anomalies as an uninterrupted one.
 
-PatchSegmentationMethod (one-stage rows: NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste): a ResNet-18
-encoder-decoder trained with pixel-wise binary cross-entropy (with logits, safe under bf16) against the
-pseudo-label map of a synthetic anomaly; Adam with cosine decay from lr to lr_min over the whole run
-(per step); anomaly map = sigmoid of the output, slice score = its mean (the base `score`).
+PatchSegmentationMethod (one-stage rows: NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste; reference
+MedIAnomaly `ssl/one_stage/train_med.py`): the reference's ResNet-18 encoder-decoder (`resnet18_enc_dec`)
+trained with pixel-wise binary cross-entropy (on logits: the reference's sigmoid + BCELoss in one stable
+op) against the pseudo-label map of a synthetic anomaly (`ichbench.one_stage_anomalies`); each training
+slice is first rotated by U(-3, 3) degrees and shifted by up to `shift_pixels` (`rotate_shift`, the
+reference's RandomRotation(3) + random crop); Adam, lr cosine-annealed to lr_min once per epoch
+(CosineAnnealingLR(T_max=epochs) stepped per epoch); anomaly map = sigmoid of the output, slice score
+= its mean (the base `score`).
 
 EmbeddingGaussianMethod (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021): ResNet-18 +
 projection head + linear classifier trained to tell each batch from its augmented copy
@@ -20,6 +24,7 @@ bilinearly upsampled to the input size; one backward pass per batch.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -27,14 +32,15 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
-from ..anomalies import PatchSampler, Synthesis
+from ..anomalies import Synthesis
 from ..nets.resnet import ResNetEncoderDecoder, ResNetProjectionClassifier
+from ..one_stage_anomalies import PatchSampler
 from .base import Method
 
-#: hyper-parameters of the NSA patch placement (anomalies.PatchSampler), shared by the one-stage rows
+#: hyper-parameters of the patch placement (one_stage_anomalies.PatchSampler), shared by the one-stage rows
 PATCH_DEFAULTS = {"patch_base": 0.05, "patch_gamma_shape": 2.0, "patch_gamma_scale": 0.03,
                   "patch_min_half": 0.03, "patch_max_half": 0.40, "max_patches": 3, "extra_patch_p": 0.5,
-                  "min_object_coverage": 0.7, "max_tries": 200}
+                  "min_object_coverage": 0.7, "min_object_overlap": 0.7, "max_tries": 200}
 
 
 def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
@@ -65,8 +71,8 @@ class SelfSupervisedMethod(Method):
         return PatchSampler(base=p["patch_base"], gamma_shape=p["patch_gamma_shape"],
                             gamma_scale=p["patch_gamma_scale"], min_half=p["patch_min_half"],
                             max_half=p["patch_max_half"], max_patches=int(p["max_patches"]),
-                            extra_patch_p=p["extra_patch_p"], min_coverage=p["min_object_coverage"],
-                            max_tries=int(p["max_tries"]))
+                            extra_patch_p=p["extra_patch_p"], min_object=p["min_object_coverage"],
+                            min_overlap=p["min_object_overlap"], max_tries=int(p["max_tries"]))
 
     def cosine_schedule(self, steps_per_epoch: int, epochs: int) -> None:
         total = max(1, steps_per_epoch * epochs)
@@ -81,20 +87,64 @@ class SelfSupervisedMethod(Method):
             self.rng.bit_generator.state = state["rng"]
 
 
+def rotate_shift(x: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator, degrees: float,
+                 shift: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rotate each (square) slice by U(-degrees, degrees) about its centre and shift it by an integer
+    U{-shift..shift} per axis, nearest neighbour (torchvision's RandomRotation default, so the slice stays
+    on the 8-bit grid), air (-1) / False where nothing comes in. The mask moves with its slice."""
+    n, _, hh, ww = x.shape
+    if (degrees <= 0 and shift <= 0) or n == 0:
+        return x, mask
+    angle = np.deg2rad(rng.uniform(-degrees, degrees, n))
+    moves = rng.integers(-shift, shift + 1, (n, 2)) if shift > 0 else np.zeros((n, 2), np.int64)
+    theta = np.zeros((n, 2, 3))
+    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angle), -np.sin(angle)
+    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angle), np.cos(angle)
+    theta[:, 0, 2], theta[:, 1, 2] = -2.0 * moves[:, 1] / ww, -2.0 * moves[:, 0] / hh   # output <- input
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=x.device), [n, 1, hh, ww],
+                         align_corners=False)
+    stacked = torch.cat([x.float(), torch.ones_like(x[:, :1], dtype=torch.float32)]
+                        + ([] if mask is None else [mask[:, None].float()]), 1)
+    moved = F.grid_sample(stacked, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    inside = moved[:, x.shape[1]:x.shape[1] + 1] > 0.5
+    out = torch.where(inside, moved[:, :x.shape[1]], torch.full_like(moved[:, :x.shape[1]], -1.0)).to(x.dtype)
+    return out, None if mask is None else (moved[:, -1] > 0.5) & inside[:, 0]
+
+
 class PatchSegmentationMethod(SelfSupervisedMethod):
     """One-stage rows: segment the synthetic anomaly pixel by pixel."""
 
     needs = ("head_mask",)
-    defaults = {"lr_min": 1e-6, **PATCH_DEFAULTS}
+    # label_tol: grey levels of 0-255 (reference tol = 1); rotate_degrees / shift_pixels: the training
+    # augmentation; synth_workers: CPU threads making the anomalies
+    defaults = {"lr_min": 1e-6, **PATCH_DEFAULTS, "label_tol": 1.0, "label_median": 5, "rotate_degrees": 3.0,
+                "shift_pixels": 2, "synth_workers": 4}
 
     def build(self) -> torch.nn.Module:
         return ResNetEncoderDecoder(self.in_channels)
 
+    def label_options(self) -> dict:
+        """Keyword arguments every one-stage generator takes."""
+        p = self.params
+        return {"patches": self.patch_sampler(), "tol": float(p["label_tol"]), "median_size": int(p["label_median"]),
+                "workers": int(p["synth_workers"])}
+
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
-        self.cosine_schedule(steps_per_epoch, epochs)
+        # the lr of epoch e is lr_min + (lr - lr_min)(1 + cos(pi e / epochs)) / 2, the closed form of the
+        # reference's CosineAnnealingLR(T_max=epochs) stepped once per epoch; the base loop steps it per step
+        lr, lr_min, spe = self.params["lr"], self.params["lr_min"], max(1, steps_per_epoch)
+
+        def factor(step: int) -> float:
+            e = step // spe
+            return (lr_min + (lr - lr_min) * (1.0 + math.cos(math.pi * e / max(1, epochs))) / 2.0) / lr
+
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(self.optimizers[0], factor)]
 
     def training_step(self, batch, step):
-        syn = self.synthesise(batch)
+        p = self.params
+        x, head = rotate_shift(batch["x"], batch.get("head_mask"), self.rng, float(p["rotate_degrees"]),
+                               int(p["shift_pixels"]))
+        syn = self.synthesise({**batch, "x": x, "head_mask": head})
         return super().training_step({"x": syn.x, "label": syn.label}, step)
 
     def loss(self, batch):

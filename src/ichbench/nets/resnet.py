@@ -1,11 +1,14 @@
 """ResNet-18 networks of the self-supervised rows (randomly initialised, never ImageNet weights).
 
-ResNetEncoderDecoder (one-stage rows: NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste; as in Schlueter
-et al. 2022 and MedIAnomaly): the torchvision ResNet-18 trunk (7x7 stride-2 stem, max-pool, 4 stages of
-2 basic blocks, 512 x S/32 x S/32), a 1x1 bottleneck 512 -> 256 -> 128, and a decoder that mirrors the
-trunk with transposed basic blocks, each stage ending in a x2 upsampling block
-(128 -> 256 -> 128 -> 64 -> 64), then a transposed conv 64 -> 32 (x2, back to S) and a 3x3 conv to one
-channel of logits. The network returns logits; the anomaly map is their sigmoid.
+ResNetEncoderDecoder (one-stage rows: NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste): MedIAnomaly's
+`resnet18_enc_dec` (`ssl/one_stage/model/resnet.py`, from the NSA authors' code, ResNetEncDec([2, 2, 2, 2],
+[1, 1, 1]) with max-pool, no pre-activation): the torchvision ResNet-18 trunk (7x7 stride-2 stem, max-pool,
+4 stages of 2 basic blocks, 512 x S/32 x S/32); a 1x1 bottleneck 512 -> 256 -> ReLU -> 128 -> ReLU (no
+BatchNorm, no bias); a decoder of one transposed basic block per stage at 64, 32, 16 channels, each x2
+(S/32 -> S/4); bilinear x2 upsampling (align_corners=True, as `nn.UpsamplingBilinear2d`) and a 7x7 stride-2
+transposed conv 16 -> 1 (no bias) back to S. Kaiming-normal (fan_out) init of every Conv2d, BatchNorm
+weight 1 / bias 0, transposed convs at PyTorch's default init (the reference's init loop skips them).
+11,497,712 parameters at 3 input channels, 11,491,440 at 1. Returns logits; the anomaly map is their sigmoid.
 
 ResNetProjectionClassifier (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021): the same
 trunk, global average pooling to a 512-d embedding (fc removed), a projection head
@@ -38,52 +41,45 @@ class ResNet18Trunk(nn.Module):
         return self.forward_maps(x)[1]
 
 
-def _conv_bn(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, 1, k // 2, bias=False), nn.BatchNorm2d(cout))
-
-
 class TransposedBasicBlock(nn.Module):
-    """A basic block run backwards: 3x3 conv, then a 3x3 transposed conv (stride 2 when upsampling),
-    with a 1x1 (transposed) shortcut where the shape changes."""
+    """The reference's TransposeBasicBlock, upsampling x2: 3x3 stride-2 transposed conv -> BN -> ReLU ->
+    3x3 conv -> BN, plus a 1x1 stride-2 transposed conv -> BN on the shortcut, then ReLU."""
 
-    def __init__(self, cin: int, cout: int, upsample: bool = False):
+    def __init__(self, cin: int, cout: int):
         super().__init__()
-        self.conv1 = _conv_bn(cin, cin)
-        if upsample:
-            self.conv2 = nn.Sequential(nn.ConvTranspose2d(cin, cout, 3, 2, 1, output_padding=1, bias=False),
-                                       nn.BatchNorm2d(cout))
-            self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 1, 2, 0, output_padding=1, bias=False),
-                                          nn.BatchNorm2d(cout))
-        else:
-            self.conv2 = _conv_bn(cin, cout)
-            self.shortcut = nn.Identity() if cin == cout else _conv_bn(cin, cout, 1)
+        self.conv1 = nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential(nn.ConvTranspose2d(cin, cout, 1, stride=2, output_padding=1, bias=False),
+                                      nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.conv2(F.relu(self.conv1(x))) + self.shortcut(x))
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + self.shortcut(x))
 
 
 class ResNetEncoderDecoder(nn.Module):
     """(B, C, S, S) -> (B, 1, S, S) logits of the pixel-wise anomaly probability."""
 
-    def __init__(self, in_channels: int = 3, bottleneck: tuple[int, int] = (256, 128),
-                 decoder: tuple[int, ...] = (256, 128, 64, 64), head: int = 32):
+    def __init__(self, in_channels: int = 3):
         super().__init__()
         self.encoder = ResNet18Trunk(in_channels)
-        b1, b2 = bottleneck
-        self.bottleneck = nn.Sequential(
-            nn.Conv2d(512, b1, 1, bias=False), nn.BatchNorm2d(b1), nn.ReLU(inplace=True),
-            nn.Conv2d(b1, b2, 1, bias=False), nn.BatchNorm2d(b2), nn.ReLU(inplace=True))
-        stages, cin = [], b2
-        for cout in decoder:            # S/32 -> S/16 -> S/8 -> S/4 -> S/2
-            stages += [TransposedBasicBlock(cin, cin), TransposedBasicBlock(cin, cout, upsample=True)]
-            cin = cout
-        self.decoder = nn.Sequential(*stages)
-        self.head = nn.Sequential(      # S/2 -> S, one channel of logits
-            nn.ConvTranspose2d(cin, head, 3, 2, 1, output_padding=1, bias=False), nn.BatchNorm2d(head),
-            nn.ReLU(inplace=True), nn.Conv2d(head, 1, 3, 1, 1))
+        self.bottleneck = nn.Sequential(nn.Conv2d(512, 256, 1, bias=False), nn.ReLU(inplace=True),
+                                        nn.Conv2d(256, 128, 1, bias=False), nn.ReLU(inplace=True))
+        self.decoder = nn.Sequential(TransposedBasicBlock(128, 64), TransposedBasicBlock(64, 32),
+                                     TransposedBasicBlock(32, 16))
+        self.head = nn.ConvTranspose2d(16, 1, 7, stride=2, padding=3, output_padding=1, bias=False)
+        for m in self.modules():   # the reference's init (ConvTranspose2d is no Conv2d: left at default)
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.head(self.decoder(self.bottleneck(self.encoder(x))))
+        y = self.decoder(self.bottleneck(self.encoder(x)))
+        y = self.head(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=True))
         if y.shape[-2:] != x.shape[-2:]:      # sizes that are not multiples of 32
             y = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return y
