@@ -98,7 +98,8 @@ def table1(score_csvs: Sequence[str] | pd.DataFrame, records: dict[str, dict], m
                 row[f"{metric.lower()}{suffix}_std"] = std
         folds_used, folds_note = _folds_note(t, protocol)
         row.update({"folds": int(t[(t["protocol"] == protocol) & (t["metric"] == "AUC")]["value"].notna().sum()),
-                    "folds_used": folds_used, "folds_note": folds_note, "std_ddof": ddof, "protocol": protocol, "epochs": rec.get("epochs"), "notes": "; ".join(rec.get("notes", []))})
+                    "folds_used": folds_used, "folds_note": folds_note, "std_ddof": ddof,
+                    "protocol": protocol, "epochs": rec.get("epochs"), "notes": "; ".join(rec.get("notes", []))})
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
@@ -136,7 +137,8 @@ def table1_markdown(table: pd.DataFrame, protocol: str, n_folds: int, dataset: s
 # --- what Table 1 measured, and its uncertainty (Markdown around the table) ----------------------------------------
 
 PROTOCOL_TEXT = {
-    "paper": "the paper's: every slice of a pathological scan counts as anomalous, every slice of a normal scan as normal",
+    "paper": "the paper's: every slice of a pathological scan counts as anomalous, "
+             "every slice of a normal scan as normal",
     "slice": "slice level: a slice is anomalous where slice ground truth marks hemorrhage; "
              "pathological scans without slice truth are left out",
 }
@@ -168,19 +170,22 @@ def chance_ap(units: pd.DataFrame) -> tuple[float, float]:
     return 100 * float(per_fold.mean()) if len(per_fold) else np.nan, 100 * float(units["y"].mean())
 
 
-def context_markdown(protocol: str, label_source: str, ddof: int, unit_sets, cohort: pd.DataFrame | None = None,
-                     n_boot: int = 0, seed: int = 0) -> str:
+def context_markdown(protocol: str, label_source: str, ddof: int, unit_sets,
+                     cohort: pd.DataFrame | None = None) -> str:
     """Cohort, protocol, label source, test units and chance-level AP per evaluation, std convention."""
     lines = []
     if cohort is not None and not cohort.empty:
         c = cohort.set_index("scan_class")
-        parts = [f"{int(c.loc[k, 'patients'])} {k} patients ({int(c.loc[k, 'slices'])} slices)"
+        parts = [f"{int(c.loc[k, 'patients'])} {k} patients ({int(c.loc[k, 'slices'])} slices"
+                 + (f", {int(c.loc[k, 'slices_anomalous'])} anomalous under the protocol"
+                    if k == "pathological" and "slices_anomalous" in c else "") + ")"
                  for k in ("normal", "pathological") if k in c.index]
         lines.append("Cohort: " + ", ".join(parts) + ".")
     lines.append(f"Label protocol `{protocol}`: {PROTOCOL_TEXT.get(protocol, protocol)}.")
     if label_source:
         lines.append(f"Scan labels: {LABEL_SOURCE_TEXT.get(label_source, label_source)}.")
-    lines += ["", "| evaluation | unit | test units (normal / anomalous) | patients | chance AP (mean over folds / pooled) |",
+    lines += ["", "| evaluation | unit | test units (normal / anomalous) | patients "
+                  "| chance AP (mean over folds / pooled) |",
               "|---|---|---|---|---|"]
     for level, prot, units in unit_sets:
         u = units[units["method"] == units["method"].iloc[0]] if len(units) else units
@@ -222,7 +227,8 @@ def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[st
         lines.append("table.bootstrap is 0: point values only.")
     for (level, prot), g in ci.groupby(["level", "protocol"], sort=False):
         lines += ["", f"**{level}, {prot}**", "",
-                  "| method | AUC | AP | sens@90spec | sens@95spec | AUC pooled | folds |", "|---|---|---|---|---|---|---|"]
+                  "| method | AUC | AP | sens@90spec | sens@95spec | AUC pooled | folds |",
+                  "|---|---|---|---|---|---|---|"]
         for m, gm in g.groupby("method", sort=False):
             r = gm.set_index("metric")
             cell = {k: _ci(r.loc[k, "mean"], r.loc[k, "ci_low"], r.loc[k, "ci_high"])
@@ -240,7 +246,8 @@ def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[st
                   "of 0). Holm-adjusted within each family (vs best, vs AE) and evaluation. DeLong (slice AUC only): "
                   "per fold, fold variances added; it treats slices as independent, so its p-values are too small "
                   "where a patient's slices are correlated - read it as a secondary check.", "",
-                  "| evaluation | family | method | reference | diff [95 % CI] | p | p Holm | p DeLong | p DeLong Holm |",
+                  "| evaluation | family | method | reference | diff [95 % CI] | p | p Holm | p DeLong "
+                  "| p DeLong Holm |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for _, r in comparisons.iterrows():
             f = lambda v: "" if not np.isfinite(v) else f"{v:.2g}" if v >= 0.001 else "<0.001"  # noqa: E731

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm, rankdata
+import math
 
 #: Specificities at which the sensitivity is reported.
 SPECIFICITIES = (0.90, 0.95)
@@ -48,10 +48,14 @@ def _metrics(tp: np.ndarray, fp: np.ndarray, specificities: Sequence[float] = SP
 
     Row-wise dot products instead of temporaries: this is the inner loop of the bootstrap."""
     tp, fp = np.asarray(tp, float), np.asarray(fp, float)
-    d_tp, d_fp = np.diff(tp, axis=1, prepend=0.0), np.diff(fp, axis=1, prepend=0.0)
+    d_tp, d_fp = np.empty_like(tp), np.empty_like(fp)
+    d_tp[:, :1], d_fp[:, :1] = tp[:, :1], fp[:, :1]
+    np.subtract(tp[:, 1:], tp[:, :-1], out=d_tp[:, 1:])
+    np.subtract(fp[:, 1:], fp[:, :-1], out=d_fp[:, 1:])
     n_pos, n_neg = tp[:, -1], fp[:, -1]
     ok = (n_pos > 0) & (n_neg > 0)
     out = {}
+    rows = np.arange(len(tp))
     with np.errstate(invalid="ignore", divide="ignore"):
         # trapezoid under the ROC steps: sum over scores of dFP * (TP before + TP after) / 2
         pairs = np.einsum("ij,ij->i", d_fp, tp) - 0.5 * np.einsum("ij,ij->i", d_fp, d_tp)
@@ -59,9 +63,10 @@ def _metrics(tp: np.ndarray, fp: np.ndarray, specificities: Sequence[float] = SP
         precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp > 0)
         out["AP"] = np.einsum("ij,ij->i", d_tp, precision) / n_pos
         for q in specificities:
-            # TP at the last score whose FP share is within 1 - q (FP rises along the scores)
+            # TP at the last score whose FP share is within 1 - q (FP rises along the scores); none: 0
             k = np.sum(fp <= (1 - q) * n_neg[:, None] + 1e-9, axis=1)
-            out[f"sens@{round(100 * q)}spec"] = np.hstack([np.zeros((len(tp), 1)), tp])[np.arange(len(tp)), k] / n_pos
+            sens = np.where(k > 0, tp[rows, np.maximum(k - 1, 0)], 0.0)
+            out[f"sens@{round(100 * q)}spec"] = sens / n_pos
     return {k: np.where(ok, 100 * v, np.nan) for k, v in out.items()}
 
 
@@ -136,8 +141,9 @@ def _weighted(y, s, pidx, counts) -> dict[str, np.ndarray]:
     out = []
     for i in range(0, len(counts), step):
         c = counts[i:i + step]
-        tp, fp = (np.hstack([np.zeros((len(c), 1)), np.cumsum(c[:, p], axis=1, dtype=float)])[:, k]
-                  for p, k in parts)
+        # cumulative count up to the k-th unit of the class (k = 0: none yet)
+        tp, fp = (np.where(k > 0, np.cumsum(c[:, p], axis=1, dtype=float)[:, np.maximum(k - 1, 0)], 0.0)
+                  if len(p) else np.zeros((len(c), len(k))) for p, k in parts)
         out.append(_metrics(tp, fp))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
@@ -202,6 +208,22 @@ def bootstrap_p(diff_draws: np.ndarray) -> float:
 # --- DeLong ---------------------------------------------------------------------------------------------------
 
 
+def midranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n along the last axis, ties given their mean rank (as scipy.stats.rankdata)."""
+    x = np.atleast_2d(x)
+    order = np.argsort(x, axis=1, kind="mergesort")
+    xs = np.take_along_axis(x, order, axis=1)
+    out = np.empty_like(xs, dtype=float)
+    for i in range(len(x)):
+        # first and last position of each tie run -> mean rank
+        new_run = np.r_[True, xs[i, 1:] != xs[i, :-1]]
+        run = np.cumsum(new_run) - 1
+        starts = np.nonzero(new_run)[0]
+        ends = np.r_[starts[1:], len(xs[i])]
+        out[i, order[i]] = ((starts + 1 + ends) / 2)[run]
+    return out
+
+
 def delong(y, scores) -> tuple[np.ndarray, np.ndarray]:
     """DeLong et al. (1988) for the AUCs of several scores on the same units, via midranks (Sun & Xu 2014).
 
@@ -214,8 +236,8 @@ def delong(y, scores) -> tuple[np.ndarray, np.ndarray]:
     if m < 2 or n < 2:
         k = len(x)
         return np.full(k, np.nan), np.full((k, k), np.nan)
-    r_all = rankdata(np.hstack([pos, neg]), axis=1)
-    r_pos, r_neg = rankdata(pos, axis=1), rankdata(neg, axis=1)
+    r_all = midranks(np.hstack([pos, neg]))
+    r_pos, r_neg = midranks(pos), midranks(neg)
     auc = (r_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
     v_pos = (r_all[:, :m] - r_pos) / n          # per positive: share of negatives below it (ties half)
     v_neg = 1 - (r_all[:, m:] - r_neg) / m      # per negative: share of positives above it
@@ -236,7 +258,9 @@ def delong_paired_p(units_a: pd.DataFrame, units_b: pd.DataFrame) -> tuple[float
     if not diffs:
         return np.nan, np.nan
     d, v = float(np.mean(diffs)), float(np.sum(variances)) / len(diffs) ** 2
-    p = 1.0 if v <= 0 and d == 0 else float(2 * norm.sf(abs(d) / np.sqrt(v))) if v > 0 else 0.0
+    if v <= 0:
+        return 100 * d, 1.0 if d == 0 else 0.0
+    p = math.erfc(abs(d) / math.sqrt(v) / math.sqrt(2))      # two-sided normal p-value
     return 100 * d, p
 
 
