@@ -278,3 +278,25 @@ def test_table_command_rejects_an_unknown_scan_aggregation(tmp_path, capsys):
         main(["table", "--scores", "x", "--maps", "y", "--methods", "[]", "--out", "a", "--out-long", "b",
               "--out-md", "c", "--scan-aggregation", "median"])
     assert "median" in capsys.readouterr().err
+
+
+def test_no_bootstrap_gives_point_values_only():
+    rng = np.random.default_rng(9)
+    scores = _simulated_scores(rng, methods=("AE", "VAE"))
+    ci, cmp = stats.analyse(scores, ["AE", "VAE"], "paper", n_boot=0)
+    assert ci["mean"].notna().all() and ci["ci_low"].isna().all() and cmp.empty
+
+
+def test_unit_sets_follow_the_protocol():
+    rng = np.random.default_rng(10)
+    scores = _simulated_scores(rng)
+    truth = (rng.random(len(scores)) < 0.4).astype(int)
+    scores["slice_truth"] = np.where(scores["scan_label"] == 1, truth, -1)
+    paper = stats.unit_sets(scores, "paper", "topk", 2)
+    assert [(lvl, prot) for lvl, prot, _ in paper] == [("slice", "paper"), ("slice", "slice"),
+                                                       ("scan (top2)", "scan label")]
+    # the slice evaluation under `paper`: normal scans 0, anomalous scans their slice truth
+    u = paper[1][2]
+    np.testing.assert_array_equal(u["y"], np.where(u["scan_label"] == 1, scores.loc[u.index, "slice_truth"], 0))
+    sliced = scores.assign(label=np.where(scores["scan_label"] == 1, scores["slice_truth"], 0))
+    assert [lvl for lvl, _, _ in stats.unit_sets(sliced, "slice")] == ["slice", "scan (max)"]
