@@ -47,7 +47,9 @@ def _metrics(tp: np.ndarray, fp: np.ndarray, specificities: Sequence[float] = SP
     """Metrics from the (draws x distinct scores) true / false positive weights at or above each score.
 
     Row-wise dot products instead of temporaries: this is the inner loop of the bootstrap."""
-    tp, fp = np.asarray(tp, float), np.asarray(fp, float)
+    tp, fp = np.asarray(tp), np.asarray(fp)
+    if tp.dtype != np.float32:      # float32 only from _weighted, whose counts it holds exactly
+        tp, fp = tp.astype(float), fp.astype(float)
     d_tp, d_fp = np.empty_like(tp), np.empty_like(fp)
     d_tp[:, :1], d_fp[:, :1] = tp[:, :1], fp[:, :1]
     np.subtract(tp[:, 1:], tp[:, :-1], out=d_tp[:, 1:])
@@ -58,16 +60,17 @@ def _metrics(tp: np.ndarray, fp: np.ndarray, specificities: Sequence[float] = SP
     rows = np.arange(len(tp))
     with np.errstate(invalid="ignore", divide="ignore"):
         # trapezoid under the ROC steps: sum over scores of dFP * (TP before + TP after) / 2
-        pairs = np.einsum("ij,ij->i", d_fp, tp) - 0.5 * np.einsum("ij,ij->i", d_fp, d_tp)
+        pairs = (np.einsum("ij,ij->i", d_fp, tp, dtype=float)
+                 - 0.5 * np.einsum("ij,ij->i", d_fp, d_tp, dtype=float))
         out["AUC"] = pairs / (n_pos * n_neg)
         precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp > 0)
-        out["AP"] = np.einsum("ij,ij->i", d_tp, precision) / n_pos
+        out["AP"] = np.einsum("ij,ij->i", d_tp, precision, dtype=float) / n_pos
         for q in specificities:
             # TP at the last score whose FP share is within 1 - q (FP rises along the scores); none: 0
-            k = np.sum(fp <= (1 - q) * n_neg[:, None] + 1e-9, axis=1)
+            k = np.sum(fp <= ((1 - q) * n_neg.astype(float) + 1e-6).astype(fp.dtype)[:, None], axis=1)
             sens = np.where(k > 0, tp[rows, np.maximum(k - 1, 0)], 0.0)
             out[f"sens@{round(100 * q)}spec"] = sens / n_pos
-    return {k: np.where(ok, 100 * v, np.nan) for k, v in out.items()}
+    return {k: np.where(ok, 100 * np.asarray(v, float), np.nan) for k, v in out.items()}
 
 
 # --- units: what a metric ranks ------------------------------------------------------------------------------
@@ -138,12 +141,14 @@ def _weighted(y, s, pidx, counts) -> dict[str, np.ndarray]:
         # units of this class at or above each distinct score = its cumulative count at that position
         parts.append((pidx[cls_idx], np.searchsorted(cls_idx, ends, side="right")))
     step = max(1, _CHUNK_CELLS // max(len(y), 1))
+    # float32 halves the memory traffic; its integers are exact below 2^24 (sums still in float64)
+    dtype = np.float32 if len(y) * max(int(counts.max(initial=0)), 1) < 2 ** 24 else np.float64
     out = []
     for i in range(0, len(counts), step):
         c = counts[i:i + step]
         # cumulative count up to the k-th unit of the class (k = 0: none yet)
-        tp, fp = (np.where(k > 0, np.cumsum(c[:, p], axis=1, dtype=float)[:, np.maximum(k - 1, 0)], 0.0)
-                  if len(p) else np.zeros((len(c), len(k))) for p, k in parts)
+        tp, fp = (np.where(k > 0, np.cumsum(c[:, p], axis=1, dtype=dtype)[:, np.maximum(k - 1, 0)], dtype(0))
+                  if len(p) else np.zeros((len(c), len(k)), dtype) for p, k in parts)
         out.append(_metrics(tp, fp))
     return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
 
