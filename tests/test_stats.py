@@ -257,7 +257,7 @@ def test_table_command_writes_cis_comparisons_and_an_honest_markdown(tmp_path):
     for text in ("36 normal patients (216 slices)", "16 pathological patients (96 slices)", "`paper`",
                  "CTFSH `is_pathl`", "ddof=1", "Folds in the means (every row): 0 1.",
                  "fold 2: test part has only normal slices", "(one class: 2)", "100 bootstrap draws (seed 0)",
-                 "| slice, paper | vs AE | VAE | AE |", "scan (mean)"):
+                 "| slice level, paper labels | vs AE | VAE | AE |", "scan level (mean)"):
         assert text in md, text
     # chance-level AP of the slice evaluation: anomalous share of folds 0 and 1 (2 has no AP), and pooled
     assert f"| {100 * 8 / 20:.1f} / {100 * 16 / 52:.1f} |" in md

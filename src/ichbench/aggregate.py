@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from .stats import evaluation_name
+
 GROUP_ORDER = {"reconstruction": 0, "self-supervised": 1}
 
 
@@ -193,7 +195,7 @@ def context_markdown(protocol: str, label_source: str, ddof: int, unit_sets,
             continue
         mean, pooled = chance_ap(u)
         unit = "scan" if level.startswith("scan") else "slice"
-        lines.append(f"| {level}, {prot} | {unit} | {int((u['y'] == 0).sum())} / {int(u['y'].sum())} | "
+        lines.append(f"| {evaluation_name(level, prot)} | {unit} | {int((u['y'] == 0).sum())} / {int(u['y'].sum())} | "
                      f"{u['patient_id'].nunique()} | {mean:.1f} / {pooled:.1f} |")
     undefined = "no fold" if ddof == 0 else f"{ddof} or fewer folds" if ddof > 1 else "one fold"
     lines += ["", f"Mean +- std over the folds' test parts; std with ddof={ddof} "
@@ -226,7 +228,7 @@ def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[st
     else:
         lines.append("table.bootstrap is 0: point values only.")
     for (level, prot), g in ci.groupby(["level", "protocol"], sort=False):
-        lines += ["", f"**{level}, {prot}**", "",
+        lines += ["", f"**{evaluation_name(level, prot)}**", "",
                   "| method | AUC | AP | sens@90spec | sens@95spec | AUC pooled | folds |",
                   "|---|---|---|---|---|---|---|"]
         for m, gm in g.groupby("method", sort=False):
@@ -251,7 +253,8 @@ def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[st
                   "|---|---|---|---|---|---|---|---|---|"]
         for _, r in comparisons.iterrows():
             f = lambda v: "" if not np.isfinite(v) else f"{v:.2g}" if v >= 0.001 else "<0.001"  # noqa: E731
-            lines.append(f"| {r['level']}, {r['protocol']} | {r['family']} | {display.get(r['method'], r['method'])} | "
+            lines.append(f"| {evaluation_name(r['level'], r['protocol'])} | {r['family']} | "
+                         f"{display.get(r['method'], r['method'])} | "
                          f"{display.get(r['reference'], r['reference'])} | "
                          f"{r['diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {f(r['p_bootstrap'])} | "
                          f"{f(r['p_bootstrap_holm'])} | {f(r['p_delong'])} | {f(r['p_delong_holm'])} |")

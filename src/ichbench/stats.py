@@ -1,12 +1,12 @@
 """Statistics behind Table 1: patient-level bootstrap CIs, paired row comparisons, scan-level and pooled metrics."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import math
 
 #: Specificities at which the sensitivity is reported.
 SPECIFICITIES = (0.90, 0.95)
@@ -105,6 +105,13 @@ def scan_units(scores: pd.DataFrame, how: str = "max", top_k: int = 3) -> pd.Dat
     out = g.agg(scan_label=("scan_label", "first"), score=("score", "mean" if how == "topk" else how),
                 n_slices=("score", "size"))
     return out.assign(y=out["scan_label"].astype(int), sop_uid=out["series_uid"])
+
+
+def evaluation_name(level: str, protocol: str) -> str:
+    """How tables and figures name an evaluation, e.g. `slice level, paper labels`, `scan level (max)`."""
+    if level.startswith("scan"):
+        return level.replace("scan", "scan level", 1)
+    return f"{level} level, {protocol} labels"
 
 
 # --- the bootstrap ---------------------------------------------------------------------------------------------

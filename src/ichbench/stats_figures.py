@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_curve
 
-from .stats import slice_units
+from .stats import evaluation_name, slice_units
 
 
 def _plt():
@@ -41,7 +41,7 @@ def forest_plot(ci: pd.DataFrame, method_order: Sequence[str], out_png: str | os
         pooled = e["pooled"].to_numpy(float)
         ax.plot(pooled, y, "x", color="tab:red", ms=4, label="pooled folds")
         ax.axvline(50, color="gray", ls="--", lw=0.8)
-        ax.set_title(f"{level}, {prot}", fontsize=8)
+        ax.set_title(evaluation_name(level, prot), fontsize=8)
         ax.set_xlabel("AUC (%)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", lw=0.3)
