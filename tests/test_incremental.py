@@ -31,7 +31,7 @@ from test_pipeline import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NARROW_AE = {"latent_dim": 16, "width": 8, "hidden": 64}
-AGGREGATION = {("table1", ()), ("figure1", ()), ("runtimes", ())}
+AGGREGATION = {("table1", ()), ("figure1", ()), ("stats_figures", ()), ("runtimes", ())}
 
 
 @dataclass
@@ -187,6 +187,7 @@ def test_report_is_self_contained(project):
     html = out.read_text(errors="replace")
     assert out.stat().st_size > 50_000
     for needle in ("Table 1", "Figure 1", "Runtimes", "table1.csv", "figure1.png", "runtimes.csv",
+                   "table1_ci.csv", "comparisons.csv", "forest_auc.png", "roc_curves.png",
                    "Configuration of this run", "latent_dim"):
         assert needle in html, needle
     assert re.search(r"data:image/png;[^\"]*base64,iVBOR", html)  # Figure 1 is embedded, not linked

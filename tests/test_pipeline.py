@@ -53,7 +53,17 @@ def test_pipeline_produces_table_and_figure(tiny_run):
     assert table["protocol"].tolist() == ["paper"]
     long = pd.read_csv(tiny_run / "results" / "table1_per_fold.csv")
     assert set(long["metric"]) == {"AUC", "AP"} and set(long["fold"]) == {0, 1, 2}
-    assert (tiny_run / "results" / "table1.md").read_text().count("| reconstruction | AE |") == 1
+    md = (tiny_run / "results" / "table1.md").read_text()
+    assert md.count("| reconstruction | AE |") == 1
+    assert "Cohort: 6 normal patients" in md and "chance AP" in md and "1000 bootstrap draws" in md
+    ci = pd.read_csv(tiny_run / "results" / "table1_ci.csv")
+    auc = ci[(ci["level"] == "slice") & (ci["protocol"] == "paper") & (ci["metric"] == "AUC")].iloc[0]
+    assert auc["ci_low"] <= auc["mean"] <= auc["ci_high"]
+    assert auc["mean"] == pytest.approx(long[(long["part"] == "test") & (long["protocol"] == "paper")
+                                             & (long["metric"] == "AUC")]["value"].mean(), abs=1e-3)
+    assert (tiny_run / "results" / "comparisons.csv").exists()     # one row: no comparison, only the header
+    for png in ("forest_auc.png", "roc_curves.png"):
+        assert (tiny_run / "results" / "figures" / png).stat().st_size > 5_000
     png = tiny_run / "results" / "figure1.png"
     assert png.stat().st_size > 10_000
     cases = pd.read_csv(tiny_run / "results" / "splits" / "figure_cases.csv")

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from .stats import evaluation_name
+
 GROUP_ORDER = {"reconstruction": 0, "self-supervised": 1}
 
 
@@ -40,7 +42,21 @@ def fold_metrics(scores: pd.DataFrame, protocol: str) -> pd.DataFrame:
 
 
 def _fmt(mean: float, std: float) -> str:
-    return "n/a" if not np.isfinite(mean) else f"{mean:.1f} +- {std:.1f}"
+    """`mean +- std`; a std that is undefined (one fold, or ddof folds) is written n/a, never 0.0."""
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.1f} +- {std:.1f}" if np.isfinite(std) else f"{mean:.1f} +- n/a"
+
+
+def _folds_note(t: pd.DataFrame, protocol: str) -> tuple[str, str]:
+    """(folds in the mean, why the others are not): a fold whose test part has one class has no AUC."""
+    auc = t[(t["protocol"] == protocol) & (t["metric"] == "AUC")].sort_values("fold")
+    used = auc.loc[auc["value"].notna(), "fold"].astype(int).tolist()
+    notes = []
+    for _, r in auc[auc["value"].isna()].iterrows():
+        cls = "anomalous" if r["n_anomalous"] == r["n_slices"] else "normal"
+        notes.append(f"fold {int(r['fold'])}: test part has only {cls} slices")
+    return " ".join(map(str, used)), "; ".join(notes)
 
 
 def _summary(values: np.ndarray, ddof: int) -> tuple[float, float]:
@@ -50,14 +66,19 @@ def _summary(values: np.ndarray, ddof: int) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=ddof)) if len(values) > ddof else np.nan
 
 
-def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Sequence[str],
+def read_scores(score_csvs: Sequence[str]) -> pd.DataFrame:
+    """The score rule's per-slice tables of every method and fold, in one frame."""
+    return pd.concat([pd.read_csv(p, dtype={"sop_uid": str, "patient_id": str, "series_uid": str})
+                      for p in score_csvs], ignore_index=True)
+
+
+def table1(score_csvs: Sequence[str] | pd.DataFrame, records: dict[str, dict], method_order: Sequence[str],
            protocol: str, ddof: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """-> (table in the paper's shape, per-fold long table). Std over folds with `ddof` (0: population).
 
     AUC / AP follow the configured protocol; AUC_slice / AP_slice the slice-level protocol where
     slice ground truth exists (else n/a)."""
-    scores = pd.concat([pd.read_csv(p, dtype={"sop_uid": str, "patient_id": str}) for p in score_csvs],
-                       ignore_index=True)
+    scores = score_csvs if isinstance(score_csvs, pd.DataFrame) else read_scores(score_csvs)
     long = fold_metrics(scores, protocol)
     long.insert(1, "group", long["method"].map(lambda m: records.get(m, {}).get("group", "")))
     test = long[long["part"] == "test"]
@@ -74,10 +95,12 @@ def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Se
                 tp = tp.iloc[0:0]
             for metric in ("AUC", "AP"):
                 mean, std = _summary(tp[tp["metric"] == metric]["value"].to_numpy(float), ddof)
-                row[metric + suffix] = _fmt(mean, std if np.isfinite(std) else 0.0)
+                row[metric + suffix] = _fmt(mean, std)
                 row[f"{metric.lower()}{suffix}_mean"] = mean
                 row[f"{metric.lower()}{suffix}_std"] = std
+        folds_used, folds_note = _folds_note(t, protocol)
         row.update({"folds": int(t[(t["protocol"] == protocol) & (t["metric"] == "AUC")]["value"].notna().sum()),
+                    "folds_used": folds_used, "folds_note": folds_note, "std_ddof": ddof,
                     "protocol": protocol, "epochs": rec.get("epochs"), "notes": "; ".join(rec.get("notes", []))})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -88,7 +111,10 @@ def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Se
     return table, long
 
 
-def table1_markdown(table: pd.DataFrame, protocol: str, n_folds: int, dataset: str) -> str:
+def table1_markdown(table: pd.DataFrame, protocol: str, n_folds: int, dataset: str, *,
+                    context: str = "", extra: str = "") -> str:
+    """Table 1 in Markdown; `context` (what was measured, `context_markdown`) goes above the table,
+    `extra` (CIs, comparisons: `stats_markdown`) below it."""
     slice_cols = protocol != "slice" and "AUC_slice" in table and (table["AUC_slice"] != "n/a").any()
     lines = [f"# Table 1: slice-level ICH detection ({dataset})", "",
              f"AUC and AP in %, mean +- std over {n_folds} patient-level folds (test parts); "
@@ -99,8 +125,139 @@ def table1_markdown(table: pd.DataFrame, protocol: str, n_folds: int, dataset: s
     head = "| group | method | AUC | AP |" + (" AUC (slice) | AP (slice) |" if slice_cols else "") + " notes |"
     lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for _, r in table.iterrows():
-        extra = f" {r['AUC_slice']} | {r['AP_slice']} |" if slice_cols else ""
-        lines.append(f"| {r['group']} | {r['method']} | {r['AUC']} | {r['AP']} |{extra} {r['notes'] or ''} |")
+        cells = f" {r['AUC_slice']} | {r['AP_slice']} |" if slice_cols else ""
+        lines.append(f"| {r['group']} | {r['method']} | {r['AUC']} | {r['AP']} |{cells} {r['notes'] or ''} |")
+    if context:
+        at = lines.index(head) - 1
+        lines[at:at] = ["", context.rstrip("\n")]
+    lines += _folds_lines(table)
+    if extra:
+        lines += ["", extra.rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+# --- what Table 1 measured, and its uncertainty (Markdown around the table) ----------------------------------------
+
+PROTOCOL_TEXT = {
+    "paper": "the paper's: every slice of a pathological scan counts as anomalous, "
+             "every slice of a normal scan as normal",
+    "slice": "slice level: a slice is anomalous where slice ground truth marks hemorrhage; "
+             "pathological scans without slice truth are left out",
+}
+LABEL_SOURCE_TEXT = {
+    "ctfsh": "CTFSH `is_pathl` (any pathology, as in the paper; not only ICH)",
+    "reads": "majority ICH vote of the three CQ500 readers (reads.csv)",
+    "csv": "a scan_id,label table",
+    "masks": "the NIfTI masks (a scan with mask pixels is pathological)",
+}
+
+
+def _folds_lines(table: pd.DataFrame) -> list[str]:
+    if table.empty or "folds_used" not in table:
+        return []
+    lines = []
+    for used, g in table.groupby("folds_used", sort=False):
+        names = ", ".join(g["method"]) if table["folds_used"].nunique() > 1 else "every row"
+        lines.append(f"Folds in the means ({names}): {used or 'none'}.")
+    for _, r in table[table["folds_note"].astype(bool)].iterrows():
+        lines.append(f"{r['method']}: {r['folds_note']} - no AUC/AP there, left out of the mean.")
+    return [""] + lines
+
+
+def chance_ap(units: pd.DataFrame) -> tuple[float, float]:
+    """-> (mean over the folds with both classes, pooled) share of anomalous units in the test parts, in %:
+    the AP of a random score, the line every AP is to be read against. Units of one method."""
+    per_fold = units.groupby("fold")["y"].mean()
+    per_fold = per_fold[(per_fold > 0) & (per_fold < 1)]
+    return 100 * float(per_fold.mean()) if len(per_fold) else np.nan, 100 * float(units["y"].mean())
+
+
+def context_markdown(protocol: str, label_source: str, ddof: int, unit_sets,
+                     cohort: pd.DataFrame | None = None) -> str:
+    """Cohort, protocol, label source, test units and chance-level AP per evaluation, std convention."""
+    lines = []
+    if cohort is not None and not cohort.empty:
+        c = cohort.set_index("scan_class")
+        parts = [f"{int(c.loc[k, 'patients'])} {k} patients ({int(c.loc[k, 'slices'])} slices"
+                 + (f", {int(c.loc[k, 'slices_anomalous'])} anomalous under the protocol"
+                    if k == "pathological" and "slices_anomalous" in c else "") + ")"
+                 for k in ("normal", "pathological") if k in c.index]
+        lines.append("Cohort: " + ", ".join(parts) + ".")
+    lines.append(f"Label protocol `{protocol}`: {PROTOCOL_TEXT.get(protocol, protocol)}.")
+    if label_source:
+        lines.append(f"Scan labels: {LABEL_SOURCE_TEXT.get(label_source, label_source)}.")
+    lines += ["", "| evaluation | unit | test units (normal / anomalous) | patients "
+                  "| chance AP (mean over folds / pooled) |",
+              "|---|---|---|---|---|"]
+    for level, prot, units in unit_sets:
+        u = units[units["method"] == units["method"].iloc[0]] if len(units) else units
+        if u.empty:
+            continue
+        mean, pooled = chance_ap(u)
+        unit = "scan" if level.startswith("scan") else "slice"
+        lines.append(f"| {evaluation_name(level, prot)} | {unit} | {int((u['y'] == 0).sum())} / {int(u['y'].sum())} | "
+                     f"{u['patient_id'].nunique()} | {mean:.1f} / {pooled:.1f} |")
+    undefined = "no fold" if ddof == 0 else f"{ddof} or fewer folds" if ddof > 1 else "one fold"
+    lines += ["", f"Mean +- std over the folds' test parts; std with ddof={ddof} "
+                  f"({'population' if ddof == 0 else 'sample'} std); `+- n/a` where it is undefined "
+                  f"({undefined} with both classes)."]
+    return "\n".join(lines) + "\n"
+
+
+def _ci(v: float, lo: float, hi: float) -> str:
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.1f} [{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else f"{v:.1f}"
+
+
+def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[str, str] | None = None) -> str:
+    """The CI table (per evaluation: AUC, AP, sensitivity at 90 / 95 % specificity, pooled AUC) and the
+    paired comparisons, with how they were computed."""
+    if ci.empty:
+        return ""
+    display = display or {}
+    n_boot, seed = int(ci["n_boot"].iloc[0]), int(ci["seed"].iloc[0])
+    lines = ["## Uncertainty: 95 % confidence intervals", ""]
+    if n_boot > 0:
+        lines.append(f"Percentile intervals from {n_boot} bootstrap draws (seed {seed}). Each draw resamples, with "
+                     "replacement, the patients of each fold's test part, separately for normal and pathological "
+                     "patients (so each fold keeps its class sizes and both classes); a drawn patient brings all "
+                     "their slices (twice if drawn twice). Per draw: each fold's metric, then the mean over the "
+                     "folds used above, and the pooled AUC. Sens@90/95: sensitivity at 90 / 95 % specificity. "
+                     "Pooled: all folds' test units ranked together (scores of different fold models mixed).")
+    else:
+        lines.append("table.bootstrap is 0: point values only.")
+    for (level, prot), g in ci.groupby(["level", "protocol"], sort=False):
+        lines += ["", f"**{evaluation_name(level, prot)}**", "",
+                  "| method | AUC | AP | sens@90spec | sens@95spec | AUC pooled | folds |",
+                  "|---|---|---|---|---|---|---|"]
+        for m, gm in g.groupby("method", sort=False):
+            r = gm.set_index("metric")
+            cell = {k: _ci(r.loc[k, "mean"], r.loc[k, "ci_low"], r.loc[k, "ci_high"])
+                    for k in ("AUC", "AP", "sens@90spec", "sens@95spec")}
+            pooled = _ci(r.loc["AUC", "pooled"], r.loc["AUC", "pooled_ci_low"], r.loc["AUC", "pooled_ci_high"])
+            folds = r.loc["AUC", "folds_used"] or "none"
+            if r.loc["AUC", "folds_one_class"]:
+                folds += f" (one class: {r.loc['AUC', 'folds_one_class']})"
+            lines.append(f"| {display.get(m, m)} | {cell['AUC']} | {cell['AP']} | {cell['sens@90spec']} | "
+                         f"{cell['sens@95spec']} | {pooled} | {folds} |")
+    if not comparisons.empty:
+        lines += ["", "## Paired comparisons of AUC (mean over folds)", "",
+                  "Difference row - reference on the same test patients: the same bootstrap draws for both rows "
+                  "(paired), 95 % interval and two-sided p-value (twice the smaller share of draws on either side "
+                  "of 0). Holm-adjusted within each family (vs best, vs AE) and evaluation. DeLong (slice AUC only): "
+                  "per fold, fold variances added; it treats slices as independent, so its p-values are too small "
+                  "where a patient's slices are correlated - read it as a secondary check.", "",
+                  "| evaluation | family | method | reference | diff [95 % CI] | p | p Holm | p DeLong "
+                  "| p DeLong Holm |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for _, r in comparisons.iterrows():
+            f = lambda v: "" if not np.isfinite(v) else f"{v:.2g}" if v >= 0.001 else "<0.001"  # noqa: E731
+            lines.append(f"| {evaluation_name(r['level'], r['protocol'])} | {r['family']} | "
+                         f"{display.get(r['method'], r['method'])} | "
+                         f"{display.get(r['reference'], r['reference'])} | "
+                         f"{r['diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}] | {f(r['p_bootstrap'])} | "
+                         f"{f(r['p_bootstrap_holm'])} | {f(r['p_delong'])} | {f(r['p_delong_holm'])} |")
     return "\n".join(lines) + "\n"
 
 

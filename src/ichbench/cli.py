@@ -9,6 +9,7 @@
     python -m ichbench score --model results/models/AE/fold-0/model.pt --manifest results/splits/fold-0.csv ...
     python -m ichbench table --scores results/scores/*/fold-*.csv --maps ... --out results/table1.csv
     python -m ichbench figure --maps ... --cases results/splits/figure_cases.csv --out results/figure1.png
+    python -m ichbench stats-figures --scores ... --ci results/table1_ci.csv --out-forest ... --out-roc ...
     python -m ichbench methods            # the registered Table 1 rows
 
 `snakemake` runs exactly these commands (see workflow/rules/).
@@ -126,17 +127,45 @@ def cmd_score(a) -> None:
 
 
 def cmd_table(a) -> None:
-    from .aggregate import read_maps, table1, table1_markdown
+    import pandas as pd
+
+    from . import stats
+    from .aggregate import context_markdown, read_maps, read_scores, stats_markdown, table1, table1_markdown
 
     _, records = read_maps(a.maps)
     methods = json.loads(a.methods)
-    table, long = table1(a.scores, records, methods, a.protocol, ddof=a.ddof)
+    scores = read_scores(a.scores)
+    table, long = table1(scores, records, methods, a.protocol, ddof=a.ddof)
     display = {m: getattr(_method_cls(m), "display", m) for m in methods}
     table.insert(1, "row", table["method"].map(display))
     table.to_csv(a.out, index=False, float_format="%.4f")
     long.to_csv(a.out_long, index=False, float_format="%.4f")
-    Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset))
+    sets = stats.unit_sets(scores, a.protocol, a.scan_aggregation, a.scan_top_k)
+    ci, comparisons = stats.analyse(scores, methods, a.protocol, n_boot=a.bootstrap, seed=a.seed,
+                                    scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k, sets=sets)
+    if a.out_ci:
+        ci.insert(1, "row", ci["method"].map(display))
+        ci.to_csv(a.out_ci, index=False, float_format="%.4f")
+    if a.out_comparisons:
+        comparisons.to_csv(a.out_comparisons, index=False, float_format="%.6g")
+    cohort = pd.read_csv(a.cohort) if a.cohort and Path(a.cohort).exists() else None
+    context = context_markdown(a.protocol, a.label_source, a.ddof, sets, cohort)
+    Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset,
+                                              context=context, extra=stats_markdown(ci, comparisons, display)))
     print(table[["row", "AUC", "AP"]].to_string(index=False))
+
+
+def cmd_stats_figures(a) -> None:
+    import pandas as pd
+
+    from .aggregate import read_scores
+    from .stats_figures import forest_plot, roc_curves
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    forest_plot(pd.read_csv(a.ci, dtype={"folds_used": str, "folds_one_class": str}), methods, a.out_forest,
+                display=display)
+    roc_curves(read_scores(a.scores), methods, a.out_roc, display=display)
 
 
 def _method_cls(name):
@@ -281,7 +310,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--out-long", required=True)
     s.add_argument("--out-md", required=True)
+    s.add_argument("--out-ci", default="", help="CSV of the bootstrap CIs (table1_ci.csv)")
+    s.add_argument("--out-comparisons", default="", help="CSV of the paired row comparisons")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
+                   help="slice scores -> scan score for the scan-level metrics")
+    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    s.add_argument("--cohort", default="", help="cohort.csv of the split (patients and slices per class)")
+    s.add_argument("--label-source", default="", help="how the scan labels were made (for table1.md)")
     s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("stats-figures", help="forest plot of every row's AUC with its CI; ROC curves per row")
+    s.add_argument("--scores", nargs="+", required=True)
+    s.add_argument("--ci", required=True, help="table1_ci.csv of `ichbench table`")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--out-forest", required=True)
+    s.add_argument("--out-roc", required=True)
+    s.set_defaults(func=cmd_stats_figures)
 
     s = sub.add_parser("figure", help="Figure 1 from the score rule's maps")
     s.add_argument("--maps", nargs="+", required=True)

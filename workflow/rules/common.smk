@@ -197,6 +197,7 @@ def final_targets():
     from ichbench.methods import get_method
 
     targets = ["results/table1.csv", "results/table1.md", "results/figure1.png"]
+    targets += ["results/figures/forest_auc.png", "results/figures/roc_curves.png"]
     if any(get_method(m).group == "self-supervised" for m in METHODS):
         targets.append("results/figures/synthetic_anomalies.png")
     return targets

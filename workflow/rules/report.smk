@@ -5,16 +5,24 @@ rule table1:
     input:
         scores=score_files("scores"),
         maps=score_files("maps"),
+        cohort="results/data/cohort.csv",
     output:
         table=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
         per_fold="results/table1_per_fold.csv",
-        markdown="results/table1.md",
+        markdown=report("results/table1.md", caption="../report/table1_md.rst", category="Table 1"),
+        ci=report("results/table1_ci.csv", caption="../report/table1_ci.rst", category="Table 1"),
+        comparisons=report("results/comparisons.csv", caption="../report/comparisons.rst", category="Table 1"),
     params:
         methods=json.dumps(METHODS),
         protocol=config["protocol"],
         n_folds=len(FOLDS),
         dataset=config["dataset"]["source"],
         ddof=config["table"]["std_ddof"],
+        label_source=label_source(),
+        bootstrap=config["table"]["bootstrap"],
+        seed=config["table"]["seed"],
+        scan_aggregation=config["table"]["scan_aggregation"],
+        scan_top_k=config["table"]["scan_top_k"],
     conda:
         CONDA_ENV
     log:
@@ -23,13 +31,39 @@ rule table1:
         "benchmarks/report/table1.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=4000,
+        runtime=30,
     shell:
         "ichbench table --scores {input.scores} --maps {input.maps} --methods '{params.methods}' "
         "--protocol {params.protocol} --n-folds {params.n_folds} --dataset {params.dataset} "
         "--ddof {params.ddof} --out {output.table} --out-long {output.per_fold} --out-md {output.markdown} "
-        "> {log} 2>&1"
+        "--out-ci {output.ci} --out-comparisons {output.comparisons} --cohort {input.cohort} "
+        "--label-source {params.label_source} --bootstrap {params.bootstrap} --seed {params.seed} "
+        "--scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} > {log} 2>&1"
+
+
+rule stats_figures:
+    input:
+        scores=score_files("scores"),
+        ci="results/table1_ci.csv",
+    output:
+        forest=report("results/figures/forest_auc.png", caption="../report/forest_auc.rst", category="Table 1"),
+        roc=report("results/figures/roc_curves.png", caption="../report/roc_curves.rst", category="Table 1"),
+    params:
+        methods=json.dumps(METHODS),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/stats_figures.log",
+    benchmark:
+        "benchmarks/report/stats_figures.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "ichbench stats-figures --scores {input.scores} --ci {input.ci} --methods '{params.methods}' "
+        "--out-forest {output.forest} --out-roc {output.roc} > {log} 2>&1"
 
 
 rule figure1:
@@ -87,7 +121,7 @@ rule runtimes:
         + ["benchmarks/data/index.tsv", "benchmarks/splits/split.tsv"]
         + expand("benchmarks/data/preprocess/shard-{shard}.tsv", shard=SHARDS)
         + expand("benchmarks/{step}/{method}/fold-{fold}.tsv", step=["train", "score"], method=METHODS, fold=FOLDS)
-        + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv"],
+        + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv", "benchmarks/report/stats_figures.tsv"],
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
     localrule: True
