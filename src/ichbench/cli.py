@@ -73,7 +73,7 @@ def cmd_preprocess(a) -> None:
 def cmd_split(a) -> None:
     import pandas as pd
 
-    from . import bhx, dicomio, labels, splits
+    from . import assignment, bhx, dicomio, guards, labels, splits, subtypes
 
     slices = splits.collect_slices(a.shards)
     if a.slice_labels and Path(a.slice_labels).exists():
@@ -81,6 +81,7 @@ def cmd_split(a) -> None:
     scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format,
                                      table=a.labels, slices=slices, keep_undecided=True)
     cohort, problems = splits.build_cohort(slices, scan_labels)
+    cohort = subtypes.attach(cohort, _scan_info(a))
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
     rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
     for s, r in problems:
@@ -99,14 +100,37 @@ def cmd_split(a) -> None:
     if cohort.empty:
         raise ValueError(f"no scan has both a usable series and a label; see {a.rejected_out}")
     summary = splits.cohort_summary(cohort, a.protocol, a.label_source)
+    summary = summary.merge(subtypes.cohort_counts(cohort), on="scan_class", how="left")
     summary.to_csv(a.cohort, index=False)
     logging.info("cohort (%s labels, %s protocol):\n%s", a.label_source, a.protocol,
                  summary.drop(columns=["protocol", "label_source"]).to_string(index=False))
-    manifests = splits.make_manifests(cohort, a.protocol, a.n_folds, a.val_fraction, a.seed)
+    guards.check_expected(summary, json.loads(a.expected) if a.expected else None, a.expected_action)
+    patients = splits.patient_table(cohort)
+    if a.assignment_in:
+        parts, _ = assignment.parts_from(assignment.read(a.assignment_in), patients, a.n_folds,
+                                         source=a.assignment_in)
+    else:
+        parts = splits.assign_folds(patients, a.n_folds, a.val_fraction, a.seed)
+    if a.assignment_out:
+        assignment.to_table(parts, patients).to_csv(a.assignment_out, index=False)
+    manifests = splits.make_manifests(cohort, a.protocol, a.n_folds, a.val_fraction, a.seed, parts=parts)
     for k, m in enumerate(manifests):
         m.to_csv(out / f"fold-{k}.csv", index=False)
         logging.info("fold %d: %s", k, m.groupby(["part", "label"]).size().to_dict())
     splits.choose_figure_cases(manifests, a.figure_cases, a.figure_seed).to_csv(out / "figure_cases.csv", index=False)
+
+
+def _scan_info(a):
+    """Per-scan diagnosis, subtypes and reader ICH votes (subtypes.py): CTFSH diagnosis under
+    label_source ctfsh, the reads majority otherwise (where a reads file exists)."""
+    from . import labels, subtypes
+
+    ctfsh = labels.read_ctfsh(a.labels, a.scan_id_format) if a.label_source == "ctfsh" and a.labels else None
+    reads = a.reads if a.reads and Path(a.reads).is_file() else None
+    try:
+        return subtypes.scan_info(ctfsh, reads)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise labels.LabelError(f"{reads}: cannot read reader ICH votes and subtypes ({exc})") from None
 
 
 def cmd_train(a) -> None:
@@ -121,7 +145,8 @@ def cmd_score(a) -> None:
     from .score import score_fold
 
     t = score_fold(a.model, a.manifest, a.out_csv, a.out_maps, figure_cases=a.figure_cases, device=a.device,
-                   batch_size=a.batch_size, threads=a.threads)
+                   batch_size=a.batch_size, threads=a.threads, out_loc=a.out_loc,
+                   pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed)
     logging.info("scored %d slices", len(t))
 
 
@@ -137,6 +162,24 @@ def cmd_table(a) -> None:
     long.to_csv(a.out_long, index=False, float_format="%.4f")
     Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset))
     print(table[["row", "AUC", "AP"]].to_string(index=False))
+
+
+def cmd_extra_tables(a) -> None:
+    from . import extra_tables as xt
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    scores = xt.read_scores(a.scores)
+    loc = xt.localisation_table(a.loc, methods, a.ddof)
+    brain = xt.brain_table(scores, methods, a.ddof)
+    sub = xt.subtype_table(scores, a.manifests, methods, a.ddof)
+    for t, path in ((loc, a.out_loc), (brain, a.out_brain), (sub, a.out_subtypes)):
+        if not t.empty:
+            t.insert(1, "row", t["method"].map(display))
+        t.to_csv(path, index=False, float_format="%.4f")
+    show = [t.assign(method=t["row"]) if not t.empty else t for t in (loc, brain, sub)]
+    Path(a.out_md).write_text(xt.markdown(*show, a.protocol, a.ddof))
+    logging.info("extra tables: %s, %s, %s, %s", a.out_loc, a.out_brain, a.out_subtypes, a.out_md)
 
 
 def _method_cls(name):
@@ -245,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rejected-out", required=True)
     s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s)")
     s.add_argument("--boxes-out", help="CSV of the BHX boxes matched to cached slices")
+    s.add_argument("--assignment-in", help="a patient -> fold assignment.csv to reuse (assignment.py)")
+    s.add_argument("--assignment-out", help="where to write this run's patient -> fold assignment.csv")
+    s.add_argument("--expected", help='JSON of expected patients per class, e.g. {"normal": 117, "pathological": 247}')
+    s.add_argument("--expected-action", default="fail", choices=["fail", "warn"])
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("train", help="train one method on one fold")
@@ -268,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--threads", type=int)
+    s.add_argument("--out-loc", help="JSON of the test slices' localisation metrics (localisation.py)")
+    s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
+                   help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
+    s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("table", help="Table 1 from score tables")
@@ -282,6 +333,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-long", required=True)
     s.add_argument("--out-md", required=True)
     s.set_defaults(func=cmd_table)
+
+    s = sub.add_parser("extra-tables", help="localisation, brain-masked score and ICH subtype tables")
+    s.add_argument("--scores", nargs="+", required=True)
+    s.add_argument("--loc", nargs="+", required=True, help="the score rule's fold-K.loc.json files")
+    s.add_argument("--manifests", nargs="+", required=True, help="fold manifests (diagnosis columns)")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--protocol", default="paper")
+    s.add_argument("--ddof", type=int, default=0)
+    s.add_argument("--out-loc", required=True)
+    s.add_argument("--out-brain", required=True)
+    s.add_argument("--out-subtypes", required=True)
+    s.add_argument("--out-md", required=True)
+    s.set_defaults(func=cmd_extra_tables)
 
     s = sub.add_parser("figure", help="Figure 1 from the score rule's maps")
     s.add_argument("--maps", nargs="+", required=True)

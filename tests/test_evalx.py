@@ -1,0 +1,188 @@
+"""Localisation metrics, brain-masked score, ICH subtypes, fold assignment read-back and config guards,
+on constructed cases with known answers (and the real CTFSH / CQ500 label files)."""
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ichbench import assignment, guards, localisation, splits, subtypes
+from ichbench.config import ConfigError
+
+
+def _maps_and_truth(n=6, size=16, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((n, size, size), bool)
+    truth[0, 3:7, 4:9] = True
+    truth[2, 10:14, 1:3] = True
+    maps = rng.random((n, size, size)).astype(np.float32)
+    return maps, truth
+
+
+@pytest.mark.parametrize("rate", [1.0, 0.25])
+def test_perfect_map_has_pixel_auroc_and_dice_one(rate):
+    _, truth = _maps_and_truth()
+    acc = localisation.PixelAccumulator(rate, seed=0, fold=0)
+    acc.add(truth.astype(np.float32) * 5 + 1, truth)
+    r = acc.result()
+    assert r["pixel_auroc"] == 1.0
+    assert r["dice_best"] == pytest.approx(1.0)
+    assert r["max_in_truth"] == 1.0
+    assert r["n_anomalous_slices"] == 2 and r["n_truth_pixels"] == int(truth.sum())
+
+
+def test_pixel_auroc_matches_sklearn_and_inverted_map_is_zero():
+    maps, truth = _maps_and_truth(seed=4)
+    acc = localisation.PixelAccumulator(1.0)
+    acc.add(maps, truth)
+    assert acc.result()["pixel_auroc"] == pytest.approx(roc_auc_score(truth.ravel(), maps.ravel()))
+    inv = localisation.PixelAccumulator(1.0)
+    inv.add(-truth.astype(np.float32), truth)
+    assert inv.result()["pixel_auroc"] == 0.0
+
+
+def test_best_dice_by_hand_and_sampling_weight():
+    # truth pixels score 3, 2; normals 2.5, 1, 0: threshold 3 -> 2*1/(1+0+2) = 2/3; threshold 2 -> 2*2/(2+1+2) = 0.8
+    d, t = localisation.best_dice(np.array([3.0, 2.0]), np.array([2.5, 1.0, 0.0]))
+    assert d == pytest.approx(0.8) and t == 2.0
+    # each sampled normal pixel standing for 4: threshold 2 -> 4/(2+4+2) = 0.5, threshold 3 -> 2/3
+    d, t = localisation.best_dice(np.array([3.0, 2.0]), np.array([2.5, 1.0, 0.0]), neg_weight=4.0)
+    assert d == pytest.approx(2 / 3) and t == 3.0
+
+
+def test_map_maximum_in_box_share():
+    truth = np.zeros((3, 8, 8), bool)
+    truth[:, 2:4, 2:4] = True
+    maps = np.zeros((3, 8, 8), np.float32)
+    maps[0, 3, 3] = 1          # inside
+    maps[1, 7, 7] = 1          # outside
+    maps[2, 2, 2] = 1          # inside
+    acc = localisation.PixelAccumulator(1.0)
+    acc.add(maps, truth)
+    assert acc.result()["max_in_truth"] == pytest.approx(2 / 3)
+
+
+def test_pixel_sample_is_seeded_and_shape_mismatch_is_named():
+    maps, truth = _maps_and_truth()
+    a, b = localisation.PixelAccumulator(0.1, 3, 1), localisation.PixelAccumulator(0.1, 3, 1)
+    a.add(maps, truth)
+    b.add(maps, truth)
+    assert a.result() == b.result()
+    with pytest.raises(ValueError, match="ground truth"):
+        a.add(maps[:, :8], truth)
+
+
+def test_brain_mean_score():
+    maps = np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4)
+    brain = np.zeros((2, 4, 4), bool)
+    brain[0, 1:3, 1:3] = True           # values 5, 6, 9, 10
+    out = localisation.brain_mean(maps, brain)
+    assert out[0] == pytest.approx(7.5)
+    assert np.isnan(out[1])             # empty brain mask
+    assert not localisation.has_pixel_scores("GANomaly") and localisation.has_pixel_scores("AE")
+
+
+# -- ICH subtypes -------------------------------------------------------------------------------
+
+def test_subtype_codes_and_subsets():
+    assert subtypes.codes("LST;ASDH;CSDH") == {"SDH"}
+    assert subtypes.codes("IPH;IVH;SDH;EDH;SAH;FRAC;MSE") == set(subtypes.SUBTYPES)
+    assert subtypes.codes("") == set() and subtypes.codes("HEALTHY") == set()
+    p = pd.DataFrame({"patient_id": list("ABCDE"), "scan_label": [0, 0, 1, 1, 1],
+                      "subtypes": ["", "", "IPH;SAH", "", "SDH"], "reader_ich_votes": [0, 3, 2, 0, -1]})
+    s = {k: set(p.loc[v, "patient_id"]) for k, v in subtypes.subsets(p).items()}
+    assert s["all"] == set("ABCDE")
+    assert s["IPH"] == {"A", "B", "C"} and s["SDH"] == {"A", "B", "E"} and s["EDH"] == {"A", "B"}
+    assert s["ICH only"] == {"A", "C", "E"}          # B: normal with ICH by 3 readers; D: no bleed code
+    assert s["no bleed code"] == {"A", "B", "D"}
+
+
+def test_real_label_facts(shared_data):
+    from ichbench.labels import read_ctfsh
+
+    ctfsh = read_ctfsh(shared_data / "ctfsh" / "cq500_labels.csv")
+    info = subtypes.scan_info(ctfsh, str(shared_data / "cq500" / "reads.csv"))
+    c = ctfsh[["scan_id", "label"]].merge(info, on="scan_id")
+    path = c[c["label"] == 1]
+    assert len(path) == 247 and len(c[c["label"] == 0]) == 117
+    assert (path["subtypes"] == "").sum() == 92
+    assert (path["reader_ich_votes"] == 0).sum() == 79
+    normal_ich = c[(c["label"] == 0) & (c["reader_ich_votes"] == 3)]["scan_id"]
+    assert set(normal_ich) == {"CQ500-CT-203", "CQ500-CT-384"}
+    counts = subtypes.cohort_counts(c.rename(columns={"scan_id": "patient_id", "label": "scan_label"})).set_index("scan_class")
+    assert counts.loc["pathological", "patients_no_bleed_code"] == 92
+    assert counts.loc["normal", "patients_reader_ich"] == 2
+    assert counts.loc["pathological", "patients_IPH"] == int(path["subtypes"].str.contains("IPH").sum()) > 50
+    # without CTFSH, subtypes come from the reads majority: CQ500-CT-1 has IPH (and ICH) by all 3 readers
+    reads_only = subtypes.scan_info(None, str(shared_data / "cq500" / "reads.csv")).set_index("scan_id")
+    assert "IPH" in reads_only.loc["CQ500-CT-1", "subtypes"] and reads_only.loc["CQ500-CT-1", "reader_ich_votes"] == 3
+
+
+# -- fold assignment ----------------------------------------------------------------------------
+
+def _patients(n_normal=20, n_path=30):
+    ids = [f"P{i:03d}" for i in range(n_normal + n_path)]
+    return pd.DataFrame({"patient_id": ids, "scan_label": [0] * n_normal + [1] * n_path})
+
+
+def test_assignment_read_back_keeps_folds_when_one_patient_is_dropped(tmp_path):
+    pats = _patients()
+    parts = splits.assign_folds(pats, 5, 0.11, seed=0)
+    path = tmp_path / "assignment.csv"
+    assignment.to_table(parts, pats).to_csv(path, index=False)
+    back, notes = assignment.parts_from(assignment.read(path), pats, 5)
+    key = ["fold", "patient_id", "part"]
+    pd.testing.assert_frame_equal(back.sort_values(key).reset_index(drop=True),
+                                  parts.sort_values(key).reset_index(drop=True))
+    assert notes == []
+    dropped = pats[pats["patient_id"] != "P007"]
+    redrawn = splits.assign_folds(dropped, 5, 0.11, seed=0)
+    t_orig = parts[parts["part"] == "test"].set_index("patient_id")["fold"]
+    t_new = redrawn[redrawn["part"] == "test"].set_index("patient_id")["fold"]
+    assert (t_new != t_orig.loc[t_new.index]).sum() > 0      # redrawing moves other patients
+    kept, notes = assignment.parts_from(assignment.read(path), dropped, 5)
+    expect = parts[parts["patient_id"] != "P007"].sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept.sort_values(key).reset_index(drop=True), expect)
+    assert len(notes) == 1 and "P007" in notes[0] and "ignored" in notes[0]
+
+
+def test_assignment_missing_patient_and_bad_file(tmp_path):
+    pats = _patients()
+    table = assignment.to_table(splits.assign_folds(pats, 5, 0.11, seed=0), pats)
+    table[table["patient_id"] != "P003"].to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(assignment.AssignmentError, match="P003"):
+        assignment.parts_from(assignment.read(tmp_path / "a.csv"), pats, 5)
+    with pytest.raises(assignment.AssignmentError, match="0..2"):
+        assignment.parts_from(assignment.read(tmp_path / "a.csv"), pats[pats["patient_id"] != "P003"], 3)
+    (tmp_path / "b.csv").write_text("patient,fold\nP1,0\n")
+    with pytest.raises(assignment.AssignmentError, match="needs columns"):
+        assignment.read(tmp_path / "b.csv")
+    with pytest.raises(assignment.AssignmentError, match="does not exist"):
+        assignment.read(tmp_path / "none.csv")
+
+
+# -- guards -------------------------------------------------------------------------------------
+
+def test_real_data_with_synthetic_labels_stops():
+    cfg = {"dataset": {"source": "dicom", "dicom_dir": "/data/CQ500", "labels": "/data/cq500_labels.csv",
+                       "reads": "/data/reads.csv", "slice_labels": "data/synthetic/slice_labels.csv",
+                       "gt_masks_dir": None}, "synthetic": {"out_dir": "data/synthetic"}}
+    with pytest.raises(ConfigError, match="dataset.slice_labels = data/synthetic/slice_labels.csv"):
+        guards.check_label_paths(cfg)
+    cfg["dataset"]["slice_labels"] = None
+    guards.check_label_paths(cfg)
+    cfg["dataset"].update(source="nifti", nifti_dir="/data/nii", nifti_labels="./data/synthetic/x.csv")
+    with pytest.raises(ConfigError, match="nifti_labels"):
+        guards.check_label_paths(cfg)
+    # the synthetic DICOM read as `dicom` keeps its own labels
+    guards.check_label_paths({"dataset": {"source": "dicom", "dicom_dir": "data/synthetic/dicom",
+                                          "labels": "data/synthetic/cq500_labels.csv"},
+                              "synthetic": {"out_dir": "data/synthetic"}})
+
+
+def test_expected_cohort_counts(caplog):
+    summary = pd.DataFrame({"scan_class": ["normal", "pathological", "all"], "patients": [116, 247, 363]})
+    assert guards.check_expected(summary, {"normal": 116, "pathological": 247}) == []
+    with pytest.raises(ValueError, match="normal: 116 patients in the cohort, 117 expected"):
+        guards.check_expected(summary, {"normal": 117, "pathological": 247}, "fail")
+    assert len(guards.check_expected(summary, {"normal": 117}, "warn")) == 1
+    assert "117 expected" in caplog.text
