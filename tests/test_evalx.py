@@ -186,3 +186,68 @@ def test_expected_cohort_counts(caplog):
         guards.check_expected(summary, {"normal": 117, "pathological": 247}, "fail")
     assert len(guards.check_expected(summary, {"normal": 117}, "warn")) == 1
     assert "117 expected" in caplog.text
+
+
+# -- BHX boxes moved onto the chosen series ------------------------------------------------------
+
+def _series(prefix, series_uid, orientation, positions, spacing, thickness, patient="P1", study="ST1"):
+    return pd.DataFrame({"patient_id": patient, "study_uid": study, "series_uid": series_uid,
+                         "sop_uid": [f"{prefix}.{k}" for k in range(len(positions))],
+                         "orientation": [tuple(orientation)] * len(positions),
+                         "position": [tuple(p) for p in positions], "pixel_spacing": [tuple(spacing)] * len(positions),
+                         "slice_thickness": float(thickness), "rows": 512, "columns": 512})
+
+
+def _box(sop, x, y, w, h, label="IPH"):
+    return {"sop_uid": sop, "bhx_series_uid": "", "bhx_study_uid": "", "x": x, "y": y, "width": w, "height": h,
+            "label_name": label, "label_type": "handDrawn"}
+
+
+def test_box_transfer_onto_a_tilted_series():
+    from ichbench import bhx_transfer
+
+    t = np.radians(20.0)
+    tilted = (1, 0, 0, 0, np.cos(t), np.sin(t))                 # normal (0, -sin t, cos t)
+    # chosen series B: 2 mm slices, 2 mm apart along its (tilted) normal, 0.7 mm pixels
+    b_pos = [(-150.0, -120.0, 2.0 * k / np.cos(t)) for k in range(30)]
+    chosen = _series("B", "SB", tilted, b_pos, (0.7, 0.7), 2.0)
+    # the point at B pixel (300.5, 200.5) of slice 12, and an axial 5 mm source series A through it
+    p = bhx_transfer.to_patient(np.array([300.5]), np.array([200.5]), tilted, b_pos[12], (0.7, 0.7))[0]
+    a_pos = [(-128.0, -128.0, p[2] + 5.0 * (k - 3)) for k in range(8)]  # slice 3 lies at p's height
+    source = _series("A", "SA", (1, 0, 0, 0, 1, 0), a_pos, (0.5, 0.5), 5.0)
+    index = pd.concat([source, chosen], ignore_index=True)
+    series = pd.DataFrame({"patient_id": ["P1", "P1"], "study_uid": ["ST1", "ST1"], "series_uid": ["SA", "SB"],
+                           "selected": [False, True]})
+    ua, va = (p[0] + 128.0) / 0.5 + 0.5, (p[1] + 128.0) / 0.5 + 0.5
+    w, h = 40.0, 24.0
+    boxes = pd.DataFrame([_box("A.3", ua - w / 2, va - h / 2, w, h), _box("B.5", 10, 20, 30, 40, "SDH"),
+                          _box("A.99", 1, 1, 5, 5), _box("A.7", 1, 1, 5, 5)])
+    moved, record = bhx_transfer.transfer(boxes, index, series)
+    # box 0: every B slice within 2.5 mm (half of the thicker, 5 mm) of its centre: slices 11, 12, 13
+    m0 = moved[moved["source_sop_uid"] == "A.3"].set_index("sop_uid")
+    assert list(m0.index) == ["B.11", "B.12", "B.13"]
+    assert m0["distance_mm"].tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-6)
+    assert (m0["transfer"] == "by patient coordinates").all()
+    r = m0.loc["B.12"]
+    assert r["x"] + r["width"] / 2 == pytest.approx(300.5) and r["y"] + r["height"] / 2 == pytest.approx(200.5)
+    assert r["width"] == pytest.approx(w * 0.5 / 0.7)                   # x is along both row directions
+    assert r["height"] == pytest.approx(h * 0.5 * np.cos(t) / 0.7)      # y foreshortened by the tilt
+    # box 1 already on the chosen series: unchanged
+    m1 = moved[moved["source_sop_uid"] == "B.5"].iloc[0]
+    assert (m1["sop_uid"], m1["x"], m1["height"], m1["transfer"]) == ("B.5", 10, 40, "on chosen series")
+    out = record.set_index("box_id")["outcome"]
+    assert out[2] == "dropped: its slice is not in the index"
+    assert out[3].startswith("dropped: no chosen slice within 2.50 mm")   # A.7: no B slice reaches it
+    s = bhx_transfer.summary(record)
+    assert (s["boxes"], s["boxes_on_chosen"], s["boxes_transferred"], s["boxes_dropped"], s["scans_kept"]) == (4, 1, 1, 2, 1)
+
+
+def test_transferred_box_file_reads_back_with_its_record(tmp_path):
+    from ichbench import bhx, bhx_transfer
+
+    moved = pd.DataFrame([{**_box("S.1", 10.5, 20.25, 30, 40), "transfer": "by patient coordinates",
+                           "source_sop_uid": "O.1", "source_series_uid": "SO", "distance_mm": 0.3}])
+    bhx_transfer.to_bhx_format(moved).to_csv(tmp_path / "b.csv", index=False)
+    back = bhx.read_bhx(tmp_path / "b.csv")
+    assert back.loc[0, ["sop_uid", "x", "y", "width", "height"]].tolist() == ["S.1", 10.5, 20.25, 30, 40]
+    assert back.loc[0, "transfer"] == "by patient coordinates" and back.loc[0, "source_sop_uid"] == "O.1"

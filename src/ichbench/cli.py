@@ -70,6 +70,27 @@ def cmd_preprocess(a) -> None:
                  int(table["n_slices"].sum()) if len(table) else 0)
 
 
+def cmd_bhx_transfer(a) -> None:
+    import pandas as pd
+
+    from . import bhx, bhx_transfer
+    from .preprocess import read_index
+
+    boxes = bhx.read_bhx([b for b in a.boxes if b])
+    chosen = pd.read_csv(a.series, dtype={"patient_id": str, "study_uid": str, "series_uid": str})
+    moved, record = bhx_transfer.transfer(boxes, read_index(a.index), chosen)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    bhx_transfer.to_bhx_format(moved).to_csv(a.out, index=False)
+    record.to_csv(a.record, index=False)
+    s = bhx_transfer.summary(record)
+    logging.info("BHX: %d boxes of %d scans; %d on the chosen series, %d moved there by patient coordinates "
+                 "(onto %d slices), %d dropped; %d scans keep a box", s["boxes"], s["scans"], s["boxes_on_chosen"],
+                 s["boxes_transferred"], int((moved["transfer"] == bhx_transfer.BY_COORDS).sum()),
+                 s["boxes_dropped"], s["scans_kept"])
+    for reason, n in s["dropped_by_reason"].items():
+        logging.info("  %d boxes %s", n, reason)
+
+
 def cmd_split(a) -> None:
     import pandas as pd
 
@@ -95,8 +116,11 @@ def cmd_split(a) -> None:
         matched = bhx.match_boxes(cohort if not cohort.empty else slices, boxes)
         matched.to_csv(a.boxes_out, index=False)
         if len(boxes):
-            logging.info("BHX: %d boxes read, %d lie on cached cohort slices (%d slices, %d series)", len(boxes),
-                         len(matched), matched["sop_uid"].nunique(), matched["series_uid"].nunique())
+            logging.info("BHX: %d boxes read, %d lie on cached cohort slices (%d slices, %d series, %d scans)",
+                         len(boxes), len(matched), matched["sop_uid"].nunique(), matched["series_uid"].nunique(),
+                         matched["patient_id"].nunique())
+            if "transfer" in matched:
+                logging.info("BHX boxes kept by transfer kind: %s", matched["transfer"].value_counts().to_dict())
     if cohort.empty:
         raise ValueError(f"no scan has both a usable series and a label; see {a.rejected_out}")
     summary = splits.cohort_summary(cohort, a.protocol, a.label_source)
@@ -267,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s), rasterised into gt_mask")
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_preprocess)
+
+    s = sub.add_parser("bhx-transfer", help="move BHX boxes onto the chosen series by patient coordinates")
+    s.add_argument("--index", required=True, help="index.csv of `index` (geometry of every series)")
+    s.add_argument("--series", required=True, help="series_candidates.csv of `index` (column selected)")
+    s.add_argument("--boxes", nargs="+", required=True, help="BHX box CSV file(s)")
+    s.add_argument("--out", required=True, help="box file on the chosen slices (BHX format + transfer columns)")
+    s.add_argument("--record", required=True, help="CSV: every input box and what became of it")
+    s.set_defaults(func=cmd_bhx_transfer)
 
     s = sub.add_parser("split", help="cohort, patient-level fold manifests and Figure 1 cases")
     s.add_argument("--shards", nargs="+", required=True)

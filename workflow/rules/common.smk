@@ -79,8 +79,16 @@ def bhx_files():
     return [value] if isinstance(value, str) else list(value)
 
 
+def bhx_used():
+    """The box file(s) preprocess and split read: the boxes moved onto the chosen series
+    (rule bhx_transfer) when dataset.bhx_transfer is on, else dataset.bhx as it is."""
+    if bhx_files() and DATASET.get("bhx_transfer", True):
+        return ["results/data/bhx_boxes.csv"]
+    return bhx_files()
+
+
 def bhx_args(wildcards):
-    return " ".join(shlex.quote(p) for p in bhx_files())
+    return " ".join(shlex.quote(p) for p in bhx_used())
 
 
 def preprocess_inputs(wildcards):
@@ -88,7 +96,7 @@ def preprocess_inputs(wildcards):
     if gt_masks_dir() and (SYNTHETIC or os.path.isdir(gt_masks_dir())):
         inputs["gt"] = gt_masks_dir()
     if bhx_files():
-        inputs["bhx"] = bhx_files()
+        inputs["bhx"] = bhx_used()
     return inputs
 
 
@@ -117,7 +125,7 @@ def label_inputs(wildcards):
     if not NIFTI and DATASET.get("slice_labels") and (SYNTHETIC or os.path.exists(DATASET["slice_labels"])):
         inputs["slice_labels"] = DATASET["slice_labels"]
     if bhx_files():
-        inputs["bhx"] = bhx_files()
+        inputs["bhx"] = bhx_used()
     if source != "reads" and not NIFTI and DATASET.get("reads") and (SYNTHETIC or os.path.exists(DATASET["reads"])):
         inputs["reads"] = DATASET["reads"]  # reader ICH votes and subtypes (subtypes.py)
     if assignment_file():
