@@ -251,3 +251,65 @@ def test_transferred_box_file_reads_back_with_its_record(tmp_path):
     back = bhx.read_bhx(tmp_path / "b.csv")
     assert back.loc[0, ["sop_uid", "x", "y", "width", "height"]].tolist() == ["S.1", 10.5, 20.25, 30, 40]
     assert back.loc[0, "transfer"] == "by patient coordinates" and back.loc[0, "source_sop_uid"] == "O.1"
+
+
+# -- the split stage end to end on the tiny synthetic data ----------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_cache(tiny_synthetic, tmp_path_factory):
+    from ichbench.cli import main
+
+    out = tmp_path_factory.mktemp("evalx_cache")
+    assert main(["index", "--dicom-dir", str(tiny_synthetic / "dicom"), "--out", str(out / "data")]) == 0
+    assert main(["preprocess", "--data", str(out / "data"), "--out", str(out / "shard-0"), "--size", "32",
+                 "--gt-dir", str(tiny_synthetic / "masks")]) == 0
+    return out
+
+
+def _split(tiny_synthetic, cache, out, *extra):
+    from ichbench.cli import main
+
+    return main(["split", "--shards", str(cache / "shard-0"), "--labels", str(tiny_synthetic / "cq500_labels.csv"),
+                 "--reads", str(tiny_synthetic / "reads.csv"), "--scan-id-format", "SYN-CT-{n}", "--n-folds", "3",
+                 "--out", str(out), "--cohort", str(out / "cohort.csv"), "--rejected-out", str(out / "rejected.csv"),
+                 *extra])
+
+
+def test_split_writes_assignment_diagnosis_and_checks_counts(tiny_synthetic, tiny_cache, tmp_path, capsys):
+    out = tmp_path / "a"
+    assert _split(tiny_synthetic, tiny_cache, out, "--assignment-out", str(tmp_path / "assignment.csv"),
+                  "--expected", '{"normal": 3, "pathological": 3}') == 0
+    a = pd.read_csv(tmp_path / "assignment.csv", dtype={"val_folds": str}, keep_default_na=False)
+    assert len(a) == 6 and sorted(a["test_fold"].value_counts()) == [2, 2, 2]
+    fold0 = pd.read_csv(out / "fold-0.csv", keep_default_na=False)
+    labels = pd.read_csv(tiny_synthetic / "cq500_labels.csv", sep=";", dtype=str, keep_default_na=False)
+    diag = dict(zip("SYN-CT-" + labels["name"].str[3:], labels["diagnosis"]))
+    assert (fold0["diagnosis"] == fold0["patient_id"].map(diag)).all()
+    cohort = pd.read_csv(out / "cohort.csv").set_index("scan_class")
+    assert cohort.loc["pathological", "patients_no_bleed_code"] == 0
+    # the same folds come back from the file; a count mismatch stops the split, naming the counts
+    out_b = tmp_path / "b"
+    assert _split(tiny_synthetic, tiny_cache, out_b, "--assignment-in", str(tmp_path / "assignment.csv"), "--seed", "5") == 0
+    for k in range(3):
+        pd.testing.assert_frame_equal(pd.read_csv(out / f"fold-{k}.csv"), pd.read_csv(out_b / f"fold-{k}.csv"))
+    assert _split(tiny_synthetic, tiny_cache, tmp_path / "c", "--expected", '{"normal": 117}') == 1
+    assert "normal: 3 patients in the cohort, 117 expected" in capsys.readouterr().err
+
+
+def test_snakemake_stops_before_any_job_when_real_data_has_synthetic_labels(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    cfg["dataset"].update(source="dicom", dicom_dir=str(tmp_path), labels="data/synthetic/cq500_labels.csv")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(root / "Snakefile"), "--directory",
+                           str(tmp_path), "-n", "--cores", "1"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+    assert proc.returncode != 0
+    assert "dataset.labels = data/synthetic/cq500_labels.csv" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()

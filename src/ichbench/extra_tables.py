@@ -10,7 +10,8 @@
 - `table_subtypes.csv`: slice AUC / AP under the configured protocol, on subsets of the test patients
   (subtypes.subsets): every scan; normals + one bleed subtype; "ICH only"; normals + pathological
   scans without a bleed code.
-All in %, mean +- std over the folds whose test subset has both classes (`folds` counts them).
+All in %, mean +- std over the folds whose test subset has both classes (`folds` counts them; the std
+of a single fold is n/a).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def _summary(values: Sequence[float], ddof: int) -> tuple[float, float, int]:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
     if not len(v):
         return np.nan, np.nan, 0
-    return float(v.mean()), float(v.std(ddof=ddof)) if len(v) > ddof else np.nan, len(v)
+    # one fold has no spread to report: its std is n/a, not 0.0
+    return float(v.mean()), float(v.std(ddof=ddof)) if len(v) > max(ddof, 1) else np.nan, len(v)
 
 
 def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
