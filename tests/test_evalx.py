@@ -170,9 +170,13 @@ def test_real_data_with_synthetic_labels_stops():
         guards.check_label_paths(cfg)
     cfg["dataset"]["slice_labels"] = None
     guards.check_label_paths(cfg)
-    cfg["dataset"].update(source="nifti", nifti_dir="/data/nii", nifti_labels="./data/synthetic/x.csv")
-    with pytest.raises(ConfigError, match="nifti_labels"):
+    cfg["dataset"].update(source="nifti", nifti_dir="/data/nii", nifti_labels="./data/synthetic/x.csv",
+                          labels="data/synthetic/cq500_labels.csv")
+    with pytest.raises(ConfigError, match="nifti_labels") as err:
         guards.check_label_paths(cfg)
+    assert "dataset.labels" not in str(err.value)              # a NIfTI run does not read dataset.labels
+    cfg["dataset"]["nifti_labels"] = None
+    guards.check_label_paths(cfg)
     # the synthetic DICOM read as `dicom` keeps its own labels
     guards.check_label_paths({"dataset": {"source": "dicom", "dicom_dir": "data/synthetic/dicom",
                                           "labels": "data/synthetic/cq500_labels.csv"},

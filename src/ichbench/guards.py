@@ -11,9 +11,10 @@ from .config import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: dataset keys naming label or ground-truth files that must not come from the synthetic generator
-#: when the images are the user's own.
-LABEL_KEYS = ("labels", "reads", "slice_labels", "gt_masks_dir", "bhx", "nifti_labels", "nifti_masks_dir")
+#: dataset keys naming label or ground-truth files that the workflow reads for each source, and that
+#: must not come from the synthetic generator when the images are the user's own.
+LABEL_KEYS = {"dicom": ("labels", "reads", "slice_labels", "gt_masks_dir", "bhx"),
+              "nifti": ("nifti_labels", "nifti_masks_dir")}
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -23,7 +24,7 @@ def _inside(path: str, folder: str) -> bool:
 
 def check_label_paths(config: dict) -> None:
     """dataset.source dicom / nifti with a label path inside the synthetic output folder -> ConfigError
-    naming the keys. Allowed where the images themselves come from that folder (dicom_dir or nifti_dir
+    naming the keys (NIfTI runs read only nifti_labels and nifti_masks_dir). Allowed where the images themselves come from that folder (dicom_dir or nifti_dir
     inside it): then the synthetic labels belong to them."""
     ds = config.get("dataset", {})
     source = ds.get("source", "synthetic")
@@ -34,7 +35,7 @@ def check_label_paths(config: dict) -> None:
     if images and _inside(images, synth):
         return
     bad = []
-    for key in LABEL_KEYS:
+    for key in LABEL_KEYS.get(source, ()):
         values = ds.get(key)
         for v in (values if isinstance(values, list) else [values]):
             if v and _inside(str(v), synth):

@@ -17,7 +17,7 @@ rule split:
         out=output_dir,
         label_source=label_source(),
         labels=label_file(),
-        reads=DATASET.get("reads") or "",
+        reads="" if NIFTI else (DATASET.get("reads") or ""),
         scan_id_format=scan_id_format,
         protocol=config["protocol"],
         n_folds=config["splits"]["n_folds"],
