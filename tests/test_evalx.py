@@ -265,7 +265,7 @@ def tiny_cache(tiny_synthetic, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("evalx_cache")
     assert main(["index", "--dicom-dir", str(tiny_synthetic / "dicom"), "--out", str(out / "data")]) == 0
-    assert main(["preprocess", "--data", str(out / "data"), "--out", str(out / "shard-0"), "--size", "32",
+    assert main(["preprocess", "--data", str(out / "data"), "--out", str(out / "shard-0"), "--size", "64",
                  "--gt-dir", str(tiny_synthetic / "masks")]) == 0
     return out
 
@@ -317,3 +317,41 @@ def test_snakemake_stops_before_any_job_when_real_data_has_synthetic_labels(tmp_
     assert proc.returncode != 0
     assert "dataset.labels = data/synthetic/cq500_labels.csv" in proc.stderr + proc.stdout
     assert not (tmp_path / "results").exists()
+
+
+def test_score_job_writes_brain_score_and_localisation(tiny_synthetic, tiny_cache, tmp_path, one_torch_thread):
+    import json
+
+    import torch
+
+    from ichbench.cli import main
+    from ichbench.data import DeviceBatches, load_slices, read_manifest
+    from ichbench.train import load_trained
+
+    assert _split(tiny_synthetic, tiny_cache, tmp_path / "s") == 0
+    manifest = tmp_path / "s" / "fold-0.csv"
+    params = json.dumps({"epochs": 1, "batch_size": 16, "width": 8, "hidden": 64})
+    assert main(["train", "--method", "AE", "--params", params, "--manifest", str(manifest), "--out",
+                 str(tmp_path / "m"), "--device", "cpu", "--no-progress"]) == 0
+    assert main(["score", "--model", str(tmp_path / "m" / "model.pt"), "--manifest", str(manifest),
+                 "--out-csv", str(tmp_path / "s.csv"), "--out-maps", str(tmp_path / "s.npz"), "--device", "cpu",
+                 "--out-loc", str(tmp_path / "s.loc.json"), "--pixel-negative-rate", "1"]) == 0
+    scores = pd.read_csv(tmp_path / "s.csv", dtype={"sop_uid": str})
+    # the brain score, recomputed from the model's maps and the cached brain masks
+    method, _ = load_trained(tmp_path / "m" / "model.pt", "cpu")
+    rows = read_manifest(manifest)
+    rows = rows[rows["part"].isin(["val", "test"])].reset_index(drop=True)
+    data = load_slices(rows)
+    _, maps = method.score(DeviceBatches(data, torch.device("cpu")).batch(torch.arange(len(rows))))
+    maps = maps.numpy()
+    brain = data.masks["brain_mask"]
+    expect = [maps[i][brain[i]].mean() if brain[i].any() else np.nan for i in range(len(rows))]
+    np.testing.assert_allclose(scores["slice_score_brain"].to_numpy(float), expect, rtol=1e-5)
+    # localisation over the test slices (synthetic masks: every series has pixel truth), all pixels
+    loc = json.loads((tmp_path / "s.loc.json").read_text())
+    test = rows["part"] == "test"
+    gt = np.stack([np.load(p)["gt_mask"][k] for p, k in zip(rows["npz"], rows["slice_index"])])
+    assert loc["available"] and loc["n_slices"] == int(test.sum())
+    assert loc["n_anomalous_slices"] == int(gt[test.to_numpy()].any(axis=(1, 2)).sum()) > 0
+    t = test.to_numpy()
+    assert loc["pixel_auroc"] == pytest.approx(roc_auc_score(gt[t].ravel(), maps[t].ravel()), abs=1e-6)
