@@ -396,3 +396,17 @@ def test_box_moved_onto_the_real_tilted_cq500_series(shared_data):
         back = bhx_transfer.to_patient(np.array([r["x"] + r["width"] / 2]), np.array([r["y"] + r["height"] / 2]),
                                        g["orientation"], g["position"], g["pixel_spacing"])[0]
         np.testing.assert_allclose(back, c - r["distance_mm"] * n, atol=1e-3)
+
+
+def test_new_config_keys_have_schema_defaults_equal_to_config_yaml():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config.yaml").read_text())
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
+    for section, key in (("dataset", "expected"), ("dataset", "expected_action"), ("dataset", "bhx_transfer"),
+                         ("splits", "assignment"), ("evaluation", "pixel_negative_rate"), ("evaluation", "seed")):
+        entry = schema[section]["properties"][key]
+        assert entry["description"] and entry["default"] == cfg[section][key], (section, key)
