@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 BOX_COLUMNS = ["sop_uid", "bhx_series_uid", "bhx_study_uid", "x", "y", "width", "height", "label_name", "label_type"]
 
 
+#: Columns of a box file written by bhx_transfer.py, kept when present.
+EXTRA_COLUMNS = ["transfer", "source_sop_uid", "source_series_uid", "distance_mm"]
+
+
 class BoxError(ValueError):
     pass
 
@@ -73,6 +77,8 @@ def read_bhx(paths: str | os.PathLike | Sequence[str | os.PathLike] | None) -> p
             "x": arr[:, 0], "y": arr[:, 1], "width": arr[:, 2], "height": arr[:, 3],
             "label_name": d.get("labelName", pd.Series([""] * len(d), index=d.index)).to_numpy(),
             "label_type": d.get("labelType", pd.Series([""] * len(d), index=d.index)).to_numpy(),
+            # written by bhx_transfer.py: how a box came onto the chosen series
+            **{c: d[c].to_numpy() for c in EXTRA_COLUMNS if c in d},
         }))
     if not frames:
         return pd.DataFrame(columns=BOX_COLUMNS)
@@ -118,5 +124,5 @@ def match_boxes(slices: pd.DataFrame, boxes: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     keep = [c for c in ("patient_id", "series_uid", "sop_uid", "slice_index", "npz", "scan_label") if c in slices]
     m = boxes.merge(slices[keep], on="sop_uid", how="inner")
-    out = m[[c for c in cols + ["scan_label"] if c in m]]
+    out = m[[c for c in cols + ["scan_label"] + EXTRA_COLUMNS if c in m]]
     return out.sort_values(["patient_id", "series_uid", "slice_index", "label_name"]).reset_index(drop=True)

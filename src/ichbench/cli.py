@@ -10,6 +10,8 @@
     python -m ichbench table --scores results/scores/*/fold-*.csv --maps ... --out results/table1.csv
     python -m ichbench figure --maps ... --cases results/splits/figure_cases.csv --out results/figure1.png
     python -m ichbench stats-figures --scores ... --ci results/table1_ci.csv --out-forest ... --out-roc ...
+    python -m ichbench extra-tables --scores ... --loc ... --manifests ... --out-loc results/localisation.csv ...
+    python -m ichbench bhx-transfer --index results/data/index.csv --series results/data/series_candidates.csv ...
     python -m ichbench methods            # the registered Table 1 rows
 
 `snakemake` runs exactly these commands (see workflow/rules/).
@@ -71,10 +73,31 @@ def cmd_preprocess(a) -> None:
                  int(table["n_slices"].sum()) if len(table) else 0)
 
 
+def cmd_bhx_transfer(a) -> None:
+    import pandas as pd
+
+    from . import bhx, bhx_transfer
+    from .preprocess import read_index
+
+    boxes = bhx.read_bhx([b for b in a.boxes if b])
+    chosen = pd.read_csv(a.series, dtype={"patient_id": str, "study_uid": str, "series_uid": str})
+    moved, record = bhx_transfer.transfer(boxes, read_index(a.index), chosen)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    bhx_transfer.to_bhx_format(moved).to_csv(a.out, index=False)
+    record.to_csv(a.record, index=False)
+    s = bhx_transfer.summary(record)
+    logging.info("BHX: %d boxes of %d scans; %d on the chosen series, %d moved there by patient coordinates "
+                 "(onto %d slices), %d dropped; %d scans keep a box", s["boxes"], s["scans"], s["boxes_on_chosen"],
+                 s["boxes_transferred"], int((moved["transfer"] == bhx_transfer.BY_COORDS).sum()),
+                 s["boxes_dropped"], s["scans_kept"])
+    for reason, n in s["dropped_by_reason"].items():
+        logging.info("  %d boxes %s", n, reason)
+
+
 def cmd_split(a) -> None:
     import pandas as pd
 
-    from . import bhx, dicomio, labels, splits
+    from . import assignment, bhx, dicomio, guards, labels, splits, subtypes
 
     slices = splits.collect_slices(a.shards)
     if a.slice_labels and Path(a.slice_labels).exists():
@@ -82,6 +105,7 @@ def cmd_split(a) -> None:
     scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format,
                                      table=a.labels, slices=slices, keep_undecided=True)
     cohort, problems = splits.build_cohort(slices, scan_labels)
+    cohort = subtypes.attach(cohort, _scan_info(a))
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
     rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
     for s, r in problems:
@@ -95,19 +119,45 @@ def cmd_split(a) -> None:
         matched = bhx.match_boxes(cohort if not cohort.empty else slices, boxes)
         matched.to_csv(a.boxes_out, index=False)
         if len(boxes):
-            logging.info("BHX: %d boxes read, %d lie on cached cohort slices (%d slices, %d series)", len(boxes),
-                         len(matched), matched["sop_uid"].nunique(), matched["series_uid"].nunique())
+            logging.info("BHX: %d boxes read, %d lie on cached cohort slices (%d slices, %d series, %d scans)",
+                         len(boxes), len(matched), matched["sop_uid"].nunique(), matched["series_uid"].nunique(),
+                         matched["patient_id"].nunique())
+            if "transfer" in matched:
+                logging.info("BHX boxes kept by transfer kind: %s", matched["transfer"].value_counts().to_dict())
     if cohort.empty:
         raise ValueError(f"no scan has both a usable series and a label; see {a.rejected_out}")
     summary = splits.cohort_summary(cohort, a.protocol, a.label_source)
+    summary = summary.merge(subtypes.cohort_counts(cohort), on="scan_class", how="left")
     summary.to_csv(a.cohort, index=False)
     logging.info("cohort (%s labels, %s protocol):\n%s", a.label_source, a.protocol,
                  summary.drop(columns=["protocol", "label_source"]).to_string(index=False))
-    manifests = splits.make_manifests(cohort, a.protocol, a.n_folds, a.val_fraction, a.seed)
+    guards.check_expected(summary, json.loads(a.expected) if a.expected else None, a.expected_action)
+    patients = splits.patient_table(cohort)
+    if a.assignment_in:
+        parts, _ = assignment.parts_from(assignment.read(a.assignment_in), patients, a.n_folds,
+                                         source=a.assignment_in)
+    else:
+        parts = splits.assign_folds(patients, a.n_folds, a.val_fraction, a.seed)
+    if a.assignment_out:
+        assignment.to_table(parts, patients).to_csv(a.assignment_out, index=False)
+    manifests = splits.make_manifests(cohort, a.protocol, a.n_folds, a.val_fraction, a.seed, parts=parts)
     for k, m in enumerate(manifests):
         m.to_csv(out / f"fold-{k}.csv", index=False)
         logging.info("fold %d: %s", k, m.groupby(["part", "label"]).size().to_dict())
     splits.choose_figure_cases(manifests, a.figure_cases, a.figure_seed).to_csv(out / "figure_cases.csv", index=False)
+
+
+def _scan_info(a):
+    """Per-scan diagnosis, subtypes and reader ICH votes (subtypes.py): CTFSH diagnosis under
+    label_source ctfsh, the reads majority otherwise (where a reads file exists)."""
+    from . import labels, subtypes
+
+    ctfsh = labels.read_ctfsh(a.labels, a.scan_id_format) if a.label_source == "ctfsh" and a.labels else None
+    reads = a.reads if a.reads and Path(a.reads).is_file() else None
+    try:
+        return subtypes.scan_info(ctfsh, reads)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise labels.LabelError(f"{reads}: cannot read reader ICH votes and subtypes ({exc})") from None
 
 
 def cmd_train(a) -> None:
@@ -122,7 +172,8 @@ def cmd_score(a) -> None:
     from .score import score_fold
 
     t = score_fold(a.model, a.manifest, a.out_csv, a.out_maps, figure_cases=a.figure_cases, device=a.device,
-                   batch_size=a.batch_size, threads=a.threads)
+                   batch_size=a.batch_size, threads=a.threads, out_loc=a.out_loc,
+                   pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed)
     logging.info("scored %d slices", len(t))
 
 
@@ -166,6 +217,24 @@ def cmd_stats_figures(a) -> None:
     forest_plot(pd.read_csv(a.ci, dtype={"folds_used": str, "folds_one_class": str}), methods, a.out_forest,
                 display=display)
     roc_curves(read_scores(a.scores), methods, a.out_roc, display=display)
+
+
+def cmd_extra_tables(a) -> None:
+    from . import extra_tables as xt
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    scores = xt.read_scores(a.scores)
+    loc = xt.localisation_table(a.loc, methods, a.ddof)
+    brain = xt.brain_table(scores, methods, a.ddof)
+    sub = xt.subtype_table(scores, a.manifests, methods, a.ddof)
+    for t, path in ((loc, a.out_loc), (brain, a.out_brain), (sub, a.out_subtypes)):
+        if not t.empty:
+            t.insert(1, "row", t["method"].map(display))
+        t.to_csv(path, index=False, float_format="%.4f")
+    show = [t.assign(method=t["row"]) if not t.empty else t for t in (loc, brain, sub)]
+    Path(a.out_md).write_text(xt.markdown(*show, a.protocol, a.ddof))
+    logging.info("extra tables: %s, %s, %s, %s", a.out_loc, a.out_brain, a.out_subtypes, a.out_md)
 
 
 def _method_cls(name):
@@ -254,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_preprocess)
 
+    s = sub.add_parser("bhx-transfer", help="move BHX boxes onto the chosen series by patient coordinates")
+    s.add_argument("--index", required=True, help="index.csv of `index` (geometry of every series)")
+    s.add_argument("--series", required=True, help="series_candidates.csv of `index` (column selected)")
+    s.add_argument("--boxes", nargs="+", required=True, help="BHX box CSV file(s)")
+    s.add_argument("--out", required=True, help="box file on the chosen slices (BHX format + transfer columns)")
+    s.add_argument("--record", required=True, help="CSV: every input box and what became of it")
+    s.set_defaults(func=cmd_bhx_transfer)
+
     s = sub.add_parser("split", help="cohort, patient-level fold manifests and Figure 1 cases")
     s.add_argument("--shards", nargs="+", required=True)
     s.add_argument("--label-source", default="ctfsh", choices=["ctfsh", "reads", "csv", "masks"],
@@ -274,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rejected-out", required=True)
     s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s)")
     s.add_argument("--boxes-out", help="CSV of the BHX boxes matched to cached slices")
+    s.add_argument("--assignment-in", help="a patient -> fold assignment.csv to reuse (assignment.py)")
+    s.add_argument("--assignment-out", help="where to write this run's patient -> fold assignment.csv")
+    s.add_argument("--expected", help='JSON of expected patients per class, e.g. {"normal": 117, "pathological": 247}')
+    s.add_argument("--expected-action", default="fail", choices=["fail", "warn"])
     s.set_defaults(func=cmd_split)
 
     s = sub.add_parser("train", help="train one method on one fold")
@@ -297,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--threads", type=int)
+    s.add_argument("--out-loc", help="JSON of the test slices' localisation metrics (localisation.py)")
+    s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
+                   help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
+    s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("table", help="Table 1 from score tables")
@@ -328,6 +413,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-forest", required=True)
     s.add_argument("--out-roc", required=True)
     s.set_defaults(func=cmd_stats_figures)
+
+    s = sub.add_parser("extra-tables", help="localisation, brain-masked score and ICH subtype tables")
+    s.add_argument("--scores", nargs="+", required=True)
+    s.add_argument("--loc", nargs="+", required=True, help="the score rule's fold-K.loc.json files")
+    s.add_argument("--manifests", nargs="+", required=True, help="fold manifests (diagnosis columns)")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--protocol", default="paper")
+    s.add_argument("--ddof", type=int, default=0)
+    s.add_argument("--out-loc", required=True)
+    s.add_argument("--out-brain", required=True)
+    s.add_argument("--out-subtypes", required=True)
+    s.add_argument("--out-md", required=True)
+    s.set_defaults(func=cmd_extra_tables)
 
     s = sub.add_parser("figure", help="Figure 1 from the score rule's maps")
     s.add_argument("--maps", nargs="+", required=True)

@@ -1,7 +1,9 @@
 """Scoring a trained method on a fold's validation and test slices, in batches.
 
-Writes a per-slice score table (patient, series, SOP UID, slice index, part, label, score) and the
-pixel maps of the Figure 1 cases that lie in this fold's test part.
+Writes a per-slice score table (patient, series, SOP UID, slice index, part, label, score, and
+`slice_score_brain`: the mean of the map over the brain mask, NaN for rows without pixel scores), the
+pixel maps of the Figure 1 cases that lie in this fold's test part and, with `out_loc`, the
+localisation metrics of all test slices with pixel truth (localisation.py).
 """
 from __future__ import annotations
 
@@ -13,21 +15,31 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import localisation
 from .data import DeviceBatches, load_slices, read_manifest
 from .train import load_trained
 
 SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid", "slice_index", "scan_label",
-                 "slice_truth", "label", "score"]
+                 "slice_truth", "label", "score", "slice_score_brain"]
 
 
 def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, device: str = "auto",
-               batch_size: int = 128, threads: int | None = None) -> pd.DataFrame:
+               batch_size: int = 128, threads: int | None = None, out_loc=None,
+               pixel_negative_rate: float = 0.0625, loc_seed: int = 0) -> pd.DataFrame:
     if threads:
         torch.set_num_threads(threads)
     method, rec = load_trained(model_path, device)
     rows = read_manifest(manifest)
     rows = rows[rows["part"].isin(["val", "test"])].reset_index(drop=True)
-    data = load_slices(rows)
+    data = load_slices(rows, extra=("gt_mask",))
+    fold = int(rows["fold"].iloc[0])
+    pixel = localisation.has_pixel_scores(rec["method"], type(method))
+    brain_scores = np.full(len(rows), np.nan)
+    # pixel truth: test slices of normal scans (all normal) and of series with ground truth
+    truth_known = (rows["part"] == "test").to_numpy() & (
+        (rows["scan_label"] == 0).to_numpy() | localisation.has_gt_per_row(rows))
+    acc = localisation.PixelAccumulator(pixel_negative_rate, loc_seed, fold) if pixel else None
+    loc_error = None
     batches = DeviceBatches(data, method.device, mask_keys=type(method).needs)
     cases = pd.DataFrame()
     if figure_cases is not None and Path(figure_cases).exists():
@@ -42,14 +54,31 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
         idx = torch.arange(start, min(start + batch_size, len(rows)))
         s, m = method.score(batches.batch(idx))
         scores[idx.numpy()] = s.detach().double().cpu().numpy()
+        if pixel:
+            ii = idx.numpy()
+            mm = m.detach().float().cpu().numpy()
+            if mm.ndim == 3 and mm.shape[1:] == data.masks["brain_mask"].shape[1:]:
+                brain_scores[ii] = localisation.brain_mean(mm, data.masks["brain_mask"][ii])
+                k = truth_known[ii]
+                if k.any() and loc_error is None:
+                    acc.add(mm[k], data.masks["gt_mask"][ii][k])
+            elif loc_error is None:
+                loc_error = f"maps of shape {mm.shape[1:]} do not match the slices {data.masks['brain_mask'].shape[1:]}"
         sel = np.nonzero(want_map[idx.numpy()])[0]
         for j in sel:
             maps[int(idx[j])] = m[j].detach().float().cpu().numpy()
     if not np.all(np.isfinite(scores)):
         bad = int((~np.isfinite(scores)).sum())
         raise FloatingPointError(f"{rec['method']}: {bad} non-finite slice scores in {manifest}")
-    fold = int(rows["fold"].iloc[0])
-    table = rows.assign(method=rec["method"], score=scores)[SCORE_COLUMNS]
+    table = rows.assign(method=rec["method"], score=scores, slice_score_brain=brain_scores)[SCORE_COLUMNS]
+    if out_loc:
+        if not pixel:
+            result = localisation.unavailable("the slice score is not the mean of a pixel map")
+        elif loc_error:
+            result = localisation.unavailable(loc_error)
+        else:
+            result = acc.result()
+        localisation.write(out_loc, result, method=rec["method"], fold=fold, seed=int(loc_seed))
     Path(out_csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_csv, index=False, float_format="%.8g")
     order = sorted(maps)

@@ -121,20 +121,28 @@ def assign_folds(patients: pd.DataFrame, n_folds: int, val_fraction: float, seed
     return pd.DataFrame(rows, columns=["fold", "patient_id", "part"])
 
 
+def patient_table(cohort: pd.DataFrame) -> pd.DataFrame:
+    """One row per cohort patient: patient_id, scan_label."""
+    return cohort.groupby("patient_id", as_index=False)["scan_label"].first()
+
+
 def make_manifests(cohort: pd.DataFrame, protocol: str, n_folds: int, val_fraction: float,
-                   seed: int) -> list[pd.DataFrame]:
-    """Per-fold manifests (MANIFEST_COLUMNS). Training slices are all normal."""
+                   seed: int, parts: pd.DataFrame | None = None) -> list[pd.DataFrame]:
+    """Per-fold manifests (MANIFEST_COLUMNS, plus the scan's diagnosis columns where the cohort has
+    them). Training slices are all normal. `parts` (fold, patient_id, part): given folds (e.g. read
+    back by assignment.py) instead of drawing them."""
     cohort = cohort.copy()
     cohort["label"] = slice_label(cohort, protocol)
-    patients = cohort.groupby("patient_id", as_index=False)["scan_label"].first()
-    parts = assign_folds(patients, n_folds, val_fraction, seed)
+    if parts is None:
+        parts = assign_folds(patient_table(cohort), n_folds, val_fraction, seed)
+    extra = [c for c in ("diagnosis", "subtypes", "reader_ich_votes") if c in cohort]
     manifests = []
     for fold in range(n_folds):
         m = cohort.merge(parts[parts["fold"] == fold], on="patient_id", how="inner")
         m = m[(m["part"] == "train") | m["label"].notna()]
         m = m.sort_values(["part", "patient_id", "series_uid", "slice_index"]).reset_index(drop=True)
         m["protocol"] = protocol
-        manifests.append(m[MANIFEST_COLUMNS].astype({"label": int}))
+        manifests.append(m[MANIFEST_COLUMNS + extra].astype({"label": int}))
     return manifests
 
 

@@ -14,6 +14,9 @@ from ichbench import config as ichconfig  # noqa: E402
 from ichbench.methods import code_digest  # noqa: E402
 
 ichconfig.check_methods(config)
+from ichbench import guards  # noqa: E402
+
+guards.check_label_paths(config)
 
 METHODS = list(config["methods"])
 FOLDS = list(range(config["splits"]["n_folds"]))
@@ -76,8 +79,16 @@ def bhx_files():
     return [value] if isinstance(value, str) else list(value)
 
 
+def bhx_used():
+    """The box file(s) preprocess and split read: the boxes moved onto the chosen series
+    (rule bhx_transfer) when dataset.bhx_transfer is on, else dataset.bhx as it is."""
+    if bhx_files() and DATASET.get("bhx_transfer", True):
+        return ["results/data/bhx_boxes.csv"]
+    return bhx_files()
+
+
 def bhx_args(wildcards):
-    return " ".join(shlex.quote(p) for p in bhx_files())
+    return " ".join(shlex.quote(p) for p in bhx_used())
 
 
 def preprocess_inputs(wildcards):
@@ -85,7 +96,7 @@ def preprocess_inputs(wildcards):
     if gt_masks_dir() and (SYNTHETIC or os.path.isdir(gt_masks_dir())):
         inputs["gt"] = gt_masks_dir()
     if bhx_files():
-        inputs["bhx"] = bhx_files()
+        inputs["bhx"] = bhx_used()
     return inputs
 
 
@@ -114,8 +125,36 @@ def label_inputs(wildcards):
     if not NIFTI and DATASET.get("slice_labels") and (SYNTHETIC or os.path.exists(DATASET["slice_labels"])):
         inputs["slice_labels"] = DATASET["slice_labels"]
     if bhx_files():
-        inputs["bhx"] = bhx_files()
+        inputs["bhx"] = bhx_used()
+    if source != "reads" and not NIFTI and DATASET.get("reads") and (SYNTHETIC or os.path.exists(DATASET["reads"])):
+        inputs["reads"] = DATASET["reads"]  # reader ICH votes and subtypes (subtypes.py)
+    if assignment_file():
+        inputs["assignment"] = assignment_file()
     return inputs
+
+
+def assignment_file():
+    """splits.assignment: a patient -> fold file to reuse (never the run's own output)."""
+    path = config["splits"].get("assignment") or ""
+    if path and os.path.abspath(path) == os.path.abspath("results/splits/assignment.csv"):
+        raise ichconfig.ConfigError(
+            "splits.assignment names results/splits/assignment.csv, which the split rule writes; "
+            "copy it elsewhere (e.g. config/assignment.csv) and point splits.assignment there")
+    return path
+
+
+def assignment_args(wildcards):
+    path = assignment_file()
+    return f"--assignment-in {shlex.quote(path)}" if path else ""
+
+
+def expected_args(wildcards):
+    """dataset.expected (patients per class) and dataset.expected_action, for the split stage."""
+    expected = DATASET.get("expected")
+    if not expected:
+        return ""
+    return (f"--expected {shlex.quote(json.dumps(expected, sort_keys=True))} "
+            f"--expected-action {DATASET.get('expected_action', 'fail')}")
 
 
 def slice_labels_file():
@@ -153,7 +192,7 @@ def method_files_state(wildcards):
 
 
 def score_files(kind):
-    ext = {"scores": "csv", "maps": "maps.npz"}[kind]
+    ext = {"scores": "csv", "maps": "maps.npz", "loc": "loc.json"}[kind]
     return expand("results/scores/{method}/fold-{fold}.{ext}", method=METHODS, fold=FOLDS, ext=ext)
 
 
@@ -196,7 +235,7 @@ def final_targets():
     """Table 1 and Figure 1; the synthetic-anomaly picture when a self-supervised row is configured."""
     from ichbench.methods import get_method
 
-    targets = ["results/table1.csv", "results/table1.md", "results/figure1.png"]
+    targets = ["results/table1.csv", "results/table1.md", "results/figure1.png", "results/tables_extra.md"]
     targets += ["results/figures/forest_auc.png", "results/figures/roc_curves.png"]
     if any(get_method(m).group == "self-supervised" for m in METHODS):
         targets.append("results/figures/synthetic_anomalies.png")

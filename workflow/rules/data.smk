@@ -82,3 +82,30 @@ rule preprocess:
         "ichbench preprocess --data {params.data} --out {output} --shard {wildcards.shard} "
         "--n-shards {params.n_shards} --windows '{params.windows}' --size {params.size} "
         "--gt-dir '{params.gt}' --boxes {params.boxes} --workers {threads} > {log} 2>&1"
+
+
+if bhx_files() and DATASET.get("bhx_transfer", True):
+
+    rule bhx_transfer:
+        input:
+            index="results/data/index.csv",
+            series="results/data/series_candidates.csv",
+            boxes=bhx_files(),
+        output:
+            boxes="results/data/bhx_boxes.csv",
+            record="results/data/bhx_transfer.csv",
+        params:
+            boxes=lambda wildcards, input: " ".join(shlex.quote(p) for p in input.boxes),
+        conda:
+            CONDA_ENV
+        log:
+            "logs/data/bhx_transfer.log",
+        benchmark:
+            "benchmarks/data/bhx_transfer.tsv"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "ichbench bhx-transfer --index {input.index} --series {input.series} --boxes {params.boxes} "
+            "--out {output.boxes} --record {output.record} > {log} 2>&1"

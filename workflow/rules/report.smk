@@ -66,6 +66,37 @@ rule stats_figures:
         "--out-forest {output.forest} --out-roc {output.roc} > {log} 2>&1"
 
 
+rule extra_tables:
+    input:
+        scores=score_files("scores"),
+        loc=score_files("loc"),
+        manifests=expand("results/splits/fold-{fold}.csv", fold=FOLDS),
+    output:
+        loc=report("results/localisation.csv", caption="../report/extra_tables.rst", category="Extra tables"),
+        brain="results/table_brain.csv",
+        subtypes="results/table_subtypes.csv",
+        markdown="results/tables_extra.md",
+    params:
+        methods=json.dumps(METHODS),
+        protocol=config["protocol"],
+        ddof=config["table"]["std_ddof"],
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/extra_tables.log",
+    benchmark:
+        "benchmarks/report/extra_tables.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "ichbench extra-tables --scores {input.scores} --loc {input.loc} --manifests {input.manifests} "
+        "--methods '{params.methods}' --protocol {params.protocol} --ddof {params.ddof} "
+        "--out-loc {output.loc} --out-brain {output.brain} --out-subtypes {output.subtypes} "
+        "--out-md {output.markdown} > {log} 2>&1"
+
+
 rule figure1:
     input:
         maps=score_files("maps"),

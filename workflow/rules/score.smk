@@ -10,10 +10,13 @@ rule score:
     output:
         scores="results/scores/{method}/fold-{fold}.csv",
         maps="results/scores/{method}/fold-{fold}.maps.npz",
+        loc="results/scores/{method}/fold-{fold}.loc.json",
     params:
         files=method_files_state,
         device=config["train"]["device"],
         batch_size=config["train"]["score_batch_size"],
+        negative_rate=config["evaluation"]["pixel_negative_rate"],
+        loc_seed=config["evaluation"]["seed"],
     conda:
         CONDA_ENV
     log:
@@ -28,4 +31,5 @@ rule score:
     shell:
         "ichbench score --model {input.model} --manifest {input.manifest} "
         "--figure-cases {input.figure_cases} --out-csv {output.scores} --out-maps {output.maps} "
-        "--device {params.device} --batch-size {params.batch_size} --threads {threads} > {log} 2>&1"
+        "--device {params.device} --batch-size {params.batch_size} --threads {threads} "
+        "--out-loc {output.loc} --pixel-negative-rate {params.negative_rate} --loc-seed {params.loc_seed} > {log} 2>&1"

@@ -12,11 +12,12 @@ rule split:
         cohort="results/data/cohort.csv",
         rejected="results/data/rejected.csv",
         boxes="results/data/boxes.csv",
+        assignment="results/splits/assignment.csv",
     params:
         out=output_dir,
         label_source=label_source(),
         labels=label_file(),
-        reads=DATASET.get("reads") or "",
+        reads="" if NIFTI else (DATASET.get("reads") or ""),
         scan_id_format=scan_id_format,
         protocol=config["protocol"],
         n_folds=config["splits"]["n_folds"],
@@ -26,6 +27,8 @@ rule split:
         figure_seed=config["figure"]["seed"],
         slice_labels=slice_labels_file(),
         bhx=bhx_args,
+        assignment=assignment_args,
+        expected=expected_args,
         shard_rejected=expand("results/data/cache/shard-{shard}/rejected.csv", shard=SHARDS),
     conda:
         CONDA_ENV
@@ -44,4 +47,5 @@ rule split:
         "--val-fraction {params.val_fraction} --seed {params.seed} --figure-cases {params.figure_cases} "
         "--figure-seed {params.figure_seed} --out {params.out} --cohort {output.cohort} "
         "--rejected-in {input.rejected_index} {params.shard_rejected} "
-        "--rejected-out {output.rejected} --boxes {params.bhx} --boxes-out {output.boxes} > {log} 2>&1"
+        "--rejected-out {output.rejected} --boxes {params.bhx} --boxes-out {output.boxes} "
+        "--assignment-out {output.assignment} {params.assignment} {params.expected} > {log} 2>&1"

@@ -1,0 +1,134 @@
+"""Localisation metrics of pixel anomaly maps against pixel truth (masks or BHX boxes), computed in the score job.
+
+Per fold, over the test slices with pixel truth (slices of normal scans: every pixel normal; slices of
+pathological series with ground truth (`has_gt`): the cached `gt_mask`, i.e. masks or rasterised boxes):
+
+- `pixel_auroc`: ROC AUC over pixels. Every ground-truth pixel enters; of the other pixels a uniform
+  random share `negative_rate` (seeded by `seed` and the fold) enters. Sampling within a class leaves
+  the AUROC unbiased, so the sample only costs precision, not accuracy.
+- `dice_best`: Dice of the thresholded maps pooled over all those pixels, at the single threshold that
+  maximises it (an oracle threshold, as in the anomaly-detection literature; an upper bound on what a
+  fixed threshold reaches). The sampled normal pixels count 1 / negative_rate times each.
+- `max_in_truth`: share of the anomalous slices (ground truth present on the slice) whose map maximum
+  lies inside the ground truth; with BHX boxes the share whose map maximum lies in a box.
+
+Rows whose slice score is not the mean of their map (GANomaly: latent distance; two-stage rows: a
+Gaussian on embeddings, with a Grad-CAM map) have no pixel scores: their metrics are n/a.
+The score job writes the result as `fold-K.loc.json`; extra_tables.py collects them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+#: Rows whose slice score does not come from their pixel map (see the module docstring).
+MAPLESS = ("GANomaly", "CutPaste-2stage", "AnatPaste")
+
+
+def has_pixel_scores(method_name: str, method_cls=None) -> bool:
+    """Whether a row's pixel map is the source of its slice score (a class may set `map_is_score`)."""
+    flag = getattr(method_cls, "map_is_score", None) if method_cls is not None else None
+    return bool(flag) if flag is not None else method_name not in MAPLESS
+
+
+def has_gt_per_row(rows: pd.DataFrame) -> np.ndarray:
+    """Whether each manifest row's cached series carries pixel ground truth (NPZ `has_gt`)."""
+    out = np.zeros(len(rows), bool)
+    for path, g in rows.reset_index(drop=True).groupby("npz", sort=False):
+        with np.load(path, allow_pickle=False) as z:
+            out[g.index.to_numpy()] = bool(z["has_gt"]) if "has_gt" in z else False
+    return out
+
+
+class PixelAccumulator:
+    """Collects the map values of slices with pixel truth, batch by batch, for `result()`."""
+
+    def __init__(self, negative_rate: float = 0.0625, seed: int = 0, fold: int = 0):
+        if not 0 < negative_rate <= 1:
+            raise ValueError(f"pixel negative rate must be in (0, 1], got {negative_rate}")
+        self.rate = float(negative_rate)
+        self.rng = np.random.default_rng([int(seed), int(fold), 7919])
+        self.pos: list[np.ndarray] = []
+        self.neg: list[np.ndarray] = []
+        self.n_slices = 0
+        self.n_anomalous = 0
+        self.hits = 0
+        self.n_neg_total = 0
+
+    def add(self, maps: np.ndarray, truth: np.ndarray) -> None:
+        """maps (B, H, W) float, truth (B, H, W) bool: slices whose pixel truth is known."""
+        maps = np.asarray(maps, np.float32)
+        truth = np.asarray(truth, bool)
+        if maps.shape != truth.shape:
+            raise ValueError(f"anomaly maps are {maps.shape[1:]}, the ground truth {truth.shape[1:]}")
+        self.n_slices += len(maps)
+        self.pos.append(maps[truth])
+        negs = maps[~truth]
+        self.n_neg_total += negs.size
+        self.neg.append(negs if self.rate >= 1 else negs[self.rng.random(negs.size) < self.rate])
+        anomalous = truth.reshape(len(truth), -1).any(axis=1)
+        if anomalous.any():
+            flat = maps[anomalous].reshape(int(anomalous.sum()), -1)
+            top = flat.argmax(axis=1)
+            self.hits += int(truth[anomalous].reshape(len(top), -1)[np.arange(len(top)), top].sum())
+            self.n_anomalous += int(anomalous.sum())
+
+    def result(self) -> dict:
+        pos = np.concatenate(self.pos) if self.pos else np.zeros(0, np.float32)
+        neg = np.concatenate(self.neg) if self.neg else np.zeros(0, np.float32)
+        out = {"available": True, "n_slices": self.n_slices, "n_anomalous_slices": self.n_anomalous,
+               "n_truth_pixels": int(pos.size), "n_normal_pixels": int(self.n_neg_total),
+               "n_normal_pixels_sampled": int(neg.size), "negative_rate": self.rate,
+               "pixel_auroc": None, "dice_best": None, "dice_threshold": None,
+               "max_in_truth": self.hits / self.n_anomalous if self.n_anomalous else None}
+        if pos.size and neg.size:
+            out["pixel_auroc"] = pixel_auroc(pos, neg)
+            d, t = best_dice(pos, neg, 1.0 / self.rate)
+            out["dice_best"], out["dice_threshold"] = d, t
+        return out
+
+
+def pixel_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """ROC AUC of positive vs negative values (ties count one half), by ranks."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]).astype(np.float64))
+    n1, n0 = len(pos), len(neg)
+    return float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def best_dice(pos: np.ndarray, neg: np.ndarray, neg_weight: float = 1.0) -> tuple[float, float]:
+    """Max over thresholds t of Dice(map >= t, truth), pooled; normal pixels weigh `neg_weight` each.
+    -> (dice, t)."""
+    v = np.concatenate([pos, neg]).astype(np.float64)
+    w_pos = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    w_neg = np.concatenate([np.zeros(len(pos)), np.full(len(neg), neg_weight)])
+    order = np.argsort(-v, kind="stable")
+    v, tp, fp = v[order], np.cumsum(w_pos[order]), np.cumsum(w_neg[order])
+    last = np.r_[v[1:] != v[:-1], True]          # only thresholds between distinct values
+    tp, fp, thr = tp[last], fp[last], v[last]
+    dice = 2 * tp / (tp + fp + len(pos))
+    k = int(np.argmax(dice))
+    return float(dice[k]), float(thr[k])
+
+
+def unavailable(reason: str) -> dict:
+    return {"available": False, "reason": reason}
+
+
+def write(path: str | os.PathLike, result: dict, **keys) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({**keys, **result}, indent=1, sort_keys=True) + "\n")
+
+
+def brain_mean(maps: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """(B, H, W) maps, (B, H, W) brain masks -> mean of each map over its brain mask (NaN where empty)."""
+    brain = np.asarray(brain, bool)
+    n = brain.reshape(len(brain), -1).sum(axis=1)
+    s = (np.asarray(maps, np.float64) * brain).reshape(len(brain), -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
