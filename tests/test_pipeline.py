@@ -58,6 +58,9 @@ def test_pipeline_produces_table_and_figure(tiny_run):
     assert png.stat().st_size > 10_000
     cases = pd.read_csv(tiny_run / "results" / "splits" / "figure_cases.csv")
     assert len(cases) == 3 and (cases["gt_pixels"] > 0).all()
+    confounds = pd.read_csv(tiny_run / "results" / "confounds.csv")
+    assert len(confounds) == 4 * 3 and confounds["auc"].between(0, 100).all()
+    assert "Table 1 rows: AUC" in (tiny_run / "results" / "confounds.md").read_text()
 
 
 @pytest.mark.slow

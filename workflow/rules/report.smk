@@ -1,4 +1,4 @@
-# Scores -> Table 1 (CSV, per-fold long CSV, Markdown) and Figure 1; every job's runtime -> one table.
+# Scores -> Table 1 (CSV, per-fold long CSV, Markdown), the confound table and Figure 1; every job's runtime -> one table.
 
 
 rule table1:
@@ -30,6 +30,28 @@ rule table1:
         "--protocol {params.protocol} --n-folds {params.n_folds} --dataset {params.dataset} "
         "--ddof {params.ddof} --out {output.table} --out-long {output.per_fold} --out-md {output.markdown} "
         "> {log} 2>&1"
+
+
+rule confounds:
+    input:
+        manifests=expand("results/splits/fold-{fold}.csv", fold=FOLDS),
+        table1="results/table1.csv",
+    output:
+        table=report("results/confounds.csv", caption="../report/confounds.rst", category="Table 1"),
+        markdown="results/confounds.md",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/confounds.log",
+    benchmark:
+        "benchmarks/report/confounds.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "ichbench confounds --manifests {input.manifests} --table1 {input.table1} --out {output.table} "
+        "--out-md {output.markdown} > {log} 2>&1"
 
 
 rule figure1:
