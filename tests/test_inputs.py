@@ -234,3 +234,27 @@ def test_image_size_that_does_not_vary_gives_auc_50(tmp_path):
     size = table[table["statistic"] == "image_pixels"]
     assert (size["auc"] == 50).all() and (size["auc_max"] == 50).all()
     assert "Warning" not in confounds_markdown(table)
+
+
+def test_real_ct_is_hu_and_its_brain_window_is_not(shared_data):
+    for sub in ("cq500/dicom/CQ500-CT-1", "dcm_qa_ct/GE_human_head_tilt"):
+        index, _ = dicomio.index_folder(shared_data / sub)
+        hu = dicomio.load_series(index).hu
+        assert hu_problem(hu) is None, sub
+        assert "values 0 .. 80 do not look like CT in HU" in hu_problem(np.clip(np.rint(hu), 0, 80)), sub
+
+
+def test_real_bhx_boxes_give_full_resolution_area(shared_data, tmp_path):
+    from ichbench import bhx
+
+    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
+    series = dicomio.load_series(index)
+    hits = bhx.boxes_by_sop(bhx.read_bhx(shared_data / "bhx" / "1_Initial_Manual_Labeling.csv"), series.sop_uids)
+    boxes = hits[series.sop_uids[0]]
+    cache_series(series, tmp_path / "s.npz", PAPER_WINDOWS, 128, boxes=boxes)
+    px = float(np.prod(series.pixel_spacing))
+    areas = boxes["width"] * boxes["height"] * px
+    with np.load(tmp_path / "s.npz") as z:
+        area = float(z["gt_area_mm2"][0])
+    # the union of the 3 boxes: at least the largest, at most their sum (plus the pixel rounding at each edge)
+    assert areas.max() <= area <= (areas + (boxes["width"] + boxes["height"] + 2) * px).sum()
