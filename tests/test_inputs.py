@@ -201,7 +201,8 @@ def _confound_cohort(tmp_path: Path, size_of) -> list[str]:
         s = series_of(head(n, n, n * 0.35), uid=f"S{i:02d}")
         cache_series(s, tmp_path / f"S{i:02d}.npz", PAPER_WINDOWS, 32)
         rows += [{"patient_id": s.patient_id, "npz": str(tmp_path / f"S{i:02d}.npz"), "slice_index": k,
-                  "label": label, "k": i} for k in range(2)]
+                  "scan_label": label, "slice_truth": int(label and k == 0), "label": label, "protocol": "paper",
+                  "k": i} for k in range(2)]
     rows = pd.DataFrame(rows)
     for fold in range(3):
         test = rows["k"] % 3 == fold
@@ -215,25 +216,36 @@ def _confound_cohort(tmp_path: Path, size_of) -> list[str]:
 
 def test_image_size_that_predicts_the_label_gives_auc_100(tmp_path):
     table = confound_table(_confound_cohort(tmp_path, lambda label: 48 if label else 64))
-    size = table[table["statistic"] == "image_pixels"]
+    size = table[(table["statistic"] == "image_pixels") & (table["protocol"] == "paper")]
     assert len(size) == 3 and (size["auc"] == 100).all() and (size["direction"] == "lower").all()
     assert (size["direction_from"] == "val").all() and (size["auc_higher"] == 0).all()
     assert (size["n_test"] == 8).all() and (size["n_anomalous"] == 4).all()
     t1 = tmp_path / "table1.csv"
-    pd.DataFrame({"method": ["AE", "NSA"], "auc_mean": [61.0, 80.0]}).to_csv(t1, index=False)
+    pd.DataFrame({"method": ["AE", "NSA"], "auc_mean": [61.0, 80.0], "auc_slice_mean": [90.0, 95.0]}).to_csv(t1, index=False)
     md = confounds_markdown(table, str(t1))
+    assert "## Protocol paper" in md and "## Protocol slice" in md
+    assert "separates the classes with AUC 83.3" not in md          # under 90 and 95: no warning for slice
     assert (size["auc_max"] == 100).all()
+    # slice protocol: each anomalous scan has 1 anomalous and 1 normal slice (same size); per test part
+    # 2 anomalous slices against 4 slices of normal scans (smaller: AUC 1) and 2 ties (0.5): 10 / 12
+    sl = table[(table["statistic"] == "image_pixels") & (table["protocol"] == "slice")]
+    assert len(sl) == 3 and np.allclose(sl["auc"], 100 * 10 / 12) and (sl["n_test"] == 8).all()
     assert ("**Warning: original image size (rows x columns) alone separates the classes with AUC 100.0 "
             "(either direction; 100.0 with the direction chosen on validation), at or above 2 of 2") in md
-    pd.DataFrame({"method": ["AE"], "auc_mean": [100.0]}).to_csv(t1, index=False)    # ties count as reached
+    pd.DataFrame({"method": ["AE"], "auc_mean": [100.0], "auc_slice_mean": [80.0]}).to_csv(t1, index=False)
+    md = confounds_markdown(table, str(t1))                          # ties count as reached
+    assert "AUC 83.3 (either direction; 83.3 with the direction chosen on validation), at or above 1 of 1" in md
     assert "at or above 1 of 1 Table 1 rows, all of them" in confounds_markdown(table, str(t1))
 
 
 def test_image_size_that_does_not_vary_gives_auc_50(tmp_path):
     table = confound_table(_confound_cohort(tmp_path, lambda label: 64))
     size = table[table["statistic"] == "image_pixels"]
-    assert (size["auc"] == 50).all() and (size["auc_max"] == 50).all()
-    assert "Warning" not in confounds_markdown(table)
+    assert len(size) == 6 and (size["auc"] == 50).all() and (size["auc_max"] == 50).all()
+    t1 = tmp_path / "table1.csv"
+    pd.DataFrame({"method": ["AE"], "auc_mean": [60.0], "auc_slice_mean": [55.0]}).to_csv(t1, index=False)
+    md = confounds_markdown(table, str(t1))
+    assert "Table 1 rows under this protocol: AUC 60.0" in md and "Warning" not in md
 
 
 def test_real_ct_is_hu_and_its_brain_window_is_not(shared_data):

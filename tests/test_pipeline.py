@@ -59,8 +59,9 @@ def test_pipeline_produces_table_and_figure(tiny_run):
     cases = pd.read_csv(tiny_run / "results" / "splits" / "figure_cases.csv")
     assert len(cases) == 3 and (cases["gt_pixels"] > 0).all()
     confounds = pd.read_csv(tiny_run / "results" / "confounds.csv")
-    assert len(confounds) == 4 * 3 and confounds["auc"].between(0, 100).all()
-    assert "Table 1 rows: AUC" in (tiny_run / "results" / "confounds.md").read_text()
+    assert len(confounds) == 2 * 4 * 3 and confounds["auc"].between(0, 100).all()     # paper and slice protocol
+    assert set(confounds["protocol"]) == {"paper", "slice"}
+    assert "Table 1 rows under this protocol: AUC" in (tiny_run / "results" / "confounds.md").read_text()
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ STATISTICS = {
     "image_pixels": "original image size (rows x columns)",
     "pixel_spacing_mm": "pixel spacing (mm, mean of rows and columns)",
 }
-COLUMNS = ["statistic", "fold", "n_test", "n_anomalous", "auc", "direction", "direction_from", "auc_higher", "auc_max"]
+COLUMNS = ["protocol", "statistic", "fold", "n_test", "n_anomalous", "auc", "direction", "direction_from", "auc_higher", "auc_max"]
 
 
 def slice_statistics(rows: pd.DataFrame) -> pd.DataFrame:
@@ -60,8 +60,21 @@ def _auc_higher(y: np.ndarray, x: np.ndarray) -> float:
     return float(roc_auc_score(y, x))
 
 
+def _label_sets(m: pd.DataFrame) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(protocol, labels, slices used) as Table 1 scores them: the manifest's label under its protocol and,
+    where slice truth exists for anomalous scans, the slice protocol too (see aggregate.fold_metrics)."""
+    protocol = str(m["protocol"].iloc[0]) if "protocol" in m else ""
+    sets = [(protocol, m["label"].to_numpy(int), np.ones(len(m), bool))]
+    if protocol != "slice" and {"scan_label", "slice_truth"} <= set(m.columns):
+        normal, known = (m["scan_label"] == 0).to_numpy(), (m["slice_truth"] >= 0).to_numpy()
+        if (~normal & known).any():
+            y = np.where(normal, 0, m["slice_truth"].to_numpy(int))
+            sets.append(("slice", y, normal | known))
+    return sets
+
+
 def confound_table(manifests: Sequence[str]) -> pd.DataFrame:
-    """One row per (statistic, fold): its test AUC (%) in the direction chosen on validation (COLUMNS)."""
+    """One row per (protocol, statistic, fold): its test AUC (%) in the direction chosen on validation."""
     rows = []
     for path in manifests:
         m = read_manifest(path)
@@ -70,21 +83,21 @@ def confound_table(manifests: Sequence[str]) -> pd.DataFrame:
             continue
         fold = int(m["fold"].iloc[0])
         stats = slice_statistics(m)
-        val, test = (m["part"] == "val").to_numpy(), (m["part"] == "test").to_numpy()
-        y = m["label"].to_numpy(int)
-        for name in STATISTICS:
-            x = stats[name].to_numpy(float)
-            higher = _auc_higher(y[test], x[test])
-            on_val = _auc_higher(y[val], x[val])
-            if np.isfinite(on_val):
-                up, source = on_val >= 0.5, "val"
-            else:
-                up, source = (not np.isfinite(higher)) or higher >= 0.5, "test"
-            auc = higher if up else 1.0 - higher
-            rows.append({"statistic": name, "fold": fold, "n_test": int(test.sum()),
-                         "n_anomalous": int(y[test].sum()), "auc": 100 * auc,
-                         "direction": "higher" if up else "lower", "direction_from": source,
-                         "auc_higher": 100 * higher, "auc_max": 100 * max(higher, 1.0 - higher)})
+        for protocol, y, used in _label_sets(m):
+            val, test = used & (m["part"] == "val").to_numpy(), used & (m["part"] == "test").to_numpy()
+            for name in STATISTICS:
+                x = stats[name].to_numpy(float)
+                higher = _auc_higher(y[test], x[test])
+                on_val = _auc_higher(y[val], x[val])
+                if np.isfinite(on_val):
+                    up, source = on_val >= 0.5, "val"
+                else:
+                    up, source = (not np.isfinite(higher)) or higher >= 0.5, "test"
+                auc = higher if up else 1.0 - higher
+                rows.append({"protocol": protocol, "statistic": name, "fold": fold, "n_test": int(test.sum()),
+                             "n_anomalous": int(y[test].sum()), "auc": 100 * auc,
+                             "direction": "higher" if up else "lower", "direction_from": source,
+                             "auc_higher": 100 * higher, "auc_max": 100 * max(higher, 1.0 - higher)})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -94,7 +107,19 @@ def confounds_markdown(table: pd.DataFrame, table1_csv: str | None = None) -> st
              "AUC (%) on the same test parts and labels as Table 1, mean +- std (ddof 0) over folds. "
              "`AUC`: direction (which values count as anomalous) chosen per fold on the validation part "
              "(`direction_from` in confounds.csv says where that part held one class only); "
-             "`either direction`: max(AUC, 1 - AUC) on the test part, an upper bound.", "",
+             "`either direction`: max(AUC, 1 - AUC) on the test part, an upper bound."]
+    t1 = pd.read_csv(table1_csv) if table1_csv else pd.DataFrame()
+    protocols = list(dict.fromkeys(table["protocol"]))
+    for protocol in protocols:
+        col = "auc_mean" if protocol == protocols[0] else f"auc_{protocol}_mean"
+        rows = t1[["method", col]].dropna().rename(columns={col: "auc"}) if {"method", col} <= set(t1.columns) \
+            else pd.DataFrame()
+        lines += _protocol_lines(table[table["protocol"] == protocol], protocol, rows)
+    return "\n".join(lines) + "\n"
+
+
+def _protocol_lines(table: pd.DataFrame, protocol: str, rows: pd.DataFrame) -> list[str]:
+    lines = ["", f"## Protocol {protocol or '(unnamed)'}", "",
              "| statistic | AUC | either direction | direction | AUC per fold |", "|---|---|---|---|---|"]
     means = {}
     for name, what in STATISTICS.items():
@@ -108,23 +133,18 @@ def confounds_markdown(table: pd.DataFrame, table1_csv: str | None = None) -> st
         dirs = ", ".join(f"{d} x {n}" for d, n in t["direction"].value_counts().items())
         folds = " ".join(f"{a:.1f}" for a in t["auc"])
         lines.append(f"| {what} | {v.mean():.1f} +- {v.std():.1f} | {w.mean():.1f} +- {w.std():.1f} | {dirs} | {folds} |")
-    rows = pd.DataFrame()
-    if table1_csv:
-        t1 = pd.read_csv(table1_csv)
-        if {"method", "auc_mean"} <= set(t1.columns):
-            rows = t1[["method", "auc_mean"]].dropna()
     lines.append("")
     if not rows.empty:
-        best = rows.loc[rows["auc_mean"].idxmax()]
-        lines.append(f"Table 1 rows: AUC {rows['auc_mean'].min():.1f} .. {best['auc_mean']:.1f} "
+        best = rows.loc[rows["auc"].idxmax()]
+        lines.append(f"Table 1 rows under this protocol: AUC {rows['auc'].min():.1f} .. {best['auc']:.1f} "
                      f"(best: {best['method']}).")
         for name, (fair, either) in sorted(means.items(), key=lambda kv: -kv[1][1]):
-            reached = int((rows["auc_mean"] <= either).sum())
-            if reached:
+            reached = int((rows["auc"] <= either).sum())
+            if reached and either > 50.0:        # chance level (e.g. a constant statistic) is no warning
                 lines.append(f"**Warning: {STATISTICS[name]} alone separates the classes with AUC {either:.1f} "
                              f"(either direction; {fair:.1f} with the direction chosen on validation), at or above "
                              f"{reached} of {len(rows)} Table 1 rows" + (", all of them**." if reached == len(rows) else "**."))
     if means:
         top = max(means, key=lambda k: means[k][1])
         lines.append(f"Strongest statistic: {STATISTICS[top]}, AUC {means[top][1]:.1f} in either direction.")
-    return "\n".join(lines) + "\n"
+    return lines

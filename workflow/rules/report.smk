@@ -109,6 +109,7 @@ rule runtimes:
         + ["benchmarks/data/index.tsv", "benchmarks/splits/split.tsv"]
         + expand("benchmarks/data/preprocess/shard-{shard}.tsv", shard=SHARDS)
         + expand("benchmarks/{step}/{method}/fold-{fold}.tsv", step=["train", "score"], method=METHODS, fold=FOLDS)
+        + ["benchmarks/report/confounds.tsv"]
         + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv"],
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
