@@ -217,14 +217,14 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     hits = bhx.boxes_by_sop(boxes, series.sop_uids)
     if gt is not None:
         for s in range(0, n, chunk):
-            part = np.stack([gt.get(u, np.zeros((rows, cols), bool)) for u in series.sop_uids[s:s + chunk]])
+            part = np.stack([gt.get(u, np.zeros((rows, cols), bool)) for u in series.sop_uids[s:s + chunk]]) > 0
             if part.shape[1:] != (rows, cols):
                 raise ValueError(f"ground-truth masks of series {series.series_uid} have shape {part.shape[1:]}, "
                                  f"the images {(rows, cols)}")
+            gt_pixels[s:s + len(part)] = part.sum(axis=(1, 2))
             for k, u in enumerate(series.sop_uids[s:s + chunk]):
                 if u in hits:        # masks and boxes together: the union counts once
-                    part[k] = part[k] | _box_pixels(hits[u], rows, cols)
-            gt_pixels[s:s + len(part)] = part.sum(axis=(1, 2))
+                    gt_pixels[s + k] = (part[k] | _box_pixels(hits[u], rows, cols)).sum()
             if padded:
                 part = np.pad(part, ((0, 0), (top, bottom), (left, right)))
             gt_small[s:s + len(part)] = resize_mask(part, size)
