@@ -68,6 +68,10 @@ def test_pipeline_produces_table_and_figure(tiny_run):
     assert png.stat().st_size > 10_000
     cases = pd.read_csv(tiny_run / "results" / "splits" / "figure_cases.csv")
     assert len(cases) == 3 and (cases["gt_pixels"] > 0).all()
+    confounds = pd.read_csv(tiny_run / "results" / "confounds.csv")
+    assert len(confounds) == 2 * 4 * 3 and confounds["auc"].between(0, 100).all()     # paper and slice protocol
+    assert set(confounds["protocol"]) == {"paper", "slice"}
+    assert "Table 1 rows under this protocol: AUC" in (tiny_run / "results" / "confounds.md").read_text()
 
 
 @pytest.mark.slow

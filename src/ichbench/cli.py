@@ -12,6 +12,7 @@
     python -m ichbench stats-figures --scores ... --ci results/table1_ci.csv --out-forest ... --out-roc ...
     python -m ichbench extra-tables --scores ... --loc ... --manifests ... --out-loc results/localisation.csv ...
     python -m ichbench bhx-transfer --index results/data/index.csv --series results/data/series_candidates.csv ...
+    python -m ichbench confounds --manifests results/splits/fold-*.csv --out results/confounds.csv ...
     python -m ichbench methods            # the registered Table 1 rows
 
 `snakemake` runs exactly these commands (see workflow/rules/).
@@ -68,7 +69,7 @@ def cmd_preprocess(a) -> None:
     table = preprocess_shard(data / "index.csv", data / "series_candidates.csv", a.out, shard=a.shard,
                              n_shards=a.n_shards, windows=windows_from_config(json.loads(a.windows)),
                              size=a.size, gt_dir=a.gt_dir or None, workers=a.workers,
-                             boxes=[b for b in (a.boxes or []) if b] or None)
+                             boxes=[b for b in (a.boxes or []) if b] or None, non_hu=a.non_hu)
     logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
                  int(table["n_slices"].sum()) if len(table) else 0)
 
@@ -99,7 +100,7 @@ def cmd_split(a) -> None:
 
     from . import assignment, bhx, dicomio, guards, labels, splits, subtypes
 
-    slices = splits.collect_slices(a.shards)
+    slices = splits.collect_slices(a.shards, a.min_hemorrhage_area_mm2)
     if a.slice_labels and Path(a.slice_labels).exists():
         slices = splits.apply_slice_labels(slices, labels.read_slice_labels(a.slice_labels))
     scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format,
@@ -243,6 +244,14 @@ def _method_cls(name):
     return get_method(name)
 
 
+def cmd_confounds(a) -> None:
+    from .confounds import confound_table, confounds_markdown
+
+    table = confound_table(a.manifests)
+    table.to_csv(a.out, index=False, float_format="%.4f")
+    Path(a.out_md).write_text(confounds_markdown(table, a.table1))
+
+
 def cmd_figure(a) -> None:
     import pandas as pd
 
@@ -320,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--gt-dir")
     s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s), rasterised into gt_mask")
+    s.add_argument("--non-hu", default="reject", choices=["reject", "accept"],
+                   help="a series whose values do not look like CT in HU: reject it, or accept it with a warning")
     s.add_argument("--workers", type=int, default=1)
     s.set_defaults(func=cmd_preprocess)
 
@@ -339,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reads")
     s.add_argument("--scan-id-format", default="CQ500-CT-{n}")
     s.add_argument("--slice-labels")
+    s.add_argument("--min-hemorrhage-area-mm2", type=float, default=0.0,
+                   help="a slice is anomalous where its full-resolution ground truth covers more (0: any voxel)")
     s.add_argument("--protocol", default="paper", choices=["paper", "slice"])
     s.add_argument("--n-folds", type=int, default=5)
     s.add_argument("--val-fraction", type=float, default=0.11)
@@ -426,6 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-subtypes", required=True)
     s.add_argument("--out-md", required=True)
     s.set_defaults(func=cmd_extra_tables)
+
+    s = sub.add_parser("confounds", help="how well trivial image statistics alone separate the classes")
+    s.add_argument("--manifests", nargs="+", required=True, help="the fold manifests (fold-K.csv)")
+    s.add_argument("--table1", help="Table 1 CSV, to compare the statistics with the rows' AUCs")
+    s.add_argument("--out", required=True)
+    s.add_argument("--out-md", required=True)
+    s.set_defaults(func=cmd_confounds)
 
     s = sub.add_parser("figure", help="Figure 1 from the score rule's maps")
     s.add_argument("--maps", nargs="+", required=True)

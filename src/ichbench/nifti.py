@@ -1,7 +1,8 @@
 """NIfTI input: a folder of CT volumes in HU (`.nii` / `.nii.gz`), optional hemorrhage masks.
 
     nifti_dir/<scan>.nii.gz              one CT volume per scan, values in HU (scl_slope/inter applied)
-    nifti_masks_dir/<scan>.nii.gz        optional mask of the same shape (> 0 = hemorrhage, any label);
+    nifti_masks_dir/<scan>.nii.gz        optional mask of the same shape (> 0 = hemorrhage, any label; a
+                                         warning names values in (0, 0.5], negative or NaN);
                                          also found as <scan>_mask, _seg, -mask, -seg, _label or _gt
     nifti_labels (CSV scan_id,label)     optional scan labels (1 = hemorrhage); without it, a scan with
                                          a mask is labelled by whether its mask has any voxel set
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import dicomio
+from .inputcheck import mask_truth
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,9 @@ def _canonical_data(path: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray
 
 
 def load_volume(row: dict | pd.Series) -> tuple[dicomio.Series, dict[str, np.ndarray] | None]:
-    """One indexed NIfTI volume -> (Series in HU, ground-truth masks by slice ID or None)."""
+    """One indexed NIfTI volume -> (Series, ground-truth masks by slice ID or None).
+
+    Whether the values are HU is judged by the caller (inputcheck.hu_problem, as for DICOM)."""
     path, sid, uid = str(row["path"]), str(row["patient_id"]), str(row["series_uid"])
     try:
         data, affine = _canonical_data(path)
@@ -209,10 +213,6 @@ def load_volume(row: dict | pd.Series) -> tuple[dicomio.Series, dict[str, np.nda
         raise dicomio.DicomReadError(path, f"unreadable NIfTI data ({dicomio.describe_error(exc)})") from None
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=-1024.0, posinf=-1024.0, neginf=-1024.0)
-    lo, hi = np.percentile(data, [0.1, 99.9])
-    if lo > -200 and hi < 200:
-        raise dicomio.DicomReadError(path, f"values {lo:.4g} .. {hi:.4g} do not look like CT in HU "
-                                           "(no air, no bone); convert the volume to HU first")
     hu = _to_slices(data)
     np.maximum(hu, -1024.0, out=hu)
     n = hu.shape[0]
@@ -233,7 +233,9 @@ def load_volume(row: dict | pd.Series) -> tuple[dicomio.Series, dict[str, np.nda
     if mask_path and mask_path != "nan":
         try:
             m, _ = _canonical_data(mask_path)
-            m = _to_slices(m) > 0.5
+            m, warning = mask_truth(_to_slices(m), mask_path)
+            if warning:
+                series.notes.append(warning)
             if m.shape != hu.shape:
                 raise ValueError(f"mask shape {m.shape} differs from the volume's {hu.shape}")
             gt = {u: m[k] for k, u in enumerate(sops)}

@@ -2,12 +2,23 @@
 
 Cache format (`<cache>/<SeriesInstanceUID>.npz`, uncompressed so that loading is a plain read):
 
-    images        uint8  (n, C, S, S)  windowed slices, x = code / 127.5 - 1 (see windowing.py)
+    images        uint8  (n, C, S, S)  windowed slices, x = code / 127.5 - 1 (see windowing.py); a
+                                       non-square slice is padded to a square with air first
     head_mask     bool   (n, S, S)     head (non-air) mask
     brain_mask    bool   (n, S, S)     brain tissue inside the skull
-    gt_mask       bool   (n, S, S)     hemorrhage ground truth (all False where none is known):
-                                       masks (gt_masks_dir, NIfTI masks) and/or BHX boxes rasterised at S
+    gt_mask       bool   (n, S, S)     hemorrhage ground truth at S, for localisation (all False where
+                                       none is known): masks (gt_masks_dir, NIfTI masks; > 0) and/or BHX
+                                       boxes rasterised at S. Not the slice truth: a small bleed can vanish at S
+    gt_pixels     int32  (n,)          hemorrhage pixels of each slice at the original resolution (masks
+                                       and boxes); the slice truth (see splits.collect_slices)
+    gt_area_mm2   float32 (n,)         the same in mm^2 (gt_pixels x pixel area)
     has_gt        bool   ()            whether gt_mask comes from a ground-truth source
+    original_size int32  (2,)          rows, columns of the original slices
+    padding       int32  (4,)          air pixels added top, bottom, left, right to make them square
+    head_area_mm2 float32 (n,)         head area of each slice (from head_mask)
+    brain_mean_hu float32 (n,)         mean HU inside brain_mask (NaN where empty); with head_area_mm2
+                                       and original_size the inputs of the confound table (confounds.py)
+    not_hu        bool   ()            values did not look like HU and preprocess.non_hu is accept
     gt_source     str    ()            "", "masks", "boxes" or "masks+boxes"
     source        str    ()            "dicom" or "nifti"
     sop_uids      str    (n,)          SOPInstanceUID of each slice
@@ -38,12 +49,14 @@ import numpy as np
 import pandas as pd
 
 from . import bhx, dicomio
+from .inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
 from .masks import masks_for_volume
 from .windowing import Window, apply_windows, quantise, resize, resize_mask
 
 log = logging.getLogger(__name__)
 
 _TUPLE_COLUMNS = ("pixel_spacing", "orientation", "position")
+AIR_PAD_HU = -1024.0   # what a non-square slice is padded with
 
 
 def _tuple_to_str(v) -> str:
@@ -132,54 +145,103 @@ def shard_of(series_uid: str, n_shards: int) -> int:
     return int(hashlib.sha1(series_uid.encode()).hexdigest(), 16) % n_shards
 
 
-def load_gt_masks(gt_dir: str | os.PathLike | None, series_uid: str) -> dict[str, np.ndarray] | None:
+def load_gt_masks(gt_dir: str | os.PathLike | None, series_uid: str,
+                  notes: list[str] | None = None) -> dict[str, np.ndarray] | None:
     """Ground-truth hemorrhage masks of a series, keyed by SOPInstanceUID (`<dir>/<series>.npz`
-    holding `sop_uids` and `masks`), or None where the folder has no file for it."""
+    holding `sop_uids` and `masks`, hemorrhage where > 0), or None where the folder has no file for
+    it. Values the rule treats oddly are named in `notes` (see inputcheck.mask_truth)."""
     if not gt_dir:
         return None
     path = Path(gt_dir) / f"{series_uid}.npz"
     if not path.exists():
         return None
     with np.load(path, allow_pickle=False) as z:
-        return {str(u): m for u, m in zip(z["sop_uids"], z["masks"])}
+        masks, warning = mask_truth(z["masks"], str(path))
+        if warning and notes is not None:
+            notes.append(warning)
+        return {str(u): m for u, m in zip(z["sop_uids"], masks)}
+
+
+def _box_pixels(boxes: pd.DataFrame, rows: int, cols: int) -> np.ndarray:
+    """BHX boxes of one slice -> the (rows, cols) pixels they cover (at least one per box)."""
+    mask = np.zeros((rows, cols), bool)
+    for x, y, w, h in boxes[["x", "y", "width", "height"]].to_numpy(float):
+        c0, r0 = min(max(int(np.floor(x)), 0), cols - 1), min(max(int(np.floor(y)), 0), rows - 1)
+        c1, r1 = max(min(int(np.ceil(x + w)), cols), c0 + 1), max(min(int(np.ceil(y + h)), rows), r0 + 1)
+        mask[r0:r1, c0:c1] = True
+    return mask
 
 
 def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: Sequence[Window],
                  size: int, gt: dict[str, np.ndarray] | None = None, boxes: pd.DataFrame | None = None,
-                 chunk: int = 32) -> dict:
+                 chunk: int = 32, not_hu: bool = False) -> dict:
     """Window, resize and write one series; the NPZ appears atomically (temp file, then rename).
 
-    Slices are processed `chunk` at a time, so memory stays near one HU volume. `gt`: full-size
-    masks by SOPInstanceUID; `boxes`: BHX boxes (rasterised at `size`). The series has ground truth
-    (`has_gt`) where `gt` is given or at least one box lies on one of its slices.
+    A non-square slice is first padded to a centred square with air (-1024 HU), so that its aspect
+    ratio is kept; the padding lies outside the head and brain masks. Slices are processed `chunk` at
+    a time, so memory stays near one HU volume. `gt`: full-size masks by SOPInstanceUID; `boxes`: BHX
+    boxes. The series has ground truth (`has_gt`) where `gt` is given or at least one box lies on one
+    of its slices. The slice truth comes from the full-resolution masks and boxes (`gt_pixels`,
+    `gt_area_mm2`); `gt_mask` at `size` is for localisation only. `not_hu`: the series was accepted
+    although its values do not look like HU (flagged in the cache and series.csv).
     """
     n, rows, cols = series.hu.shape
+    top, bottom, left, right = square_padding(rows, cols)
+    side = rows + top + bottom
+    padded = (top, bottom, left, right) != (0, 0, 0, 0)
+    inside = np.ones((side, side), bool)
+    if padded:
+        inside[:] = False
+        inside[top:top + rows, left:left + cols] = True
+    inside_small = resize_mask(inside[None], size)[0]
+    ps = np.asarray(series.pixel_spacing, float)
+    pixel_mm2 = float(ps[0] * ps[1])
     images = np.empty((n, len(windows), size, size), np.uint8)
     head = np.empty((n, size, size), bool)
     brain = np.empty((n, size, size), bool)
+    brain_mean = np.full(n, np.nan, np.float32)
     for s in range(0, n, chunk):
         hu = series.hu[s:s + chunk]
+        if padded:
+            hu = np.pad(hu, ((0, 0), (top, bottom), (left, right)), constant_values=AIR_PAD_HU)
         images[s:s + len(hu)] = quantise(resize(apply_windows(hu, windows), size))
-        head[s:s + len(hu)], brain[s:s + len(hu)] = masks_for_volume(resize(hu[:, None], size)[:, 0])
+        hu_small = resize(hu[:, None], size)[:, 0]
+        h, b = masks_for_volume(hu_small)
+        head[s:s + len(hu)], brain[s:s + len(hu)] = h & inside_small, b & inside_small
+        for k in range(len(hu)):
+            if brain[s + k].any():
+                brain_mean[s + k] = hu_small[k][brain[s + k]].mean()
     gt_small = np.zeros((n, size, size), bool)
+    gt_pixels = np.zeros(n, np.int64)
     sources = []
+    hits = bhx.boxes_by_sop(boxes, series.sop_uids)
     if gt is not None:
         for s in range(0, n, chunk):
-            part = np.stack([gt.get(u, np.zeros((rows, cols), bool)) for u in series.sop_uids[s:s + chunk]])
+            part = np.stack([gt.get(u, np.zeros((rows, cols), bool)) for u in series.sop_uids[s:s + chunk]]) > 0
             if part.shape[1:] != (rows, cols):
                 raise ValueError(f"ground-truth masks of series {series.series_uid} have shape {part.shape[1:]}, "
                                  f"the images {(rows, cols)}")
+            gt_pixels[s:s + len(part)] = part.sum(axis=(1, 2))
+            for k, u in enumerate(series.sop_uids[s:s + chunk]):
+                if u in hits:        # masks and boxes together: the union counts once
+                    gt_pixels[s + k] = (part[k] | _box_pixels(hits[u], rows, cols)).sum()
+            if padded:
+                part = np.pad(part, ((0, 0), (top, bottom), (left, right)))
             gt_small[s:s + len(part)] = resize_mask(part, size)
         sources.append("masks")
-    hits = bhx.boxes_by_sop(boxes, series.sop_uids)
     if hits:
         for k, u in enumerate(series.sop_uids):
             if u in hits:
-                gt_small[k] |= bhx.rasterise(hits[u], rows, cols, size)
+                if gt is None:
+                    gt_pixels[k] = _box_pixels(hits[u], rows, cols).sum()
+                shifted = hits[u].assign(x=hits[u]["x"] + left, y=hits[u]["y"] + top)
+                gt_small[k] |= bhx.rasterise(shifted, side, side, size)
         sources.append("boxes")
     has_gt = bool(sources)
+    head_area = head.sum(axis=(1, 2)) * (pixel_mm2 * (side / size) ** 2)
     arrays = dict(
         images=images, head_mask=head, brain_mask=brain, gt_mask=gt_small, has_gt=np.bool_(has_gt),
+        gt_pixels=gt_pixels.astype(np.int32), gt_area_mm2=(gt_pixels * pixel_mm2).astype(np.float32),
         gt_source=np.array("+".join(sources)), source=np.array(series.source),
         sop_uids=np.array(series.sop_uids), positions=series.positions.astype(np.float32),
         instance_numbers=series.instance_numbers.astype(np.int32), slice_index=np.arange(n, dtype=np.int32),
@@ -187,6 +249,8 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
         series_uid=np.array(series.series_uid), pixel_spacing=np.array(series.pixel_spacing, np.float32),
         slice_thickness=np.float32(series.slice_thickness), tilt_deg=np.float32(series.tilt_deg),
         spacing=np.asarray(series.spacing, np.float32),
+        original_size=np.array([rows, cols], np.int32), padding=np.array([top, bottom, left, right], np.int32),
+        head_area_mm2=head_area.astype(np.float32), brain_mean_hu=brain_mean, not_hu=np.bool_(not_hu),
         windows=np.array(json.dumps([w.__dict__ for w in windows])), image_size=np.int32(size),
     )
     out_path = Path(out_path)
@@ -197,25 +261,32 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     finally:
         if tmp.exists():
             tmp.unlink()
+    notes = list(series.notes)
+    if padded:
+        notes.append(f"{rows} x {cols} slices padded with air to {side} x {side} (aspect ratio kept) "
+                     f"before resizing to {size} x {size}")
     return {
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "npz": out_path.name, "n_slices": n, "slice_thickness": series.slice_thickness,
         "tilt_deg": round(series.tilt_deg, 3), **dicomio.spacing_summary(series.spacing),
-        "has_gt": has_gt, "gt_source": "+".join(sources), "gt_slices": int(gt_small.any(axis=(1, 2)).sum()),
-        "rows": rows, "columns": cols, "source": series.source, "rejected_slices": len(series.rejected),
-        "notes": "; ".join(series.notes),
+        "has_gt": has_gt, "gt_source": "+".join(sources), "gt_slices": int((gt_pixels > 0).sum()),
+        "rows": rows, "columns": cols, "pad_top": top, "pad_bottom": bottom, "pad_left": left,
+        "pad_right": right, "not_hu": not_hu, "source": series.source, "rejected_slices": len(series.rejected),
+        "notes": "; ".join(notes),
     }
 
 
 SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "slice_thickness", "tilt_deg",
                   "spacing_median_mm", "spacing_max_mm", "n_gaps", "uneven_spacing", "has_gt", "gt_source",
-                  "gt_slices", "rows", "columns", "source", "rejected_slices", "notes"]
+                  "gt_slices", "rows", "columns", "pad_top", "pad_bottom", "pad_left", "pad_right", "not_hu",
+                  "source", "rejected_slices", "notes"]
 
 
 def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
-    kind, item, out_path, windows, size, gt_dir, boxes = args
+    kind, item, out_path, windows, size, gt_dir, boxes, non_hu = args
     suid = item["series_uid"] if kind == "nifti" else item.iloc[0]["series_uid"]
     pid = item["patient_id"] if kind == "nifti" else item.iloc[0]["patient_id"]
+    left_out = dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")
     try:
         if kind == "nifti":
             from .nifti import load_volume
@@ -223,25 +294,39 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
             series, gt = load_volume(item)
         else:
             series = dicomio.load_series(item)
-            gt = load_gt_masks(gt_dir, suid)
-        row = cache_series(series, out_path, windows, size, gt, boxes)
+            gt = load_gt_masks(gt_dir, suid, series.notes)
+        problem = hu_problem(series.hu)
+        if problem and non_hu != "accept":
+            advice = ("convert the volume to HU first" if kind == "nifti" else
+                      "an image saved in a display window? set preprocess.non_hu: accept to use it anyway")
+            where = item["path"] if kind == "nifti" else suid
+            return None, series.rejected + [dicomio.Rejection(where, f"{problem}; {advice}", "load"),
+                                            dicomio.Rejection(pid, f"scan left out: its series {suid} is not "
+                                                                   "CT in HU", "load")]
+        if problem:
+            log.warning("!!! series %s of scan %s: %s; ACCEPTED because preprocess.non_hu is accept: "
+                        "windows, head and brain masks assume HU and are wrong for it (series.csv not_hu)",
+                        suid, pid, problem)
+            series.notes.append(f"NOT HU, accepted: {problem}")
+        row = cache_series(series, out_path, windows, size, gt, boxes, not_hu=bool(problem))
         return row, series.rejected
     except dicomio.DicomReadError as exc:
-        return None, [dicomio.Rejection(exc.path, exc.reason, "load"),
-                      dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")]
+        return None, [dicomio.Rejection(exc.path, exc.reason, "load"), left_out]
     except Exception as exc:  # one bad series must not stop the shard
-        return None, [dicomio.Rejection(suid, f"series failed ({dicomio.describe_error(exc)})", "load"),
-                      dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")]
+        return None, [dicomio.Rejection(suid, f"series failed ({dicomio.describe_error(exc)})", "load"), left_out]
 
 
 def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int,
                      windows: Sequence[Window], size: int, gt_dir=None, workers: int = 1,
-                     boxes=None) -> pd.DataFrame:
+                     boxes=None, non_hu: str = "reject") -> pd.DataFrame:
     """Cache the selected series of one shard into `out_dir`, with `series.csv` and `rejected.csv` beside.
 
     `boxes`: BHX box file(s) or a box table (see bhx.py), rasterised into `gt_mask`. DICOM and NIfTI
-    indexes (series_candidates.csv column `source`) are both handled.
+    indexes (series_candidates.csv column `source`) are both handled. A series whose values do not
+    look like CT in HU is rejected, or with `non_hu="accept"` cached with a warning and flagged.
     """
+    if non_hu not in NON_HU_ACTIONS:
+        raise ValueError(f"non_hu must be one of {', '.join(NON_HU_ACTIONS)}, not {non_hu!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if boxes is not None and not isinstance(boxes, pd.DataFrame):
@@ -252,7 +337,7 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
     nifti = "source" in chosen and (chosen["source"] == "nifti").any()
     if nifti:
         volumes = pd.read_csv(index_csv, dtype=str, keep_default_na=False).set_index("series_uid", drop=False)
-        jobs = [("nifti", volumes.loc[suid].to_dict(), out_dir / f"{suid}.npz", tuple(windows), size, None, None)
+        jobs = [("nifti", volumes.loc[suid].to_dict(), out_dir / f"{suid}.npz", tuple(windows), size, None, None, non_hu)
                 for suid in chosen["series_uid"]]
     else:
         index = read_index(index_csv)
@@ -265,7 +350,7 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
             b = None
             if boxes is not None and len(boxes):
                 b = boxes[boxes["sop_uid"].isin(set(files["sop_uid"]))]
-            jobs.append(("dicom", files, out_dir / f"{suid}.npz", tuple(windows), size, gt_dir, b))
+            jobs.append(("dicom", files, out_dir / f"{suid}.npz", tuple(windows), size, gt_dir, b, non_hu))
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_cache_one, jobs))

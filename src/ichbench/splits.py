@@ -17,6 +17,7 @@ The paper's CQ500 cohort: 88,808 slices, 27,562 of normal and 61,246 of patholog
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -31,9 +32,20 @@ MANIFEST_COLUMNS = ["fold", "part", "patient_id", "study_uid", "series_uid", "so
 #: The paper's CQ500 cohort (CTFSH labels, paper protocol), for comparison in cohort.csv.
 PAPER_COUNTS = {"normal": 27562, "pathological": 61246, "all": 88808}
 
+log = logging.getLogger(__name__)
 
-def collect_slices(shard_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """One row per cached slice: IDs, the NPZ path and the slice ground truth where known (-1 = unknown)."""
+
+def slice_truth(gt_pixels: np.ndarray, gt_area_mm2: np.ndarray, min_area_mm2: float = 0.0) -> np.ndarray:
+    """Slice truth from the full-resolution ground truth: 1 where the slice's hemorrhage covers more
+    than `min_area_mm2` (0: any voxel), else 0."""
+    if min_area_mm2 <= 0:
+        return (np.asarray(gt_pixels) > 0).astype(int)
+    return (np.nan_to_num(np.asarray(gt_area_mm2, float), nan=0.0) > min_area_mm2).astype(int)
+
+
+def collect_slices(shard_dirs: Sequence[str | os.PathLike], min_area_mm2: float = 0.0) -> pd.DataFrame:
+    """One row per cached slice: IDs, the NPZ path and the slice ground truth where known (-1 = unknown),
+    taken from the full-resolution masks and boxes (see slice_truth), not the cached gt_mask."""
     rows = []
     for d in shard_dirs:
         d = Path(d)
@@ -42,7 +54,13 @@ def collect_slices(shard_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
             path = d / s["npz"]
             with np.load(path, allow_pickle=False) as z:
                 sops = z["sop_uids"].astype(str)
-                truth = z["gt_mask"].any(axis=(1, 2)).astype(int) if bool(z["has_gt"]) else np.full(len(sops), -1)
+                if not bool(z["has_gt"]):
+                    truth = np.full(len(sops), -1)
+                elif "gt_pixels" in z.files:
+                    truth = slice_truth(z["gt_pixels"], z["gt_area_mm2"], min_area_mm2)
+                else:
+                    raise ValueError(f"{path} was cached before slice truth came from full-resolution masks; "
+                                     "rerun preprocessing (delete results/data/cache)")
             rows.append(pd.DataFrame({
                 "patient_id": s["patient_id"], "study_uid": s["study_uid"], "series_uid": s["series_uid"],
                 "sop_uid": sops, "slice_index": np.arange(len(sops)), "npz": str(path), "slice_truth": truth,
@@ -53,13 +71,19 @@ def collect_slices(shard_dirs: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
 
 def apply_slice_labels(slices: pd.DataFrame, slice_labels: pd.DataFrame | None) -> pd.DataFrame:
-    """Merge an external slice label table (sop_uid, hemorrhage) into slice_truth."""
+    """Merge an external slice label table (sop_uid, hemorrhage) into slice_truth, for slices without
+    pixel truth; where both exist the pixel truth wins and disagreements are logged."""
     if slice_labels is None or slice_labels.empty:
         return slices
     known = dict(zip(slice_labels["sop_uid"].astype(str), slice_labels["hemorrhage"].astype(int)))
     ext = slices["sop_uid"].map(known)
     out = slices.copy()
-    out["slice_truth"] = np.where(ext.notna(), ext.fillna(-1).astype(int), out["slice_truth"])
+    pixel = out["slice_truth"] >= 0
+    differ = pixel & ext.notna() & (ext != out["slice_truth"])
+    if differ.any():
+        log.warning("%d slices: the slice label file disagrees with the pixel ground truth; the pixel truth "
+                    "(full-resolution masks) is used", int(differ.sum()))
+    out["slice_truth"] = np.where(ext.notna() & ~pixel, ext.fillna(-1).astype(int), out["slice_truth"])
     return out
 
 
@@ -172,9 +196,17 @@ def choose_figure_cases(manifests: Sequence[pd.DataFrame], n_cases: int, seed: i
     return picks.drop(columns=["_r", "_has"]).reset_index(drop=True)
 
 
+def is_cq500(cohort: pd.DataFrame) -> bool:
+    """Whether the cohort is CQ500's: every scan ID is a CQ500 one (CQ500-CT-<n>)."""
+    ids = cohort["patient_id"].astype(str)
+    return len(ids) > 0 and bool(ids.str.fullmatch(r"CQ500-CT-\d+").all())
+
+
 def cohort_summary(cohort: pd.DataFrame, protocol: str, label_source: str = "") -> pd.DataFrame:
     """Patients and slices per scan class (and in all), slices per slice label under the protocol,
-    series with slice ground truth, and the paper's CQ500 slice counts for comparison."""
+    series with slice ground truth, and the paper's CQ500 slice counts for comparison (empty unless
+    the cohort is CQ500's)."""
+    paper = PAPER_COUNTS if is_cq500(cohort) else {}
     lab = slice_label(cohort, protocol)
     truth = cohort["slice_truth"] >= 0 if "slice_truth" in cohort else pd.Series(False, index=cohort.index)
     rows = []
@@ -186,5 +218,5 @@ def cohort_summary(cohort: pd.DataFrame, protocol: str, label_source: str = "") 
                      "slices_unlabelled": int(lab[sel].isna().sum()),
                      "series_with_slice_truth": cohort.loc[sel & truth, "series_uid"].nunique(),
                      "protocol": protocol, "label_source": label_source,
-                     "paper_cq500_slices": PAPER_COUNTS[name]})
+                     "paper_cq500_slices": paper.get(name)})
     return pd.DataFrame(rows)

@@ -68,6 +68,7 @@ rule preprocess:
         size=config["preprocess"]["image_size"],
         gt=gt_masks_dir(),
         boxes=bhx_args,
+        non_hu=config["preprocess"].get("non_hu", "reject"),
     conda:
         CONDA_ENV
     log:
@@ -81,7 +82,7 @@ rule preprocess:
     shell:
         "ichbench preprocess --data {params.data} --out {output} --shard {wildcards.shard} "
         "--n-shards {params.n_shards} --windows '{params.windows}' --size {params.size} "
-        "--gt-dir '{params.gt}' --boxes {params.boxes} --workers {threads} > {log} 2>&1"
+        "--gt-dir '{params.gt}' --boxes {params.boxes} --non-hu {params.non_hu} --workers {threads} > {log} 2>&1"
 
 
 if bhx_files() and DATASET.get("bhx_transfer", True):

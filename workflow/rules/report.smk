@@ -1,4 +1,4 @@
-# Scores -> Table 1 (CSV, per-fold long CSV, Markdown) and Figure 1; every job's runtime -> one table.
+# Scores -> Table 1 (CSV, per-fold long CSV, Markdown), the confound table and Figure 1; every job's runtime -> one table.
 
 
 rule table1:
@@ -97,6 +97,28 @@ rule extra_tables:
         "--out-md {output.markdown} > {log} 2>&1"
 
 
+rule confounds:
+    input:
+        manifests=expand("results/splits/fold-{fold}.csv", fold=FOLDS),
+        table1="results/table1.csv",
+    output:
+        table=report("results/confounds.csv", caption="../report/confounds.rst", category="Table 1"),
+        markdown="results/confounds.md",
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/confounds.log",
+    benchmark:
+        "benchmarks/report/confounds.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "ichbench confounds --manifests {input.manifests} --table1 {input.table1} --out {output.table} "
+        "--out-md {output.markdown} > {log} 2>&1"
+
+
 rule figure1:
     input:
         maps=score_files("maps"),
@@ -152,6 +174,7 @@ rule runtimes:
         + ["benchmarks/data/index.tsv", "benchmarks/splits/split.tsv"]
         + expand("benchmarks/data/preprocess/shard-{shard}.tsv", shard=SHARDS)
         + expand("benchmarks/{step}/{method}/fold-{fold}.tsv", step=["train", "score"], method=METHODS, fold=FOLDS)
+        + ["benchmarks/report/confounds.tsv"]
         + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv", "benchmarks/report/stats_figures.tsv"],
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),

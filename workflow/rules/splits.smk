@@ -26,6 +26,7 @@ rule split:
         figure_cases=config["figure"]["n_cases"],
         figure_seed=config["figure"]["seed"],
         slice_labels=slice_labels_file(),
+        min_area=DATASET.get("min_hemorrhage_area_mm2", 0),
         bhx=bhx_args,
         assignment=assignment_args,
         expected=expected_args,
@@ -43,7 +44,7 @@ rule split:
     shell:
         "ichbench split --shards {input.shards} --label-source {params.label_source} "
         "--labels '{params.labels}' --reads '{params.reads}' --scan-id-format '{params.scan_id_format}' "
-        "--slice-labels '{params.slice_labels}' --protocol {params.protocol} --n-folds {params.n_folds} "
+        "--slice-labels '{params.slice_labels}' --min-hemorrhage-area-mm2 {params.min_area} --protocol {params.protocol} --n-folds {params.n_folds} "
         "--val-fraction {params.val_fraction} --seed {params.seed} --figure-cases {params.figure_cases} "
         "--figure-seed {params.figure_seed} --out {params.out} --cohort {output.cohort} "
         "--rejected-in {input.rejected_index} {params.shard_rejected} "
