@@ -1,5 +1,4 @@
-"""Hemorrhages (EDH, SDH, IPH, IVH, SAH) and head-trauma findings (scalp hematoma, calvarial fracture):
-their random parameters, the midline shift they cause, and how they are drawn on a slice."""
+"""Hemorrhages (EDH, SDH, IPH, IVH, SAH) and trauma findings (scalp hematoma, fracture): their draws and drawing."""
 from __future__ import annotations
 
 import math
