@@ -384,8 +384,9 @@ class DevicePatchExample:
         hr, wr = (h - 2).clamp_min(1), (w - 2).clamp_min(1)
         ry = y0 + h // 2 - (h - 2) // 2
         rx = x0 + w - w // 2 - (w - 2) // 2
-        hm = int(hr.max()) if n else 1
-        wm = int(wr.max()) if n else 1
+        # a padded size fixed by the settings, not the data: no device-to-host read, static shapes
+        hm = max(1, min(hh, 2 * round(self.max_half * hh)) - 2)
+        wm = max(1, min(ww, 2 * round(self.max_half * ww)) - 2)
         ar, ac = torch.arange(hm, device=dev)[None], torch.arange(wm, device=dev)[None]
         dst_roi = _gather_rc(cur, ry[:, None] + ar, rx[:, None] + ac)
         src_roi = _gather_rc(patch_img, y0[:, None] + 1 + ar, x0[:, None] + 1 + ac)
