@@ -37,16 +37,12 @@ import numpy as np
 import torch
 
 from . import anomalies as an
-from .anomaly_figure import GENERATORS as CPU_GENERATORS
 from .anomaly_figure import toy_head_slices
 from .device_anomalies import DEVICE_GENERATORS
 from .methods import REGISTRY
 
 log = logging.getLogger(__name__)
 
-#: row name -> the CPU generator the package's method uses (anomaly_figure's list, by row name)
-CPU_GENERATOR_OF = dict(zip(("NSA", "NSA-Intensity", "FPI", "FPI-Poisson", "CutPaste", "CutPaste-2stage",
-                             "AnatPaste"), (g for _, g in CPU_GENERATORS)))
 TWO_STAGE = ("CutPaste-2stage", "AnatPaste")
 #: settings a row needs to run without files (AE-PL's VGG weights): timing is the same network
 BENCH_OVERRIDES: dict[str, dict[str, Any]] = {"AE-PL": {"allow_random_vgg": True}}
@@ -143,7 +139,7 @@ def reference_rate(method, arrays, batch_size: int, workers: int, dev: torch.dev
     images, heads, brains = arrays
     two = method.name in TWO_STAGE
     steps = max(3, int(seconds * 4))
-    ds = _ReferenceSlices(images, heads, brains, CPU_GENERATOR_OF[method.name], two, (steps + 1) * batch_size)
+    ds = _ReferenceSlices(images, heads, brains, method.generator, two, (steps + 1) * batch_size)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True,
                                          worker_init_fn=_worker_init if workers else None,
                                          pin_memory=dev.type == "cuda", persistent_workers=False)
@@ -186,7 +182,7 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
     steps = iter(range(10**9))
     state = copy.deepcopy(method.state_dict())
     out["ours_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
-    selfsup = name in CPU_GENERATOR_OF
+    selfsup = name in DEVICE_GENERATORS
     if selfsup:
         bare_batch = step_batch(method, batch, method.synthesise(batch))
     else:
@@ -196,7 +192,7 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
     out["ours_vs_bare"] = out["ours_img_s"] / out["bare_img_s"]
     best = out["ours_img_s"]
     if selfsup:
-        cpu_gen, dev_gen = CPU_GENERATOR_OF[name], DEVICE_GENERATORS[name]
+        cpu_gen, dev_gen = method.generator, DEVICE_GENERATORS[name]     # the row's own CPU generator
         x_cpu = {k: v.cpu() for k, v in batch.items()}
         rng = np.random.default_rng(0)
         out["gen_cpu_img_s"] = rate(lambda: cpu_gen(x_cpu["x"], rng, head_mask=x_cpu["head_mask"],
