@@ -34,7 +34,8 @@ def _rand_images(seed: int, size: int = 64):
 
 @pytest.mark.parametrize("y0,x0,h,w,value,flag", [
     (10, 12, 20, 17, 255, cv2.MIXED_CLONE), (5, 9, 31, 24, 255, cv2.NORMAL_CLONE),
-    (20, 20, 15, 21, 128, cv2.MIXED_CLONE), (3, 3, 40, 39, 77, cv2.NORMAL_CLONE), (30, 2, 12, 50, 255, cv2.MIXED_CLONE)])
+    (20, 20, 15, 21, 128, cv2.MIXED_CLONE), (3, 3, 40, 39, 77, cv2.NORMAL_CLONE),
+    (30, 2, 12, 50, 255, cv2.MIXED_CLONE)])
 def test_poisson_clone_agrees_with_opencv(y0, x0, h, w, value, flag):
     dst, src = _rand_images(h * w)
     patch = src[y0:y0 + h, x0:x0 + w]
@@ -119,7 +120,8 @@ def test_unchanged_pixels_get_no_label(name):
     blending truncates its float solution as OpenCV does, so 101.9999 becomes 101: one grey level, as
     `cv2.seamlessClone` gives on the same flat case.)"""
     x = torch.full((6, 3, 48, 48), 102.0) / 127.5 - 1.0     # on the 8-bit grid, as cached slices are
-    syn = da.DEVICE_GENERATORS[name](x, torch.Generator().manual_seed(0), head_mask=torch.ones(6, 48, 48, dtype=torch.bool))
+    head = torch.ones(6, 48, 48, dtype=torch.bool)
+    syn = da.DEVICE_GENERATORS[name](x, torch.Generator().manual_seed(0), head_mask=head)
     assert syn.region.any()
     assert float((syn.x - x).abs().max()) * 127.5 <= 1.0 + 1e-4
     assert float(syn.label.abs().sum()) == 0
@@ -171,3 +173,22 @@ def test_two_stage_statistics_agree_with_the_cpu_path(cpu, dev, toy):
 def test_anatpaste_needs_the_brain_mask(toy):
     with pytest.raises(ValueError, match="brain mask"):
         da.DeviceAnatPaste()(toy[0][:2], torch.Generator())
+
+
+def test_on_device_takes_the_cpu_generators_call_signature(toy):
+    x, head, brain = toy[0][:4], toy[1][:4], toy[2][:4]
+    wrapped = da.OnDevice(da.DEVICE_GENERATORS["FPI"], x.device, 5)
+    a = wrapped(x, np.random.default_rng(0), head_mask=head, brain_mask=brain)
+    b = da.DEVICE_GENERATORS["FPI"](x, torch.Generator().manual_seed(5), head_mask=head, brain_mask=brain)
+    assert torch.equal(a.x, b.x) and torch.equal(a.label, b.label)
+
+
+def test_poisson_clone_ignores_autocast():
+    """A training step may call the generator inside bf16 autocast: the solve stays in float32."""
+    dst, src = _rand_images(2)
+    t = lambda a: torch.from_numpy(a[:20, :24].astype(np.float32)).permute(2, 0, 1)[None]  # noqa: E731
+    args = (t(dst), t(src), torch.tensor([1.0]), torch.tensor([20]), torch.tensor([24]))
+    plain = da.poisson_clone(*args)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = da.poisson_clone(*args)
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)

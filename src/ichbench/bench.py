@@ -38,7 +38,7 @@ import torch
 
 from . import anomalies as an
 from .anomaly_figure import toy_head_slices
-from .device_anomalies import DEVICE_GENERATORS
+from .device_anomalies import DEVICE_GENERATORS, OnDevice
 from .methods import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -161,13 +161,6 @@ def reference_rate(method, arrays, batch_size: int, workers: int, dev: torch.dev
     return n / (time.perf_counter() - t0)
 
 
-def _device_generator_adapter(gen, torch_gen: torch.Generator):
-    """The device generator behind the CPU generator's call signature (the numpy rng is ignored)."""
-    def call(x, rng, head_mask=None, brain_mask=None):
-        return gen(x, torch_gen, head_mask=head_mask, brain_mask=brain_mask)
-    return call
-
-
 def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev: torch.device, seconds: float,
               workers: int, recipe: dict[str, int]) -> dict[str, Any]:
     cls = REGISTRY[name]
@@ -203,7 +196,7 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
         out["gen_device_vs_cpu"] = out["gen_device_img_s"] / out["gen_cpu_img_s"]
         method.load_state_dict(state)
         cpu_generator = method.generator
-        method.generator = _device_generator_adapter(dev_gen, tg)
+        method.generator = OnDevice(dev_gen, dev, 0)
         out["device_gen_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
         method.generator = cpu_generator
         best = max(best, out["device_gen_img_s"])

@@ -169,14 +169,15 @@ def _dst_basis(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample orthonormal DST-I matrices (B, size, size) of order n (identity past n) and the
     eigenvalues (B, size) of the 1-D Dirichlet Laplacian (-1 past n, where the right-hand side is 0)."""
     dev = n.device
-    j = torch.arange(size, device=dev, dtype=torch.float64)
-    nn_ = n.to(torch.float64)[:, None, None]
+    wide = torch.float32 if dev.type == "mps" else torch.float64     # MPS has no float64
+    j = torch.arange(size, device=dev, dtype=wide)
+    nn_ = n.to(wide)[:, None, None]
     inside = (j[None, :, None] < nn_) & (j[None, None, :] < nn_)
     s = torch.sqrt(2.0 / (nn_ + 1)) * torch.sin(math.pi * (j[None, :, None] + 1) * (j[None, None, :] + 1) / (nn_ + 1))
-    eye = torch.eye(size, device=dev, dtype=torch.float64).expand_as(s)
+    eye = torch.eye(size, device=dev, dtype=wide).expand_as(s)
     basis = torch.where(inside, s, eye)
-    lam = torch.where(j[None] < n.to(torch.float64)[:, None],
-                      2.0 * torch.cos(math.pi * (j[None] + 1) / (n.to(torch.float64)[:, None] + 1)) - 2.0,
+    lam = torch.where(j[None] < n.to(wide)[:, None],
+                      2.0 * torch.cos(math.pi * (j[None] + 1) / (n.to(wide)[:, None] + 1)) - 2.0,
                       torch.full_like(j[None], -1.0))
     return basis.float(), lam.float()
 
@@ -189,6 +190,11 @@ def poisson_clone(dst: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, hr
     weight: (B,) mask value / 255, on the ROI less `erode` pixels at its edge (OpenCV erodes the mask; there
     the destination's gradients guide). Returns (B, C, Hm, Wm): the ROI's ring kept from dst, its interior
     the solution of the Poisson equation (float; OpenCV truncates it to uint8); past the ROI dst's values."""
+    with torch.autocast(dst.device.type, enabled=False):     # the solve needs float32 even inside autocast
+        return _poisson_clone(dst.float(), src.float(), weight, hr, wr, mixed, erode)
+
+
+def _poisson_clone(dst, src, weight, hr, wr, mixed: bool, erode: int) -> torch.Tensor:
     b, c, hm, wm = dst.shape
     dev = dst.device
 
@@ -566,3 +572,17 @@ DEVICE_GENERATORS = {
     "CutPaste-2stage": DeviceCutPasteAug(),
     "AnatPaste": DeviceAnatPaste(),
 }
+
+
+class OnDevice:
+    """A device generator behind the CPU generators' call signature `(x, rng, head_mask=, brain_mask=)`, so a
+    method can use it in place of its CPU one (`method.generator = OnDevice(...)`): the numpy `rng` is ignored
+    and every draw comes from this object's own torch.Generator on `device` (`torch_generator`; its
+    get_state/set_state belong in a checkpoint)."""
+
+    def __init__(self, generator, device: torch.device | str, seed: int):
+        self.generator = generator
+        self.torch_generator = torch.Generator(device=torch.device(device)).manual_seed(int(seed))
+
+    def __call__(self, x, rng=None, head_mask=None, brain_mask=None) -> Synthesis:
+        return self.generator(x, self.torch_generator, head_mask=head_mask, brain_mask=brain_mask)
