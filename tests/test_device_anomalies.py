@@ -158,11 +158,19 @@ def test_one_stage_statistics_agree_with_the_cpu_path(name, toy):
         assert abs(dev[key] - cpu[key]) <= 0.35 * abs(cpu[key]), (key, cpu, dev)
 
 
-@pytest.mark.parametrize("cpu,dev", [
-    (an.CutPasteAug(), da.DeviceCutPasteAug()),
-    # the CPU path of this checkout blurs with one sigma and does not inset the shape: compare like with like
-    (an.AnatPaste(), da.DeviceAnatPaste(blur_min=0.02, blur_max=0.02, margin=0.0, jitter=0.0))])
-def test_two_stage_statistics_agree_with_the_cpu_path(cpu, dev, toy):
+def _device_like(cpu):
+    """The device twin of a CPU two-stage generator, with its settings where they exist on both."""
+    if isinstance(cpu, an.CutPasteAug):
+        return da.DeviceCutPasteAug()
+    if hasattr(cpu, "blur_max"):            # blur drawn per image, inset shape, patch jitter (the reference's)
+        return da.DeviceAnatPaste(blur_min=cpu.blur_min, blur_max=cpu.blur_max, margin=cpu.margin, jitter=cpu.jitter)
+    # an older CPU path: one blur sigma, no inset, no jitter
+    return da.DeviceAnatPaste(blur_min=cpu.blur_sigma, blur_max=cpu.blur_sigma, margin=0.0, jitter=0.0)
+
+
+@pytest.mark.parametrize("cpu", [an.CutPasteAug(), an.AnatPaste()], ids=["CutPaste-2stage", "AnatPaste"])
+def test_two_stage_statistics_agree_with_the_cpu_path(cpu, toy):
+    dev = _device_like(cpu)
     x, head, brain = toy
     c = _stats(cpu(x, np.random.default_rng(0), head_mask=head, brain_mask=brain), x)
     d = _stats(dev(x, torch.Generator().manual_seed(0), head_mask=head, brain_mask=brain), x)
