@@ -376,7 +376,7 @@ class DevicePatchExample:
                 mixed = (cur - fm * cur) + fm * patch
                 cur = torch.where(box[:, None], torch.floor(mixed + 1e-3), cur)
             else:
-                cur = self._poisson(cur, warped[:, :-1], ok, dy0, dx0, h, w, alpha)
+                cur = self._poisson(cur, patch, ok, dy0, dx0, h, w, alpha)
             mask = torch.where(box, patch_mask, mask)
             region |= box
         return Synthesis(from_codes(cur, x), self._label(q0, cur, mask, alpha)[:, None].to(x.dtype), region)
