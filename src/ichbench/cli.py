@@ -14,6 +14,7 @@
     python -m ichbench bhx-transfer --index results/data/index.csv --series results/data/series_candidates.csv ...
     python -m ichbench confounds --manifests results/splits/fold-*.csv --out results/confounds.csv ...
     python -m ichbench methods            # the registered Table 1 rows
+    python -m ichbench bench --out results/bench.csv   # throughput of every row, projected Table 1 time
 
 `snakemake` runs exactly these commands (see workflow/rules/).
 """
@@ -292,6 +293,19 @@ def cmd_params(a) -> None:
         print(m, config.params_json(cfg, m))
 
 
+def cmd_bench(a) -> None:
+    from .bench import run_bench
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    rows = run_bench(a.out, size=a.size, batch=a.batch, seconds=a.seconds, device=a.device,
+                     rows=a.rows or None, workers=a.workers)
+    logging.info("bench written to %s; projected paper-recipe Table 1: %.2f h on %s", a.out,
+                 rows[-1]["table1_hours"], rows[-1]["device"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ichbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -464,6 +478,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("methods", help="list the registered methods")
     s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("bench", help="training images/s of every row vs a bare loop, generators CPU vs device, "
+                                     "projected paper-recipe Table 1 time (CSV)")
+    s.add_argument("--out", default="results/bench.csv", help="CSV to write")
+    s.add_argument("--size", type=int, default=128, help="slice size (the paper's 128; smaller on a CPU)")
+    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--workers", type=int, default=None, help="DataLoader workers of the reference-style loop "
+                                                             "(default: all CPUs)")
+    s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    s.add_argument("rows", nargs="*", help="rows to time (default: all registered)")
+    s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("params", help="print each configured method's resolved hyper-parameters")
     s.add_argument("--config", default="config.yaml")

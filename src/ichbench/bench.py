@@ -1,0 +1,257 @@
+"""Training throughput of every Table 1 row next to a bare PyTorch loop, and the paper recipe's projected time.
+
+    ichbench bench --out results/bench.csv                        # 128 x 128, batch 64, the machine's device
+    ichbench bench --size 64 --batch 16 --seconds 2 --out b.csv   # a small CPU run
+
+For every registered row, on toy head slices already in memory on the device (`anomaly_figure.toy_head_slices`):
+- `ours_img_s`: the row's own `training_step` (what `ichbench train` calls each step), images (input slices)
+  per second;
+- `bare_img_s`: a bare loop on the same network, batch, device and precision: zero_grad, the row's own
+  `loss` under its autocast, backward, optimizer step; no scheduler, no logging, no `float(loss)`. For the
+  self-supervised rows the bare loop trains on one synthetic batch made before timing, so it measures the
+  network alone; `ours_vs_bare` = ours / bare (1 = no overhead);
+- self-supervised rows: `reference_img_s`, the reference's way (MedIAnomaly): a DataLoader with
+  `workers` worker processes, each making one synthetic anomaly per slice on the CPU with this package's
+  CPU generator, feeding the bare step; `device_gen_img_s`, our training step with the device generator
+  (`ichbench.device_anomalies`) swapped in for the CPU one through the method's `generator` attribute;
+- `gen_cpu_img_s` / `gen_device_img_s`: the generator alone, CPU path (numpy/OpenCV, on CPU tensors) and
+  device path (batched torch on the device);
+- `job_images`, `job_hours`: one paper-recipe training job (slices x epochs images; two-stage rows: steps x
+  batch) at the best of our measured rates for the row (`device_gen_img_s` where faster), and
+  `table1_hours` (last row, `row` = "Table 1"): the sum over rows x folds, one job at a time.
+
+The rates hold for the measured size and batch; the projection assumes the paper's 128 x 128 (pass
+--size 128 for a projection that means it). Rows that cannot run (e.g. missing weights) get an `error`.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from . import anomalies as an
+from .anomaly_figure import toy_head_slices
+from .device_anomalies import DEVICE_GENERATORS, OnDevice
+from .methods import REGISTRY
+
+log = logging.getLogger(__name__)
+
+TWO_STAGE = ("CutPaste-2stage", "AnatPaste")
+#: settings a row needs to run without files (AE-PL's VGG weights): timing is the same network
+BENCH_OVERRIDES: dict[str, dict[str, Any]] = {"AE-PL": {"allow_random_vgg": True}}
+
+COLUMNS = ["row", "group", "device", "size", "batch", "amp", "ours_img_s", "bare_img_s", "ours_vs_bare",
+           "reference_img_s", "reference_workers", "ours_vs_reference", "device_gen_img_s", "gen_cpu_img_s",
+           "gen_device_img_s", "gen_device_vs_cpu", "job_images", "job_hours", "table1_hours", "error"]
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def rate(fn: Callable[[], Any], images: int, dev: torch.device, seconds: float, min_calls: int = 2) -> float:
+    """Images per second of fn (one warm-up call, then at least min_calls calls or `seconds`)."""
+    fn()
+    _sync(dev)
+    calls, t0 = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - t0 < seconds:
+        fn()
+        calls += 1
+    _sync(dev)
+    return calls * images / (time.perf_counter() - t0)
+
+
+def bare_step(method, batch: dict[str, torch.Tensor]) -> None:
+    """One optimisation step with nothing around the row's own loss (GANomaly: its two losses)."""
+    method.model.train()
+    if method.name == "GANomaly":
+        opt_g, opt_d = method.optimizers
+        disc = method.model.discriminator
+        disc.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        with method.autocast():
+            loss_g, _, rec = method._generator_loss(batch["x"])
+        loss_g.backward()
+        opt_g.step()
+        disc.requires_grad_(True)
+        opt_d.zero_grad(set_to_none=True)
+        with method.autocast():
+            loss_d = method._discriminator_loss(batch["x"], rec.detach())
+        loss_d.backward()
+        opt_d.step()
+        return
+    opt = method.optimizers[0]
+    opt.zero_grad(set_to_none=True)
+    with method.autocast():
+        loss, _ = method.loss(batch)
+    loss.backward()
+    opt.step()
+
+
+def step_batch(method, batch: dict[str, torch.Tensor], syn: an.Synthesis) -> dict[str, torch.Tensor]:
+    """The batch a self-supervised row's loss sees after synthesis (as its training_step builds it)."""
+    if method.name in TWO_STAGE:
+        x = batch["x"]
+        y = torch.cat([torch.zeros(len(x), dtype=torch.long, device=x.device),
+                       torch.ones(len(syn.x), dtype=torch.long, device=x.device)])
+        return {"x": torch.cat([x, syn.x]), "y": y}
+    return {"x": syn.x, "label": syn.label}
+
+
+class _ReferenceSlices(torch.utils.data.Dataset):
+    """The reference's data path: each item one slice with one synthetic anomaly made on the CPU
+    (one-stage rows: the patch source another random slice, as `patch_ex` draws it)."""
+
+    def __init__(self, images, heads, brains, generator, two_stage: bool, length: int):
+        self.images, self.heads, self.brains = images, heads, brains
+        self.generator, self.two_stage, self.length = generator, two_stage, length
+        self.rng = np.random.default_rng(0)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, i):
+        n = len(self.images)
+        j = i % n
+        idx = [j] if self.two_stage else [j, (j + 1 + int(self.rng.integers(n - 1))) % n]
+        x = torch.from_numpy(self.images[idx])
+        syn = self.generator(x, self.rng, head_mask=torch.from_numpy(self.heads[idx]),
+                             brain_mask=torch.from_numpy(self.brains[idx]))
+        return torch.from_numpy(self.images[j]), syn.x[0], syn.label[0]
+
+
+def _worker_init(worker_id: int) -> None:
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng([worker_id, info.seed % 2**32])
+    torch.set_num_threads(1)
+
+
+def reference_rate(method, arrays, batch_size: int, workers: int, dev: torch.device, seconds: float) -> float:
+    """Images/s of the reference-style loop: DataLoader (CPU generation in `workers` processes) -> bare step."""
+    images, heads, brains = arrays
+    two = method.name in TWO_STAGE
+    steps = max(3, int(seconds * 4))
+    ds = _ReferenceSlices(images, heads, brains, method.generator, two, (steps + 1) * batch_size)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True,
+                                         worker_init_fn=_worker_init if workers else None,
+                                         pin_memory=dev.type == "cuda", persistent_workers=False)
+    it = iter(loader)
+    t0 = None
+    n = 0
+    for k, (x, sx, label) in enumerate(it):
+        x, sx, label = x.to(dev, non_blocking=True), sx.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
+        syn = an.Synthesis(sx, label, torch.zeros(0))
+        bare_step(method, step_batch(method, {"x": x}, syn))
+        if k == 0:                      # the first batch waits for the workers to start
+            _sync(dev)
+            t0 = time.perf_counter()
+            continue
+        n += len(x)
+        if time.perf_counter() - t0 > seconds and n >= 2 * batch_size:
+            break
+    _sync(dev)
+    return n / (time.perf_counter() - t0)
+
+
+def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev: torch.device, seconds: float,
+              workers: int, recipe: dict[str, int]) -> dict[str, Any]:
+    cls = REGISTRY[name]
+    out: dict[str, Any] = {"row": name, "group": cls.group, "device": str(dev), "size": size,
+                           "batch": len(batch["x"])}
+    torch.manual_seed(0)
+    params = {"batch_size": len(batch["x"]), **BENCH_OVERRIDES.get(name, {})}
+    method = cls(params, in_channels=3, image_size=size, device=dev)
+    out["amp"] = bool(method.params.get("amp")) and dev.type == "cuda"
+    method.configure_schedulers(10_000, 1)
+    b = len(batch["x"])
+    steps = iter(range(10**9))
+    state = copy.deepcopy(method.state_dict())
+    out["ours_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
+    selfsup = name in DEVICE_GENERATORS
+    if selfsup:
+        bare_batch = step_batch(method, batch, method.synthesise(batch))
+    else:
+        bare_batch = batch
+    method.load_state_dict(state)
+    out["bare_img_s"] = rate(lambda: bare_step(method, bare_batch), b, dev, seconds)
+    out["ours_vs_bare"] = out["ours_img_s"] / out["bare_img_s"]
+    best = out["ours_img_s"]
+    if selfsup:
+        cpu_gen, dev_gen = method.generator, DEVICE_GENERATORS[name]     # the row's own CPU generator
+        x_cpu = {k: v.cpu() for k, v in batch.items()}
+        rng = np.random.default_rng(0)
+        out["gen_cpu_img_s"] = rate(lambda: cpu_gen(x_cpu["x"], rng, head_mask=x_cpu["head_mask"],
+                                                    brain_mask=x_cpu["brain_mask"]), b, torch.device("cpu"), seconds)
+        tg = torch.Generator(device=dev).manual_seed(0)
+        out["gen_device_img_s"] = rate(lambda: dev_gen(batch["x"], tg, head_mask=batch["head_mask"],
+                                                       brain_mask=batch["brain_mask"]), b, dev, seconds)
+        out["gen_device_vs_cpu"] = out["gen_device_img_s"] / out["gen_cpu_img_s"]
+        method.load_state_dict(state)
+        cpu_generator = method.generator
+        method.generator = OnDevice(dev_gen, dev, 0)
+        out["device_gen_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
+        method.generator = cpu_generator
+        best = max(best, out["device_gen_img_s"])
+        method.load_state_dict(state)
+        out["reference_workers"] = workers
+        out["reference_img_s"] = reference_rate(method, arrays, b, workers, dev, seconds)
+        out["ours_vs_reference"] = out["ours_img_s"] / out["reference_img_s"]
+    if name in TWO_STAGE:
+        out["job_images"] = recipe["two_stage_steps"] * recipe["two_stage_batch"]
+    else:
+        out["job_images"] = recipe["slices"] * recipe["epochs"]
+    out["job_hours"] = out["job_images"] / best / 3600
+    return out
+
+
+def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, seconds: float = 3.0,
+              device: str = "auto", rows: list[str] | None = None, workers: int | None = None, folds: int = 5,
+              slices: int = 19_000, epochs: int = 250, two_stage_steps: int = 25_600,
+              two_stage_batch: int = 64) -> list[dict[str, Any]]:
+    """Benchmark the rows (all registered by default) and write the CSV; returns its rows."""
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    names = rows or list(REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"bench: unknown row(s) {unknown}; registered: {', '.join(REGISTRY)}")
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    arrays = toy_head_slices(max(batch, 2), size, seed=0)
+    batch_t = {"x": torch.from_numpy(arrays[0]).to(dev), "head_mask": torch.from_numpy(arrays[1]).to(dev),
+               "brain_mask": torch.from_numpy(arrays[2]).to(dev)}
+    recipe = {"slices": slices, "epochs": epochs, "two_stage_steps": two_stage_steps,
+              "two_stage_batch": two_stage_batch}
+    results = []
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            r = bench_row(name, arrays, batch_t, size, dev, seconds, workers, recipe)
+        except Exception as e:  # one row's failure (e.g. out of memory) must not lose the others
+            log.warning("bench %s failed: %s", name, e)
+            r = {"row": name, "group": REGISTRY[name].group, "device": str(dev), "size": size, "batch": batch,
+                 "error": f"{type(e).__name__}: {e}".replace("\n", " ").strip()}
+        log.info("bench %s: %s (%.1f s)", name, {k: (round(v, 3) if isinstance(v, float) else v)
+                                                 for k, v in r.items() if k.endswith(("img_s", "hours", "bare"))},
+                 time.perf_counter() - t0)
+        results.append(r)
+    total = sum(folds * r["job_hours"] for r in results if "job_hours" in r)
+    results.append({"row": "Table 1", "device": str(dev), "size": size, "batch": batch,
+                    "table1_hours": total,
+                    "error": "" if all("job_hours" in r for r in results) else "rows with errors are left out"})
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in results:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return results

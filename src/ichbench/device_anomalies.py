@@ -1,0 +1,588 @@
+"""Batched synthetic-anomaly generators on the training device.
+
+The seven generators of the self-supervised rows as batched torch code on any device (CPU, CUDA), with
+the pseudo-label rules of the reference (MedIAnomaly `patch_ex`, see docs METHODS.md) and a batched
+Poisson solver, so that a GPU never waits for NumPy/OpenCV:
+
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    syn = device_nsa()(x, gen, head_mask=head)   # x (B, C, S, S) in [-1, 1] on the 8-bit grid
+    syn.x, syn.label, syn.region                 # as `ichbench.anomalies.Synthesis`
+
+| factory | row | reference setting |
+|---|---|---|
+| `device_nsa("binary")` | NSA | another image's patch, rescaled, moved, Poisson-blended (OpenCV mixed gradients) |
+| `device_nsa("logistic")` | NSA-Intensity | as NSA; label x sigmoid(k (dI - x0)), dI disk-median-filtered |
+| `device_fpi()` | FPI | another image's patch at the same place, (1 - a) x + a x_other floored to 8 bits |
+| `device_fpi(poisson=True)` | FPI-Poisson | that patch Poisson-blended, mask weight ceil(255 a) |
+| `device_cutpaste()` | CutPaste | a patch of the same image moved, no blending |
+| `DeviceCutPasteAug()` | CutPaste (2 stage) | Li et al. 2021 box, brightness/contrast jitter of the patch |
+| `DeviceAnatPaste()` | AnatPaste | Sato et al. 2023: soft ellipse/rectangle mask x brain mask, alpha U[0.6, 1] |
+
+Pseudo-label (one-stage rows, every mode): changed = patch mask x (mean over channels of |x' - x| > tol
+grey levels), 5 x 5 median filter (border replicated, as `cv2.medianBlur`); FPI rows x a (one a per image);
+NSA-Intensity x sigmoid(k (dI - x0)) with dI the disk (radius 5) median of |x' - x| on changed pixels
+(border 'nearest'). Work runs on the 8-bit codes (0-255 floats) of the slices, so the reference's
+thresholds apply as they are.
+
+Poisson blending (`poisson_clone`) reproduces `cv2.seamlessClone` on each patch's region of interest:
+guidance field = forward differences of the source (mixed: per pixel and channel, OpenCV's rule keeps
+the source gradient where |gx - gy| of the source exceeds that of the destination), weighted by the mask
+value w / 255 against the destination's; Dirichlet boundary = the ROI's 1-pixel ring; the interior is
+solved exactly by a discrete sine transform. Patches of different sizes are padded to a common size: each
+sample's DST matrix is its own n x n sine basis in the top-left block and the identity elsewhere, so one
+batched matrix product solves every patch at once.
+
+Placement follows the reference (half-size from Gamma, centre tries, first valid try kept) with every try
+evaluated at once through integral images. Two simplifications, both documented for the statistics test:
+the destination test is "the destination's object covers more than min_overlap of the box" (the reference:
+more than min_overlap of the resized source object lands on the destination object), and the resized
+source object's own coverage check is taken from the source box before resizing.
+
+Randomness: every number is drawn from the torch.Generator passed in (it must live on x's device), in a
+fixed order that does not depend on the data: the same seed on the same device gives the same anomalies.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .anomalies import Synthesis
+
+#: fewer interior pixels than this and the reference skips a Poisson patch (seamlessClone fails)
+MIN_POISSON_PIXELS = 50
+
+
+# ---------------------------------------------------------------------------------------------
+# Small batched helpers
+# ---------------------------------------------------------------------------------------------
+def to_codes(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] slices -> 8-bit codes as float32 (0..255)."""
+    return torch.round((x.float() + 1.0) * 127.5).clamp(0, 255)
+
+
+def from_codes(q: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return (q / 127.5 - 1.0).to(like.dtype)
+
+
+def _uniform(gen, shape, lo, hi, device) -> torch.Tensor:
+    return torch.rand(shape, generator=gen, device=device) * (hi - lo) + lo
+
+
+def integral(mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) -> (B, H + 1, W + 1) summed-area table (float32: exact below 2^24 pixels)."""
+    return F.pad(mask.float().cumsum(1).cumsum(2), (1, 0, 1, 0))
+
+
+def box_sum(ii: torch.Tensor, img: torch.Tensor, y0, y1, x0, x1) -> torch.Tensor:
+    """Sums over boxes [y0, y1) x [x0, x1) of image img (index tensors of one shape)."""
+    w1 = ii.shape[2]
+    flat = ii.flatten(1)
+    g = lambda y, x: flat[img, y * w1 + x]  # noqa: E731
+    return g(y1, x1) - g(y0, x1) - g(y1, x0) + g(y0, x0)
+
+
+def _first(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) bool -> (index of the first True (0 if none), any True)."""
+    t = valid.shape[1]
+    idx = torch.where(valid, torch.arange(t, device=valid.device), t).amin(1)
+    return idx.clamp(max=t - 1), idx < t
+
+
+def _pick(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return a.gather(1, idx[:, None])[:, 0]
+
+
+def _in_box(y0, y1, x0, x1, size, device) -> torch.Tensor:
+    """(B, H, W) bool masks of the boxes [y0, y1) x [x0, x1)."""
+    r = torch.arange(size[0], device=device)[None, :, None]
+    c = torch.arange(size[1], device=device)[None, None, :]
+    v = lambda a: a[:, None, None]  # noqa: E731
+    return (r >= v(y0)) & (r < v(y1)) & (c >= v(x0)) & (c < v(x1))
+
+
+def _gather_rc(img: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """img (B, C, H, W), rows (B, R), cols (B, K) clamped indices -> (B, C, R, K)."""
+    b, c, hh, ww = img.shape
+    rows, cols = rows.clamp(0, hh - 1), cols.clamp(0, ww - 1)
+    out = img.gather(2, rows[:, None, :, None].expand(b, c, rows.shape[1], ww))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, rows.shape[1], cols.shape[1]))
+
+
+def resample_boxes(img: torch.Tensor, sy0, sh, sx0, sw, dy0, dh, dx0, dw) -> torch.Tensor:
+    """For every pixel, the value of img's source box [sy0, sy0+sh) x [sx0, sx0+sw) resized bilinearly to
+    dh x dw and placed at (dy0, dx0) (pixel-centre mapping and edge clamping as cv2.resize INTER_LINEAR);
+    values outside the destination box are meaningless. img (B, C, H, W) float; sizes (B,) long."""
+    _, _, hh, ww = img.shape
+    dev = img.device
+
+    def axis(n, s0, sn, d0, dn):
+        p = torch.arange(n, device=dev, dtype=torch.float32)[None]
+        s = (p - d0[:, None] + 0.5) * (sn / dn.clamp_min(1)).float()[:, None] - 0.5
+        s = s.clamp(min=0.0)
+        i0 = s.floor()
+        f = s - i0
+        i0 = i0.long()
+        last = (sn - 1)[:, None]
+        i1 = torch.minimum(i0 + 1, last)
+        i0 = torch.minimum(i0, last)
+        return s0[:, None] + i0, s0[:, None] + i1, f
+
+    r0, r1, fy = axis(hh, sy0, sh, dy0, dh)
+    c0, c1, fx = axis(ww, sx0, sw, dx0, dw)
+    fy, fx = fy[:, None, :, None], fx[:, None, None, :]
+    top = _gather_rc(img, r0, c0) * (1 - fx) + _gather_rc(img, r0, c1) * fx
+    bot = _gather_rc(img, r1, c0) * (1 - fx) + _gather_rc(img, r1, c1) * fx
+    return top * (1 - fy) + bot * fy
+
+
+def median5_binary(mask: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """Median of a (B, H, W) bool mask over size x size windows, border replicated (cv2.medianBlur)."""
+    if size <= 1:
+        return mask
+    p = size // 2
+    m = F.pad(mask[:, None].float(), (p, p, p, p), mode="replicate")
+    return F.avg_pool2d(m, size, stride=1)[:, 0] * (size * size) > (size * size) / 2
+
+
+def disk_median(a: torch.Tensor, radius: int, chunk_bytes: int = 1 << 26) -> torch.Tensor:
+    """Median over a disk of `radius` of (B, H, W) floats, border 'nearest' (scipy median_filter)."""
+    k = 2 * radius + 1
+    r = torch.arange(-radius, radius + 1, device=a.device)
+    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).flatten().nonzero()[:, 0]
+    b, hh, ww = a.shape
+    per = max(1, chunk_bytes // (len(disk) * hh * ww * 4))
+    out = []
+    for i in range(0, b, per):  # chunks of the batch bound the unfolded memory
+        p = F.pad(a[i:i + per, None], (radius,) * 4, mode="replicate")
+        cols = F.unfold(p, k)[:, disk]                       # (b, |disk|, H * W)
+        out.append(cols.median(1).values.view(-1, hh, ww))
+    return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Poisson blending (cv2.seamlessClone on a rectangular region of interest), batched
+# ---------------------------------------------------------------------------------------------
+def _dst_basis(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample orthonormal DST-I matrices (B, size, size) of order n (identity past n) and the
+    eigenvalues (B, size) of the 1-D Dirichlet Laplacian (-1 past n, where the right-hand side is 0)."""
+    dev = n.device
+    wide = torch.float32 if dev.type == "mps" else torch.float64     # MPS has no float64
+    j = torch.arange(size, device=dev, dtype=wide)
+    nn_ = n.to(wide)[:, None, None]
+    inside = (j[None, :, None] < nn_) & (j[None, None, :] < nn_)
+    s = torch.sqrt(2.0 / (nn_ + 1)) * torch.sin(math.pi * (j[None, :, None] + 1) * (j[None, None, :] + 1) / (nn_ + 1))
+    eye = torch.eye(size, device=dev, dtype=wide).expand_as(s)
+    basis = torch.where(inside, s, eye)
+    lam = torch.where(j[None] < n.to(wide)[:, None],
+                      2.0 * torch.cos(math.pi * (j[None] + 1) / (n.to(wide)[:, None] + 1)) - 2.0,
+                      torch.full_like(j[None], -1.0))
+    return basis.float(), lam.float()
+
+
+def poisson_clone(dst: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, hr: torch.Tensor,
+                  wr: torch.Tensor, mixed: bool = True, erode: int = 3) -> torch.Tensor:
+    """Blend padded regions of interest as cv2.seamlessClone does with a constant mask on the ROI.
+
+    dst, src: (B, C, Hm, Wm) 8-bit codes as floats, each sample's ROI the top-left hr[b] x wr[b] block;
+    weight: (B,) mask value / 255, on the ROI less `erode` pixels at its edge (OpenCV erodes the mask; there
+    the destination's gradients guide). Returns (B, C, Hm, Wm): the ROI's ring kept from dst, its interior
+    the solution of the Poisson equation (float; OpenCV truncates it to uint8); past the ROI dst's values."""
+    with torch.autocast(dst.device.type, enabled=False):     # the solve needs float32 even inside autocast
+        return _poisson_clone(dst.float(), src.float(), weight, hr, wr, mixed, erode)
+
+
+def _poisson_clone(dst, src, weight, hr, wr, mixed: bool, erode: int) -> torch.Tensor:
+    b, c, hm, wm = dst.shape
+    dev = dst.device
+
+    def grads(a):
+        gx = torch.zeros_like(a)
+        gy = torch.zeros_like(a)
+        gx[..., :, :-1] = a[..., :, 1:] - a[..., :, :-1]
+        gy[..., :-1, :] = a[..., 1:, :] - a[..., :-1, :]
+        return gx, gy
+
+    dgx, dgy = grads(dst)
+    sgx, sgy = grads(src)
+    rr = torch.arange(hm, device=dev)[None, :, None]
+    cc = torch.arange(wm, device=dev)[None, None, :]
+    h_, w_ = hr.view(b, 1, 1), wr.view(b, 1, 1)
+    # OpenCV erodes the ROI's mask 3 times with a 3 x 3 kernel, reading the zero ring around the ROI
+    core = (rr >= erode) & (rr < h_ - erode) & (cc >= erode) & (cc < w_ - erode)
+    w = (weight.float().view(b, 1, 1) * core)[:, None]
+    if mixed:
+        use_src = (sgx - sgy).abs() > (dgx - dgy).abs()
+        gx = torch.where(use_src, sgx * w, dgx * w) + dgx * (1 - w)
+        gy = torch.where(use_src, sgy * w, dgy * w) + dgy * (1 - w)
+    else:
+        gx = sgx * w + dgx * (1 - w)
+        gy = sgy * w + dgy * (1 - w)
+    lap = torch.zeros_like(dst)
+    lap[..., :, 1:] += gx[..., :, 1:] - gx[..., :, :-1]
+    lap[..., 1:, :] += gy[..., 1:, :] - gy[..., :-1, :]
+    # interior (1 .. hr-2, 1 .. wr-2); the ring's values move to the right-hand side
+    interior = ((rr >= 1) & (rr < h_ - 1) & (cc >= 1) & (cc < w_ - 1))[:, None]
+    ring = ((rr < h_) & (cc < w_))[:, None] & ~interior
+    bound = torch.where(ring, dst, torch.zeros_like(dst))
+    pb = F.pad(bound, (1, 1, 1, 1))
+    bound_lap = pb[..., :-2, 1:-1] + pb[..., 2:, 1:-1] + pb[..., 1:-1, :-2] + pb[..., 1:-1, 2:] - 4 * bound
+    rhs = torch.where(interior, lap - bound_lap, torch.zeros_like(dst))[..., 1:, 1:]
+    n_y, n_x = (hr - 2).clamp_min(0), (wr - 2).clamp_min(0)
+    sy, ly = _dst_basis(n_y, hm - 1)
+    sx, lx = _dst_basis(n_x, wm - 1)
+    sy4, sx4 = sy[:, None], sx[:, None]
+    f_hat = sy4 @ rhs @ sx4                                  # the bases are symmetric and orthonormal
+    u_hat = f_hat / (ly[:, None, :, None] + lx[:, None, None, :])
+    u = sy4 @ u_hat @ sx4
+    u = F.pad(u, (1, 0, 1, 0))
+    return torch.where(interior, u, dst)
+
+
+# ---------------------------------------------------------------------------------------------
+# One-stage generators (the reference's patch_ex), batched
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DevicePatchExample:
+    """The reference's `patch_ex` for one setting, on a whole batch at once (see the module docstring);
+    parameters as `ichbench.one_stage_anomalies.PatchExample`."""
+
+    blend: str = "swap"                  # "swap" (CutPaste), "uniform" (FPI), "poisson" (NSA, FPI-Poisson)
+    clone: str = "mixed"
+    label: str = "binary"                # "binary", "continuous" (x a) or "logistic" (NSA-Intensity)
+    same: bool = False
+    shift: bool = True
+    resize: bool = False
+    scale_sd: float = 0.5
+    scale_min: float = 0.7
+    scale_max: float = 1.3
+    alpha_min: float = 0.05
+    alpha_max: float = 0.95
+    tol: float = 1.0
+    median_size: int = 5
+    logistic_k: float = 0.5
+    logistic_x0: float = 4.0
+    intensity_radius: int = 5
+    base: float = 0.05
+    gamma_shape: int = 2
+    gamma_scale: float = 0.03
+    min_half: float = 0.03
+    max_half: float = 0.40
+    max_patches: int = 3
+    extra_patch_p: float = 0.5
+    min_object: float = 0.7
+    min_overlap: float = 0.7
+    max_tries: int = 200
+
+    def __post_init__(self):
+        if self.blend not in ("swap", "uniform", "poisson"):
+            raise ValueError(f"blend must be 'swap', 'uniform' or 'poisson', not {self.blend!r}")
+        if self.label not in ("binary", "continuous", "logistic"):
+            raise ValueError(f"label must be 'binary', 'continuous' or 'logistic', not {self.label!r}")
+        if self.clone not in ("mixed", "normal"):
+            raise ValueError(f"clone must be 'mixed' or 'normal', not {self.clone!r}")
+        if int(self.gamma_shape) != self.gamma_shape or self.gamma_shape < 1:
+            raise ValueError("gamma_shape must be a positive integer on the device (sum of exponentials)")
+
+    def draw(self, gen: torch.Generator, n: int, size, device) -> dict[str, torch.Tensor]:
+        """All random numbers of a batch, in a fixed order."""
+        (hh, ww), p, t = size, self.max_patches, self.max_tries
+        lo_y, lo_x = round(self.min_half * hh), round(self.min_half * ww)
+        other = not self.same and n > 1
+        d = {"src": ((torch.arange(n, device=device) + torch.randint(1, max(n, 2), (n,), generator=gen, device=device))
+                     % n if other else torch.arange(n, device=device)),
+             "alpha": _uniform(gen, (n,), self.alpha_min, self.alpha_max, device),
+             "active": torch.cat([torch.ones((n, 1), dtype=torch.bool, device=device),
+                                  torch.rand((n, p - 1), generator=gen, device=device) < self.extra_patch_p], 1)}
+        u = torch.rand((int(self.gamma_shape), n, p, 2), generator=gen, device=device)
+        d["gamma"] = -self.gamma_scale * torch.log1p(-u).sum(0)   # Gamma(integer shape) = sum of exponentials
+        d["src_y"] = torch.randint(lo_y, hh - lo_y, (n, p, t), generator=gen, device=device)
+        d["src_x"] = torch.randint(lo_x, ww - lo_x, (n, p, t), generator=gen, device=device)
+        d["scale"] = torch.randn((n, p), generator=gen, device=device) * self.scale_sd + 1.0
+        d["dst_u"] = torch.rand((n, p, t, 2), generator=gen, device=device)
+        return d
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, head_mask=None, brain_mask=None) -> Synthesis:
+        n, _, hh, ww = x.shape
+        dev = x.device
+        q0 = to_codes(x)
+        obj = (torch.ones((n, hh, ww), dtype=torch.bool, device=dev) if head_mask is None
+               else head_mask.to(dev, torch.bool))
+        ii = integral(obj)
+        d = self.draw(gen, n, (hh, ww), dev)
+        src = d["src"]
+        lo_y, lo_x = round(self.min_half * hh), round(self.min_half * ww)
+        hi_y, hi_x = round(self.max_half * hh), round(self.max_half * ww)
+        rows = torch.arange(n, device=dev)
+        cur = q0
+        mask = torch.zeros((n, hh, ww), dtype=torch.bool, device=dev)
+        region = torch.zeros_like(mask)
+        alpha = d["alpha"]
+        for k in range(self.max_patches):
+            half_y = ((self.base + d["gamma"][:, k, 0]) * hh).clamp(lo_y, hi_y).floor().long()
+            half_x = ((self.base + d["gamma"][:, k, 1]) * ww).clamp(lo_x, hi_x).floor().long()
+            cy, cx = d["src_y"][:, k], d["src_x"][:, k]                       # (n, T)
+            y0 = (cy - half_y[:, None]).clamp_min(0)
+            y1 = (cy + half_y[:, None]).clamp_max(hh)
+            x0 = (cx - half_x[:, None]).clamp_min(0)
+            x1 = (cx + half_x[:, None]).clamp_max(ww)
+            area = ((y1 - y0) * (x1 - x0)).clamp_min(1)
+            cov = box_sum(ii, src[:, None].expand_as(y0), y0, y1, x0, x1) / area
+            t_src, found = _first(cov > self.min_object)
+            sy0, sy1, sx0, sx1 = (_pick(a, t_src) for a in (y0, y1, x0, x1))
+            sh, sw = sy1 - sy0, sx1 - sx0
+            if self.resize:
+                f = d["scale"][:, k].clamp(self.scale_min, self.scale_max)
+                nh = (f * sh).clamp(lo_y, hi_y)
+                nw = torch.floor(nh / sh * sw).clamp(lo_x, hi_x).floor()
+                nh = torch.floor(nw / sw * sh).clamp(lo_y, hi_y).floor()
+                h, w = nh.long(), nw.long()
+            else:
+                h, w = sh, sw
+            ok = found & d["active"][:, k]
+            if self.shift:
+                ylo, yhi = h // 2 + 1, hh - h // 2 - 1
+                xlo, xhi = w // 2 + 1, ww - w // 2 - 1
+                ok &= (yhi > ylo) & (xhi > xlo)
+                u = d["dst_u"][:, k]
+                dcy = ylo[:, None] + (u[..., 0] * (yhi - ylo)[:, None]).floor().long()
+                dcx = xlo[:, None] + (u[..., 1] * (xhi - xlo)[:, None]).floor().long()
+                dy0, dx0 = dcy - (h // 2)[:, None], dcx - (w // 2)[:, None]
+                dy0, dx0 = dy0.clamp(0, hh - 1), dx0.clamp(0, ww - 1)
+                dy1, dx1 = (dy0 + h[:, None]).clamp_max(hh), (dx0 + w[:, None]).clamp_max(ww)
+                dcov = box_sum(ii, rows[:, None].expand_as(dy0), dy0, dy1, dx0, dx1) / (h * w).clamp_min(1)[:, None]
+                t_dst, found_d = _first(dcov > self.min_overlap)
+                ok &= found_d
+                dy0, dx0 = _pick(dy0, t_dst), _pick(dx0, t_dst)
+            else:
+                dy0, dx0 = sy0, sx0
+            dy1, dx1 = dy0 + h, dx0 + w
+            if self.blend == "poisson":
+                ok &= (h - 2) * (w - 2) >= MIN_POISSON_PIXELS
+            box = _in_box(dy0, dy1, dx0, dx1, (hh, ww), dev) & ok[:, None, None]
+            # the patch (and the source object) resampled onto the destination box
+            stack = torch.cat([q0[src], obj[src][:, None].float()], 1)
+            warped = resample_boxes(stack, sy0, sh, sx0, sw, dy0, h, dx0, w)
+            patch = warped[:, :-1]
+            if self.resize:                              # cv2.resize on uint8 rounds
+                patch = patch.round()
+            patch_mask = box & ((warped[:, -1] >= 0.5) | obj)
+            if self.blend == "swap":
+                cur = torch.where(patch_mask[:, None], patch, cur)
+            elif self.blend == "uniform":
+                fm = alpha[:, None, None, None] * patch_mask[:, None].float()
+                mixed = (cur - fm * cur) + fm * patch
+                cur = torch.where(box[:, None], torch.floor(mixed + 1e-3), cur)
+            else:
+                cur = self._poisson(cur, patch, ok, dy0, dx0, h, w, alpha)
+            mask = torch.where(box, patch_mask, mask)
+            region |= box
+        return Synthesis(from_codes(cur, x), self._label(q0, cur, mask, alpha)[:, None].to(x.dtype), region)
+
+    def _poisson(self, cur, patch_img, ok, y0, x0, h, w, alpha) -> torch.Tensor:
+        """seamlessClone(patch, cur, box mask without its ring, centre (x1 - w//2, y0 + h//2)): the ROI is
+        the box interior (h-2) x (w-2), its top-left in cur at (y0 + h//2 - (h-2)//2, x1 - w//2 - (w-2)//2),
+        its source the patch's interior."""
+        n, c, hh, ww = cur.shape
+        dev = cur.device
+        hr, wr = (h - 2).clamp_min(1), (w - 2).clamp_min(1)
+        ry = y0 + h // 2 - (h - 2) // 2
+        rx = x0 + w - w // 2 - (w - 2) // 2
+        # a padded size fixed by the settings, not the data: no device-to-host read, static shapes
+        hm = max(1, min(hh, 2 * round(self.max_half * hh)) - 2)
+        wm = max(1, min(ww, 2 * round(self.max_half * ww)) - 2)
+        ar, ac = torch.arange(hm, device=dev)[None], torch.arange(wm, device=dev)[None]
+        dst_roi = _gather_rc(cur, ry[:, None] + ar, rx[:, None] + ac)
+        src_roi = _gather_rc(patch_img, y0[:, None] + 1 + ar, x0[:, None] + 1 + ac)
+        weight = (torch.ceil(alpha * 255) if self.label == "continuous" else torch.full_like(alpha, 255.0)) / 255.0
+        out_roi = poisson_clone(dst_roi, src_roi, weight, hr, wr, mixed=self.clone == "mixed")
+        out_roi = out_roi.floor().clamp(0, 255)        # OpenCV truncates, no rounding
+        # back into the image: pixels of each ROI read their solved value
+        lr = torch.arange(hh, device=dev)[None] - ry[:, None]
+        lc = torch.arange(ww, device=dev)[None] - rx[:, None]
+        inside = ((lr >= 0) & (lr < hr[:, None]))[:, :, None] & ((lc >= 0) & (lc < wr[:, None]))[:, None, :]
+        inside &= ok[:, None, None]
+        vals = _gather_rc(F.pad(out_roi, (0, 1, 0, 1)), lr.clamp(0, hm), lc.clamp(0, wm))
+        return torch.where(inside[:, None], vals, cur)
+
+    def _label(self, q0: torch.Tensor, q1: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        diff = (q1 - q0).abs().mean(1)
+        changed = median5_binary((diff * mask) > self.tol, self.median_size)
+        if self.label == "binary":
+            return changed.float()
+        if self.label == "continuous":
+            return changed.float() * alpha[:, None, None]
+        c = changed.float()
+        d_i = disk_median(diff * c, self.intensity_radius)
+        return c * torch.sigmoid(self.logistic_k * (d_i - self.logistic_x0))
+
+
+def device_nsa(label: str = "binary", **kw) -> DevicePatchExample:
+    """NSA (`label="binary"`) and NSA-Intensity (`label="logistic"`), Schlueter et al. 2022."""
+    return DevicePatchExample(blend="poisson", label=label, same=False, shift=True, resize=True, **kw)
+
+
+def device_fpi(poisson: bool = False, **kw) -> DevicePatchExample:
+    """FPI (Tan et al. 2022) and, with poisson=True, FPI-Poisson (Tan et al. 2021)."""
+    return DevicePatchExample(blend="poisson" if poisson else "uniform", label="continuous", same=False,
+                              shift=False, resize=False, **kw)
+
+
+def device_cutpaste(**kw) -> DevicePatchExample:
+    """One-stage CutPaste as in the NSA / MedIAnomaly code."""
+    return DevicePatchExample(blend="swap", label="binary", same=True, shift=True, resize=False, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two-stage generators
+# ---------------------------------------------------------------------------------------------
+def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float, region: torch.Tensor | None = None):
+    """torchvision ColorJitter's brightness and contrast (the only parts that change grey images) on
+    (B, C, H, W) slices in [-1, 1], on the [0, 1] scale, one (b, c) per image, random order per image;
+    the contrast mean per channel over `region` ((B, H, W) bool) or the whole image."""
+    if strength <= 0:
+        return x
+    n, dev = x.shape[0], x.device
+    b = _uniform(gen, (n,), max(0.0, 1 - strength), 1 + strength, dev).view(n, 1, 1, 1)
+    c = _uniform(gen, (n,), max(0.0, 1 - strength), 1 + strength, dev).view(n, 1, 1, 1)
+    first = (torch.rand((n,), generator=gen, device=dev) < 0.5).view(n, 1, 1, 1)
+    wgt = torch.ones_like(x[:, :1], dtype=torch.float32) if region is None else region[:, None].float()
+
+    def con(v):
+        mean = (v * wgt).sum((2, 3), keepdim=True) / wgt.sum((2, 3), keepdim=True).clamp_min(1.0)
+        return (c * v + (1 - c) * mean).clamp(0, 1)
+
+    u = (x.float() + 1) * 0.5
+    out = torch.where(first, con((b * u).clamp(0, 1)), (b * con(u)).clamp(0, 1))
+    return (out * 2 - 1).to(x.dtype)
+
+
+def _cutpaste_boxes(gen, n, size, area, aspect, device):
+    hh, ww = size
+    a = _uniform(gen, (n,), area[0], area[1], device) * hh * ww
+    r = torch.exp(_uniform(gen, (n,), math.log(aspect[0]), math.log(aspect[1]), device))
+    h = torch.sqrt(a / r).round().long().clamp(1, hh)
+    w = torch.sqrt(a * r).round().long().clamp(1, ww)
+    u = torch.rand((4, n), generator=gen, device=device)
+    ys, xs = (u[0] * (hh - h + 1)).floor().long(), (u[1] * (ww - w + 1)).floor().long()
+    yd, xd = (u[2] * (hh - h + 1)).floor().long(), (u[3] * (ww - w + 1)).floor().long()
+    return h, w, ys, xs, yd, xd
+
+
+def _shifted(x, ys, xs, yd, xd):
+    hh, ww = x.shape[-2:]
+    ar, ac = torch.arange(hh, device=x.device)[None], torch.arange(ww, device=x.device)[None]
+    return _gather_rc(x, ar - yd[:, None] + ys[:, None], ac - xd[:, None] + xs[:, None])
+
+
+@dataclass(frozen=True)
+class DeviceCutPasteAug:
+    """Two-stage CutPaste (Li et al. 2021): a box of area_min - area_max of the image, aspect log-uniform,
+    cut from a random place of the same slice, brightness/contrast-jittered over the patch, pasted at a
+    random place; label = the box. (The whole-slice jitter before it is the method's, `color_jitter`.)"""
+
+    area_min: float = 0.02
+    area_max: float = 0.15
+    aspect_min: float = 0.3
+    aspect_max: float = 3.3
+    jitter: float = 0.1
+
+    def __call__(self, x, gen, head_mask=None, brain_mask=None) -> Synthesis:
+        n, _, hh, ww = x.shape
+        dev = x.device
+        h, w, ys, xs, yd, xd = _cutpaste_boxes(gen, n, (hh, ww), (self.area_min, self.area_max),
+                                               (self.aspect_min, self.aspect_max), dev)
+        box = _in_box(yd, yd + h, xd, xd + w, (hh, ww), dev)
+        patch = color_jitter(_shifted(x, ys, xs, yd, xd), gen, self.jitter, region=box)
+        out = torch.where(box[:, None], patch.to(x.dtype), x)
+        return Synthesis(out, box[:, None].to(x.dtype), box)
+
+
+def gaussian_blur_each(m: torch.Tensor, sigmas: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """(B, H, W) -> each image blurred with its own Gaussian of sigmas[b] px (zero padding; 0 = none)."""
+    r = max(1, int(math.ceil(3.0 * max_sigma)))
+    grid = torch.arange(-r, r + 1, device=m.device, dtype=torch.float32)[None]
+    s = sigmas.float()[:, None]
+    k = torch.where(s > 0, torch.exp(-0.5 * (grid / s.clamp_min(1e-6)) ** 2), (grid == 0).float())
+    k = k / k.sum(1, keepdim=True)
+    b = m.shape[0]
+    out = F.conv2d(m[None].float(), k.view(b, 1, 1, -1), padding=(0, r), groups=b)
+    return F.conv2d(out, k.view(b, 1, -1, 1), padding=(r, 0), groups=b)[0]
+
+
+@dataclass(frozen=True)
+class DeviceAnatPaste:
+    """AnatPaste (Sato et al. 2023) for head CT: a CutPaste box of the same slice, jittered, pasted with its
+    centre on a random brain pixel through a soft mask = ellipse or rectangle inset by `margin`, blurred with
+    a sigma per image from U[blur_min, blur_max] (fractions of the size), times the brain mask, times
+    alpha ~ U[alpha_min, alpha_max]: x' = x + M (patch - x); label = M."""
+
+    area_min: float = 0.02
+    area_max: float = 0.15
+    aspect_min: float = 0.3
+    aspect_max: float = 3.3
+    alpha_min: float = 0.6
+    alpha_max: float = 1.0
+    ellipse_p: float = 0.5
+    blur_min: float = 0.0
+    blur_max: float = 14 / 224
+    margin: float = 10 / 224
+    jitter: float = 0.1
+
+    def __call__(self, x, gen, head_mask=None, brain_mask=None) -> Synthesis:
+        if brain_mask is None:
+            raise ValueError("AnatPaste needs the brain mask")
+        n, _, hh, ww = x.shape
+        dev = x.device
+        h, w, ys, xs, _, _ = _cutpaste_boxes(gen, n, (hh, ww), (self.area_min, self.area_max),
+                                             (self.aspect_min, self.aspect_max), dev)
+        brain = brain_mask.to(dev, torch.bool).reshape(n, -1)
+        k = (torch.rand((n,), generator=gen, device=dev) * brain.sum(1)).floor().long()
+        centre = (brain.cumsum(1) > k[:, None]).int().argmax(1)
+        cy, cx = centre // ww, centre % ww
+        yd = torch.minimum((cy - h // 2).clamp_min(0), hh - h)
+        xd = torch.minimum((cx - w // 2).clamp_min(0), ww - w)
+        ellipse = (torch.rand((n,), generator=gen, device=dev) < self.ellipse_p)[:, None, None]
+        alpha = _uniform(gen, (n,), self.alpha_min, self.alpha_max, dev)[:, None, None]
+        sigma = _uniform(gen, (n,), self.blur_min, self.blur_max, dev) * min(hh, ww)
+        mg = self.margin * min(hh, ww)
+        hs, ws = (h - 2 * mg).clamp_min(2.0), (w - 2 * mg).clamp_min(2.0)
+        ys0, xs0 = yd + (h - hs) / 2, xd + (w - ws) / 2
+        r = torch.arange(hh, device=dev, dtype=torch.float32)[None, :, None] + 0.5
+        c = torch.arange(ww, device=dev, dtype=torch.float32)[None, None, :] + 0.5
+        v = lambda a: a.float()[:, None, None]  # noqa: E731
+        dy, dx = (r - v(ys0) - v(hs) / 2) / (v(hs) / 2), (c - v(xs0) - v(ws) / 2) / (v(ws) / 2)
+        shape = torch.where(ellipse, dy ** 2 + dx ** 2 <= 1.0, (dy.abs() <= 1.0) & (dx.abs() <= 1.0)).float()
+        m = gaussian_blur_each(shape, sigma, self.blur_max * min(hh, ww)) * brain.view(n, hh, ww).float() * alpha
+        patch = color_jitter(_shifted(x, ys, xs, yd, xd), gen, self.jitter,
+                             region=_in_box(yd, yd + h, xd, xd + w, (hh, ww), dev))
+        out = x + m[:, None].to(x.dtype) * (patch - x)
+        return Synthesis(out, m[:, None].to(x.dtype), m > 0)
+
+
+#: row name -> device generator, in Table 1 order
+DEVICE_GENERATORS = {
+    "NSA": device_nsa("binary"),
+    "NSA-Intensity": device_nsa("logistic"),
+    "FPI": device_fpi(),
+    "FPI-Poisson": device_fpi(poisson=True),
+    "CutPaste": device_cutpaste(),
+    "CutPaste-2stage": DeviceCutPasteAug(),
+    "AnatPaste": DeviceAnatPaste(),
+}
+
+
+class OnDevice:
+    """A device generator behind the CPU generators' call signature `(x, rng, head_mask=, brain_mask=)`, so a
+    method can use it in place of its CPU one (`method.generator = OnDevice(...)`): the numpy `rng` is ignored
+    and every draw comes from this object's own torch.Generator on `device` (`torch_generator`; its
+    get_state/set_state belong in a checkpoint)."""
+
+    def __init__(self, generator, device: torch.device | str, seed: int):
+        self.generator = generator
+        self.torch_generator = torch.Generator(device=torch.device(device)).manual_seed(int(seed))
+
+    def __call__(self, x, rng=None, head_mask=None, brain_mask=None) -> Synthesis:
+        return self.generator(x, self.torch_generator, head_mask=head_mask, brain_mask=brain_mask)
