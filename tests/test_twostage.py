@@ -374,3 +374,33 @@ def test_the_train_rule_passes_the_switch():
     rule = (config.ROOT / "workflow" / "rules" / "train.smk").read_text()
     assert 'config["train"]["deterministic"]' in rule and "{params.deterministic}" in rule
     assert config.load(config.ROOT / "config.yaml")["train"]["deterministic"] is False
+
+
+# -- docs/DEVIATIONS.md and Table 1's notes ------------------------------------------------------------------
+def test_every_row_has_a_deviations_section_and_table1_points_there():
+    from ichbench import deviations
+    from ichbench.methods import REGISTRY
+
+    doc = (config.ROOT / deviations.DOC).read_text()
+    headings = {line[4:].strip() for line in doc.splitlines() if line.startswith("### ")}
+    assert set(REGISTRY) <= headings
+    assert "## Protocol / training loop" in doc and "## Precision" in doc
+
+    rec = {"notes": ["trained on 96 of 500 slices per fold (max_train_slices)"],
+           "params": {"precision": "bf16", "steps_per_epoch": 256}}
+    assert deviations.notes("CutPaste-2stage", rec) == (
+        "trained on 96 of 500 slices per fold (max_train_slices); bf16 autocast; epoch = 256 steps; "
+        "differences: docs/DEVIATIONS.md#cutpaste-2stage")
+    assert deviations.notes("AE", {"params": {"precision": "fp32"}}) == "differences: docs/DEVIATIONS.md#ae"
+
+
+def test_table1_notes_column_points_at_the_deviations(tmp_path):
+    from ichbench.aggregate import table1
+
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame({"method": "AnatPaste", "fold": 0, "part": "test", "label": [0, 1] * 10,
+                           "score": rng.random(20)})
+    scores.to_csv(tmp_path / "s.csv", index=False)
+    rec = {"group": "self-supervised", "epochs": 100, "notes": [], "params": {"steps_per_epoch": 256}}
+    table, _ = table1([str(tmp_path / "s.csv")], {"AnatPaste": rec}, ["AnatPaste"], "paper")
+    assert table["notes"].tolist() == ["epoch = 256 steps; differences: docs/DEVIATIONS.md#anatpaste"]

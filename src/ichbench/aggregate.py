@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from . import deviations
+
 GROUP_ORDER = {"reconstruction": 0, "self-supervised": 1}
 
 
@@ -78,7 +80,7 @@ def table1(score_csvs: Sequence[str], records: dict[str, dict], method_order: Se
                 row[f"{metric.lower()}{suffix}_mean"] = mean
                 row[f"{metric.lower()}{suffix}_std"] = std
         row.update({"folds": int(t[(t["protocol"] == protocol) & (t["metric"] == "AUC")]["value"].notna().sum()),
-                    "protocol": protocol, "epochs": rec.get("epochs"), "notes": "; ".join(rec.get("notes", []))})
+                    "protocol": protocol, "epochs": rec.get("epochs"), "notes": deviations.notes(method, rec)})
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
