@@ -155,7 +155,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         te = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(_epoch_batches(batches, bs, gen, drop_last, fixed_steps), total=steps_per_epoch, file=sys.stderr,
+        bar = tqdm(_epoch_batches(batches, bs, gen, drop_last, fixed_steps), total=steps_per_epoch,
+                   file=sys.stderr,
                    desc=f"{method_name} epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=5)
         for batch in bar:
             logs = method.training_step(batch, step)
@@ -189,8 +190,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         "resumed_from_epoch": resumed_from, "train_seconds": round(elapsed, 2),
         "slices_per_second": round(seen / elapsed, 1) if elapsed > 0 else None,
         "notes": method.notes,
+        "precision": p["precision"], "steps_per_epoch": steps_per_epoch, "deterministic": determinism,
     }
-    record.update(precision=p["precision"], steps_per_epoch=steps_per_epoch, deterministic=determinism)
     _atomic_save({"record": record, "state": method.state_dict()}, out_dir / "model.pt")
     (out_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
