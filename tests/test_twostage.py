@@ -301,6 +301,8 @@ def test_precision_is_float32_unless_a_recipe_says_bf16():
         assert m16.model(x)[1].dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         make("AE", precision="fp16")
+    with pytest.raises(ValueError, match="`amp` was replaced by `precision`"):
+        make("AE", amp=False)
     cfg = config.load(config.ROOT / "config.yaml")
     cfg["recipes"]["demo"]["all"]["precision"] = "half"
     with pytest.raises(config.ConfigError, match="precision"):

@@ -54,6 +54,8 @@ class Method:
 
     def __init__(self, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
         unknown = set(params) - set(self.full_defaults())
+        if "amp" in unknown:
+            raise ValueError(f"{self.name}: hyper-parameter `amp` was replaced by `precision` (fp32 | bf16)")
         if unknown:
             raise ValueError(f"{self.name}: unknown hyper-parameter(s) {sorted(unknown)}; "
                              f"known: {sorted(self.full_defaults())}")
