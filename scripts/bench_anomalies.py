@@ -59,7 +59,7 @@ def main(argv=None) -> None:
     print(f"{'training step':<22}{'images/s':>10}{'per CPU-s':>11}")
     for row in ("NSA", "CutPaste", "CutPaste-2stage"):
         torch.manual_seed(0)
-        m = get_method(row)({"batch_size": a.batch, "amp": True}, 3, a.size, dev)
+        m = get_method(row)({"batch_size": a.batch}, 3, a.size, dev)
         m.configure_schedulers(10, 1)
         step = iter(range(10**9))
         rate, cpu = _rate(lambda: m.training_step(batch, next(step)), a.batch, a.train_repeats)

@@ -85,7 +85,7 @@ def test_registry_has_every_reconstruction_row():
     assert getattr(REGISTRY["ConstrainedAE"], "display", None) == "Constrained AE"
     for name in EXPECTED:
         cls = REGISTRY[name]
-        base_keys = {"lr", "batch_size", "epochs", "weight_decay", "amp"}
+        base_keys = {"lr", "batch_size", "epochs", "weight_decay", "precision"}
         assert not (base_keys & set(vars(cls).get("defaults", {}))), f"{name} redefines a recipe key"
 
 

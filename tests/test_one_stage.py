@@ -206,7 +206,7 @@ def test_rotate_shift_moves_slice_and_mask_together():
 
 
 def test_cosine_schedule_steps_once_per_epoch():
-    m = get_method("NSA")({"epochs": 4, "amp": False}, in_channels=1, image_size=32, device=torch.device("cpu"))
+    m = get_method("NSA")({"epochs": 4, "precision": "fp32"}, in_channels=1, image_size=32, device=torch.device("cpu"))
     m.configure_schedulers(steps_per_epoch=3, epochs=4)
     lrs = []
     for _ in range(12):
@@ -228,7 +228,7 @@ class FixedLogits(torch.nn.Module):
 
 @pytest.mark.parametrize("name", ROWS)
 def test_loss_is_pixelwise_bce_computed_by_hand(name):
-    m = get_method(name)({"amp": False}, in_channels=1, image_size=2, device=torch.device("cpu"))
+    m = get_method(name)({"precision": "fp32"}, in_channels=1, image_size=2, device=torch.device("cpu"))
     m.model = FixedLogits(torch.tensor([[[[0.0, 2.0], [-1.0, 3.0]]]]))
     label = torch.tensor([[[[0.0, 1.0], [0.25, 0.6]]]])
     loss, _ = m.loss({"x": torch.zeros(1, 1, 2, 2), "label": label})
@@ -243,7 +243,7 @@ def test_loss_is_pixelwise_bce_computed_by_hand(name):
 def test_training_step_trains_on_the_generators_label(name, slices, monkeypatch):
     """The step augments, synthesises, and fits the network to exactly the generator's label."""
     x, head = slices
-    m = get_method(name)({"amp": False, "synth_workers": 1}, in_channels=3, image_size=SIZE,
+    m = get_method(name)({"precision": "fp32", "synth_workers": 1}, in_channels=3, image_size=SIZE,
                          device=torch.device("cpu"))
     seen = {}
     monkeypatch.setattr(m, "loss", lambda batch: (seen.update(batch) or torch.zeros((), requires_grad=True), {}))

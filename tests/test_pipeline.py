@@ -133,7 +133,8 @@ def _demo_params(name: str) -> dict:
 
     known = get_method(name).full_defaults()
     small = {"epochs": 1, "batch_size": 16, "width": 8, "hidden": 64, "unet_width": 8, "unet_levels": 3,
-             "allow_random_vgg": True, "vgg_input_size": 32, "vgg_layer": "relu2_1", "noise_res": 8}
+             "allow_random_vgg": True, "vgg_input_size": 32, "vgg_layer": "relu2_1", "noise_res": 8,
+             "steps_per_epoch": None}     # two-stage rows: one pass, not 256 steps
     return {k: v for k, v in small.items() if k in known}
 
 

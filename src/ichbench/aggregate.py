@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from . import deviations
 from .stats import evaluation_name
 
 GROUP_ORDER = {"reconstruction": 0, "self-supervised": 1}
@@ -101,7 +102,7 @@ def table1(score_csvs: Sequence[str] | pd.DataFrame, records: dict[str, dict], m
         folds_used, folds_note = _folds_note(t, protocol)
         row.update({"folds": int(t[(t["protocol"] == protocol) & (t["metric"] == "AUC")]["value"].notna().sum()),
                     "folds_used": folds_used, "folds_note": folds_note, "std_ddof": ddof,
-                    "protocol": protocol, "epochs": rec.get("epochs"), "notes": "; ".join(rec.get("notes", []))})
+                    "protocol": protocol, "epochs": rec.get("epochs"), "notes": deviations.notes(method, rec)})
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:

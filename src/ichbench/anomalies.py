@@ -10,8 +10,8 @@ support of AnatPaste's soft mask); outside it the output equals the input bit fo
 
 | generator | row(s) | what it does (paper) |
 |---|---|---|
-| `CutPasteAug` | CutPaste (2 stage) | Li et al. 2021: 2-15 % of the area, aspect log-uniform, optional intensity jitter |
-| `AnatPaste` | AnatPaste | Sato et al. 2023: pasted inside the brain through a blurred ellipse/rectangle mask times the brain mask |
+| `CutPasteAug` | CutPaste (2 stage) | Li et al. 2021: 2-15 % of the area, aspect log-uniform, patch brightness/contrast jitter |
+| `AnatPaste` | AnatPaste | Sato et al. 2023: pasted inside the brain through an ellipse/rectangle mask, blurred with a width drawn per image, times the brain mask |
 
 The one-stage rows' generators (NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste) follow MedIAnomaly's
 `patch_ex` and live in `ichbench.one_stage_anomalies`; this module keeps what they share (`Synthesis`,
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .colorjitter import color_jitter
 from .windowing import dequantise, quantise
 
 #: one grey level of an 8-bit image on the [-1, 1] scale
@@ -124,10 +125,11 @@ def _cutpaste_boxes(rng: np.random.Generator, b_n: int, size, area: tuple[float,
 
 @dataclass(frozen=True)
 class CutPasteAug:
-    """Two-stage CutPaste augmentation (Li et al. 2021): a box of area_min-area_max of the image,
-    aspect log-uniform in [aspect_min, aspect_max], cut from a random place of the same slice, its
-    intensity jittered (brightness and contrast factors U(1 - jitter, 1 + jitter) on [0, 1]: the CT
-    windows have no colour, so saturation and hue jitter do not apply) and pasted at a random place."""
+    """Two-stage CutPaste augmentation (Li et al. 2021; MedIAnomaly `CutPasteNormal`): a box of
+    area_min-area_max of the image, aspect log-uniform in [aspect_min, aspect_max], cut from a random place
+    of the same slice, its brightness and contrast jittered by `jitter` as torchvision's ColorJitter does
+    on the reference's grey images (`ichbench.colorjitter`; mean over the patch) and pasted at a random
+    place. The method jitters the whole slice before this (`image_jitter`)."""
 
     area_min: float = 0.02
     area_max: float = 0.15
@@ -140,26 +142,37 @@ class CutPasteAug:
         dev = x.device
         h, w, ys, xs, yd, xd = _cutpaste_boxes(rng, b_n, (hh, ww), (self.area_min, self.area_max),
                                                (self.aspect_min, self.aspect_max))
-        bright = _t(rng.uniform(1 - self.jitter, 1 + self.jitter, b_n), dev, torch.float32)[:, None, None, None]
-        contrast = _t(rng.uniform(1 - self.jitter, 1 + self.jitter, b_n), dev, torch.float32)[:, None, None, None]
         box = box_masks(yd, xd, h, w, (hh, ww), dev)
-        patch = (shifted(x, ys, xs, yd, xd).float() + 1.0) * 0.5
-        if self.jitter > 0:
-            patch = patch * bright
-            boxf = box[:, None].float()
-            mean = (patch * boxf).sum((1, 2, 3), keepdim=True) / (boxf.sum((1, 2, 3), keepdim=True) * x.shape[1])
-            patch = ((patch - mean) * contrast + mean).clamp(0.0, 1.0)
-        out = torch.where(box[:, None], (patch * 2.0 - 1.0).to(x.dtype), x)
+        patch = color_jitter(shifted(x, ys, xs, yd, xd), rng, self.jitter, region=box)
+        out = torch.where(box[:, None], patch.to(x.dtype), x)
         return Synthesis(out, box[:, None].to(x.dtype), box)
+
+
+def gaussian_blur_each(m: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
+    """(B, H, W) float -> each image blurred with its own separable Gaussian of sigmas[b] pixels (zero
+    padding; sigma 0 leaves an image as it is)."""
+    sig = _t(sigmas, m.device, torch.float32)
+    r = max(1, int(math.ceil(3.0 * float(sig.max())))) if len(sig) else 1
+    grid = torch.arange(-r, r + 1, device=m.device, dtype=torch.float32)[None]
+    k = torch.where(sig[:, None] > 0, torch.exp(-0.5 * (grid / sig[:, None].clamp_min(1e-6)) ** 2),
+                    (grid == 0).float())
+    k = k / k.sum(1, keepdim=True)
+    b_n = m.shape[0]
+    out = F.conv2d(m[None].float(), k.view(b_n, 1, 1, -1), padding=(0, r), groups=b_n)
+    return F.conv2d(out, k.view(b_n, 1, -1, 1), padding=(r, 0), groups=b_n)[0]
 
 
 @dataclass(frozen=True)
 class AnatPaste:
-    """AnatPaste (Sato et al. 2023) for head CT: a CutPaste box of the same slice, pasted with its
-    centre on a random brain pixel through a soft mask = Gaussian-blurred ellipse or rectangle
-    (ellipse with probability ellipse_p; blur sigma = blur_sigma x image size) times the brain mask,
-    with opacity alpha ~ U(alpha_min, alpha_max): x' = x + alpha M (patch - x). Pixels outside the
-    brain mask never change; a slice without brain is returned unchanged."""
+    """AnatPaste (Sato et al. 2023; MedIAnomaly `ssl/two_stage/anatpaste.py`) for head CT: a CutPaste box of
+    the same slice, its brightness and contrast jittered as in CutPasteAug, pasted with its centre on a
+    random brain pixel through a soft mask = an ellipse or rectangle (ellipse with probability ellipse_p)
+    inset by `margin` on each side, Gaussian-blurred with a sigma drawn per image from U[blur_min,
+    blur_max], times the brain mask, with opacity alpha ~ U(alpha_min, alpha_max):
+    x' = x + alpha M (patch - x). Lengths are fractions of the image size: the reference's blur radius
+    randint(0, 15) px and margin 10 px at 224 px are blur_max 14/224 and margin 10/224. A shape inset to
+    nothing keeps 1 px per side. Pixels outside the brain mask never change; a slice without brain is
+    returned unchanged."""
 
     area_min: float = 0.02
     area_max: float = 0.15
@@ -168,7 +181,10 @@ class AnatPaste:
     alpha_min: float = 0.6
     alpha_max: float = 1.0
     ellipse_p: float = 0.5
-    blur_sigma: float = 0.02
+    blur_min: float = 0.0
+    blur_max: float = 14 / 224
+    margin: float = 10 / 224
+    jitter: float = 0.1
 
     def __call__(self, x, rng, head_mask=None, brain_mask=None) -> Synthesis:
         if brain_mask is None:
@@ -185,14 +201,22 @@ class AnatPaste:
         yd, xd = np.clip(cy - h // 2, 0, hh - h), np.clip(cx - w // 2, 0, ww - w)
         ellipse = _t(rng.random(b_n) < self.ellipse_p, dev, torch.bool)[:, None, None]
         alpha = _t(rng.uniform(self.alpha_min, self.alpha_max, b_n), dev, torch.float32)[:, None, None]
+        sigma = rng.uniform(self.blur_min, self.blur_max, b_n) * min(hh, ww)
 
-        rect = box_masks(yd, xd, h, w, (hh, ww), dev)
+        # the shape: the destination box inset by the margin (at least 1 px per side of its centre)
+        mg = self.margin * min(hh, ww)
+        hs, ws = np.maximum(h - 2 * mg, 2.0), np.maximum(w - 2 * mg, 2.0)
+        ys0, xs0 = yd + (h - hs) / 2, xd + (w - ws) / 2
         r = torch.arange(hh, device=dev, dtype=torch.float32)[None, :, None] + 0.5
         c = torch.arange(ww, device=dev, dtype=torch.float32)[None, None, :] + 0.5
-        ry, rx = _t(h, dev, torch.float32)[:, None, None] / 2, _t(w, dev, torch.float32)[:, None, None] / 2
-        ell = ((r - _t(yd, dev, torch.float32)[:, None, None] - ry) / ry) ** 2 + \
-              ((c - _t(xd, dev, torch.float32)[:, None, None] - rx) / rx) ** 2 <= 1.0
+        f = lambda a: _t(a, dev, torch.float32)[:, None, None]  # noqa: E731
+        ry, rx = f(hs / 2), f(ws / 2)
+        dy, dx = (r - f(ys0) - ry) / ry, (c - f(xs0) - rx) / rx
+        ell = dy ** 2 + dx ** 2 <= 1.0
+        rect = (dy.abs() <= 1.0) & (dx.abs() <= 1.0)
         shape = torch.where(ellipse, ell, rect).float()
-        m = gaussian_blur(shape, self.blur_sigma * min(hh, ww)) * brain_mask.to(dev).float() * alpha
-        out = x + m[:, None].to(x.dtype) * (shifted(x, ys, xs, yd, xd) - x)
+        m = gaussian_blur_each(shape, sigma) * brain_mask.to(dev).float() * alpha
+        patch = color_jitter(shifted(x, ys, xs, yd, xd), rng, self.jitter,
+                             region=box_masks(yd, xd, h, w, (hh, ww), dev))
+        out = x + m[:, None].to(x.dtype) * (patch.to(x.dtype) - x)
         return Synthesis(out, m[:, None].to(x.dtype), m > 0)

@@ -47,7 +47,7 @@ TWO_STAGE = ("CutPaste-2stage", "AnatPaste")
 #: settings a row needs to run without files (AE-PL's VGG weights): timing is the same network
 BENCH_OVERRIDES: dict[str, dict[str, Any]] = {"AE-PL": {"allow_random_vgg": True}}
 
-COLUMNS = ["row", "group", "device", "size", "batch", "amp", "ours_img_s", "bare_img_s", "ours_vs_bare",
+COLUMNS = ["row", "group", "device", "size", "batch", "precision", "ours_img_s", "bare_img_s", "ours_vs_bare",
            "reference_img_s", "reference_workers", "ours_vs_reference", "device_gen_img_s", "gen_cpu_img_s",
            "gen_device_img_s", "gen_device_vs_cpu", "job_images", "job_hours", "table1_hours", "error"]
 
@@ -169,7 +169,7 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
     torch.manual_seed(0)
     params = {"batch_size": len(batch["x"]), **BENCH_OVERRIDES.get(name, {})}
     method = cls(params, in_channels=3, image_size=size, device=dev)
-    out["amp"] = bool(method.params.get("amp")) and dev.type == "cuda"
+    out["precision"] = method.params["precision"]
     method.configure_schedulers(10_000, 1)
     b = len(batch["x"])
     steps = iter(range(10**9))

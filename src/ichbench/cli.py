@@ -166,7 +166,8 @@ def cmd_train(a) -> None:
     from .train import train
 
     rec = train(a.method, json.loads(a.params) if a.params else {}, a.manifest, a.out, device=a.device,
-                seed=a.seed, checkpoint_every=a.checkpoint_every, threads=a.threads, progress=not a.no_progress)
+                seed=a.seed, checkpoint_every=a.checkpoint_every, threads=a.threads, progress=not a.no_progress,
+                deterministic=a.deterministic)
     logging.info("done: %s", json.dumps({k: rec[k] for k in ("train_seconds", "slices_per_second", "device")}))
 
 
@@ -394,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint-every", type=int, default=1)
     s.add_argument("--threads", type=int)
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--deterministic", action="store_true",
+                   help="deterministic kernels (cuDNN, torch.use_deterministic_algorithms); slower on a GPU")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("score", help="score a fold's validation and test slices")

@@ -4,7 +4,9 @@ A method's hyper-parameters are, from weakest to strongest:
     the method's code defaults (the paper's / reference's values)
     < recipes[recipe]["all"] < recipes[recipe][method] < methods[method] in config.yaml.
 So `recipe: paper` or `recipe: demo` switches the training recipe of every row at once, and a key
-under `methods:` always wins.
+under `methods:` always wins. One exception: a row with its own reference recipe (the two-stage rows:
+SGD lr 0.03, 100 epochs of 256 steps) lists those keys in its class's `own_recipe`, and `all` does not
+change them; a recipe changes them only by naming the row (`recipes.<recipe>.<row>`).
 """
 from __future__ import annotations
 
@@ -65,15 +67,20 @@ def check_methods(cfg: dict) -> None:
 def method_params(cfg: dict, method: str) -> dict[str, Any]:
     """The resolved hyper-parameters of one method (only keys that differ from nothing: all of them)."""
     from .methods import get_method
+    from .methods.base import PRECISIONS
 
     cls = get_method(method)
     recipe = cfg["recipes"][cfg["recipe"]]
     merged = dict(cls.full_defaults())
-    for layer in (recipe.get("all", {}), recipe.get(method, {}), (cfg["methods"].get(method) or {})):
+    shared = {k: v for k, v in recipe.get("all", {}).items() if k not in cls.own_recipe}
+    for layer in (shared, recipe.get(method, {}), (cfg["methods"].get(method) or {})):
         for k, v in layer.items():
             if k not in merged:
                 raise ConfigError(f"config: {method} has no hyper-parameter {k!r}; known: {sorted(merged)}")
             merged[k] = v
+    if merged.get("precision") not in PRECISIONS:
+        raise ConfigError(f"config: {method}: precision must be one of {sorted(PRECISIONS)}, "
+                          f"not {merged.get('precision')!r}")
     return merged
 
 

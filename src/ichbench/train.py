@@ -11,6 +11,7 @@ carry `resumed_from_epoch` (null for a run from scratch).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from .data import DeviceBatches, load_slices, read_manifest
+from .determinism import set_deterministic
 from .methods import code_digest, get_method
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,15 @@ def _data_digest(data, rows: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+def _epoch_batches(batches: DeviceBatches, bs: int, gen: torch.Generator, drop_last: bool, steps: int | None):
+    """One epoch's batches: a pass over the data, or, for a method with `steps_per_epoch` (an epoch of
+    that many update steps, as in Li et al. 2021), as many as that from consecutive shuffled passes."""
+    if not steps:
+        return batches.epoch(bs, gen, drop_last=drop_last)
+    passes = (batches.epoch(bs, gen, drop_last=drop_last) for _ in itertools.count())
+    return itertools.islice(itertools.chain.from_iterable(passes), int(steps))
+
+
 def build_method(name: str, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
     cls = get_method(name)
     return cls(params, in_channels=in_channels, image_size=image_size, device=device)
@@ -72,13 +83,15 @@ def build_method(name: str, params: dict[str, Any], in_channels: int, image_size
 
 def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
           device: str = "auto", seed: int = 0, checkpoint_every: int = 1, threads: int | None = None,
-          progress: bool = True) -> dict[str, Any]:
-    """Train one method on the `train` part of a fold manifest; returns the run record."""
+          progress: bool = True, deterministic: bool = False) -> dict[str, Any]:
+    """Train one method on the `train` part of a fold manifest; returns the run record.
+    `deterministic`: deterministic kernels (`ichbench.determinism`; slower on a GPU)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    determinism = set_deterministic(deterministic)
     gen = seed_everything(seed)
     rows = read_manifest(manifest)
     train_rows = rows[rows["part"] == "train"]
@@ -104,7 +117,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     p = method.params
     epochs, bs = int(p["epochs"]), int(p["batch_size"])
     drop_last = n > bs
-    steps_per_epoch = n // bs if drop_last else 1
+    fixed_steps = p.get("steps_per_epoch")
+    steps_per_epoch = int(fixed_steps) if fixed_steps else (n // bs if drop_last else 1)
     method.configure_schedulers(steps_per_epoch, epochs)
 
     ckpt_path = out_dir / "checkpoint.pt"
@@ -112,7 +126,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     # other code (Snakemake reruns the job when either changes) or other data (e.g. new windows, same
     # file names) is ignored and training starts over.
     fingerprint = {"method": method_name, "params": p, "code": code_digest(method_name), "seed": seed,
-                   "data": _data_digest(data, train_rows)}
+                   "data": _data_digest(data, train_rows), "deterministic": bool(deterministic)}
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from = 0, None
     if ckpt_path.exists():
@@ -141,7 +155,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         te = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
-        bar = tqdm(batches.epoch(bs, gen, drop_last=drop_last), total=steps_per_epoch, file=sys.stderr,
+        bar = tqdm(_epoch_batches(batches, bs, gen, drop_last, fixed_steps), total=steps_per_epoch,
+                   file=sys.stderr,
                    desc=f"{method_name} epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=5)
         for batch in bar:
             logs = method.training_step(batch, step)
@@ -175,6 +190,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         "resumed_from_epoch": resumed_from, "train_seconds": round(elapsed, 2),
         "slices_per_second": round(seen / elapsed, 1) if elapsed > 0 else None,
         "notes": method.notes,
+        "precision": p["precision"], "steps_per_epoch": steps_per_epoch, "deterministic": determinism,
     }
     _atomic_save({"record": record, "state": method.state_dict()}, out_dir / "model.pt")
     (out_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))

@@ -15,6 +15,7 @@ rule train:
         device=config["train"]["device"],
         seed=config["train"]["seed"],
         checkpoint_every=config["train"]["checkpoint_every"],
+        deterministic="--deterministic" if config["train"]["deterministic"] else "",
         out=output_dir,
     conda:
         CONDA_ENV
@@ -30,4 +31,4 @@ rule train:
     shell:
         "ichbench train --method {wildcards.method} --params '{params.hyper}' "
         "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
-        "--checkpoint-every {params.checkpoint_every} --threads {threads} > {log} 2>&1"
+        "--checkpoint-every {params.checkpoint_every} --threads {threads} {params.deterministic} > {log} 2>&1"

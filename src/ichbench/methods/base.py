@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 REGISTRY: dict[str, type["Method"]] = {}
+#: the `precision` hyper-parameter -> autocast dtype (None: no autocast, float32 throughout)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def register(cls: type["Method"]) -> type["Method"]:
@@ -47,13 +49,20 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}  # the method's hyper-parameters and their defaults
     #: extra batch keys this method needs ("head_mask", "brain_mask")
     needs: ClassVar[tuple[str, ...]] = ()
+    #: keys of the row's own training recipe (its reference's): `recipes.<r>.all` leaves them alone
+    own_recipe: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
         unknown = set(params) - set(self.full_defaults())
+        if "amp" in unknown:
+            raise ValueError(f"{self.name}: hyper-parameter `amp` was replaced by `precision` (fp32 | bf16)")
         if unknown:
             raise ValueError(f"{self.name}: unknown hyper-parameter(s) {sorted(unknown)}; "
                              f"known: {sorted(self.full_defaults())}")
         self.params = {**self.full_defaults(), **params}
+        if self.params["precision"] not in PRECISIONS:
+            raise ValueError(f"{self.name}: precision must be one of {sorted(PRECISIONS)}, "
+                             f"not {self.params['precision']!r}")
         self.in_channels = in_channels
         self.image_size = image_size
         self.device = device
@@ -66,9 +75,10 @@ class Method:
     @classmethod
     def full_defaults(cls) -> dict[str, Any]:
         # max_train_slices: train on a seeded random subset of at most this many slices (None: all);
-        # only for quick demos on a CPU, never for reported results.
+        # only for quick demos on a CPU, never for reported results. precision: fp32 (the references')
+        # or bf16 (bfloat16 autocast, only where a recipe asks for it).
         merged: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "epochs": 250, "weight_decay": 0.0,
-                                  "amp": True, "max_train_slices": None}
+                                  "precision": "fp32", "max_train_slices": None}
         for klass in reversed(cls.__mro__):
             merged.update(getattr(klass, "defaults", {}) if klass is not Method else {})
         return merged
@@ -99,9 +109,10 @@ class Method:
         """Called once before training, when the number of steps is known."""
 
     def autocast(self):
-        """bfloat16 autocast on CUDA when `amp` is set; a no-op on the CPU."""
-        if self.params.get("amp") and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bfloat16 autocast on the method's device when `precision` is bf16; else a no-op (float32)."""
+        dtype = PRECISIONS[self.params["precision"]]
+        if dtype is not None:
+            return torch.autocast(self.device.type, dtype=dtype)
         return contextlib.nullcontext()
 
     def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:

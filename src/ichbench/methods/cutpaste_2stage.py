@@ -1,6 +1,7 @@
-"""CutPaste (2 stage) (Li et al., CVPR 2021): a ResNet-18 learns to tell slices from copies with a
-pasted patch of themselves (2-15 % of the area, aspect log-uniform in [0.3, 3.3], intensity jitter 0.1);
-a Gaussian on the L2-normalised 512-d embeddings of the training slices scores by Mahalanobis distance.
+"""CutPaste (2 stage) (Li et al., CVPR 2021; MedIAnomaly `ssl/two_stage`, variant `normal`): a ResNet-18
+learns to tell brightness/contrast-jittered slices from copies with a pasted patch of themselves (2-15 % of
+the area, aspect log-uniform in [0.3, 3.3], patch jitter 0.1); a Gaussian on the L2-normalised 512-d
+embeddings of the training slices scores by Mahalanobis distance.
 """
 from __future__ import annotations
 

@@ -14,13 +14,20 @@ reference's RandomRotation(3) + random crop); Adam, lr cosine-annealed to lr_min
 (CosineAnnealingLR(T_max=epochs) stepped per epoch); anomaly map = sigmoid of the output, slice score
 = its mean (the base `score`).
 
-EmbeddingGaussianMethod (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021): ResNet-18 +
-projection head + linear classifier trained to tell each batch from its augmented copy
-(cross-entropy); SGD with momentum and cosine annealing. After training, a Gaussian (mean and
-Ledoit-Wolf covariance) is fitted to the L2-normalised 512-d embeddings of the training slices; the
-slice score is the Mahalanobis distance to it. Figure map: Grad-CAM of that distance on the last
-ResNet stage (`cam_layer`), i.e. ReLU(sum_k w_k A_k) with w_k the spatial mean of d(score)/dA_k,
-bilinearly upsampled to the input size; one backward pass per batch.
+EmbeddingGaussianMethod (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021; MedIAnomaly
+`ssl/two_stage`): every training slice is brightness/contrast-jittered (`image_jitter`, the reference's
+whole-image ColorJitter(0.1), see `ichbench.colorjitter`), then augmented; ResNet-18 + projection head
+[512, 128] + linear classifier learn to tell the jittered batch from its augmented copy (cross-entropy).
+The reference's recipe is the rows' own: SGD lr 0.03, momentum 0.9, weight decay 3e-5; 100 "epochs" of 256
+update steps at batch 64 (`steps_per_epoch`: an epoch is a number of steps, as in Li et al., not a pass
+over the data); the learning rate follows one cosine from lr to lr_min over the epochs, set once per epoch
+as the reference's CosineAnnealingWarmRestarts(T_0 = epochs) stepped with the index of the epoch just done
+(so epochs 1 and 2 both run at lr). These keys are in `own_recipe`: a recipe's `all` does not change them
+(`ichbench.config.method_params`), only a recipe entry or `methods:` entry naming the row.
+After training, a Gaussian (mean and Ledoit-Wolf covariance) is fitted to the L2-normalised 512-d
+embeddings of the training slices; the slice score is the Mahalanobis distance to it. Figure map: Grad-CAM
+of that distance on the last ResNet stage (`cam_layer`), i.e. ReLU(sum_k w_k A_k) with w_k the spatial
+mean of d(score)/dA_k, bilinearly upsampled to the input size; one backward pass per batch.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
 from ..anomalies import Synthesis
+from ..colorjitter import color_jitter
 from ..nets.resnet import ResNetEncoderDecoder, ResNetProjectionClassifier
 from ..one_stage_anomalies import PatchSampler
 from .base import Method
@@ -158,9 +166,12 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
 class EmbeddingGaussianMethod(SelfSupervisedMethod):
     """Two-stage rows: classify normal vs augmented, then score embeddings with a Gaussian."""
 
-    defaults = {"lr": 0.03, "momentum": 0.9, "weight_decay": 3e-5, "lr_min": 0.0, "proj_dim": 128,
+    defaults = {"lr": 0.03, "momentum": 0.9, "weight_decay": 3e-5, "lr_min": 0.0, "epochs": 100,
+                "steps_per_epoch": 256, "batch_size": 64, "head_layers": [512, 128], "image_jitter": 0.1,
                 "area_min": 0.02, "area_max": 0.15, "aspect_min": 0.3, "aspect_max": 3.3,
                 "cam_layer": "layer4"}
+    #: the reference's own recipe: kept when a recipe sets these keys under `all`
+    own_recipe = ("lr", "momentum", "weight_decay", "lr_min", "epochs", "steps_per_epoch")
 
     def __init__(self, params, in_channels, image_size, device):
         super().__init__(params, in_channels, image_size, device)
@@ -169,7 +180,7 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
         self.gaussian: dict[str, torch.Tensor] | None = None
 
     def build(self) -> torch.nn.Module:
-        return ResNetProjectionClassifier(self.in_channels, int(self.params["proj_dim"]))
+        return ResNetProjectionClassifier(self.in_channels, tuple(int(n) for n in self.params["head_layers"]))
 
     def configure_optimizers(self):
         p = self.params
@@ -177,17 +188,27 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
                                 weight_decay=p["weight_decay"])]
 
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
-        self.cosine_schedule(steps_per_epoch, epochs)
+        lr, lr_min, per, total = self.params["lr"], self.params["lr_min"], max(1, steps_per_epoch), max(1, epochs)
 
-    def training_step(self, batch, step):
-        x = batch["x"]
-        syn = self.synthesise(batch)
+        def factor(step: int) -> float:     # epoch e runs at the cosine value of epoch e - 1 (e >= 1)
+            done = max(step // per - 1, 0)
+            return (lr_min + (lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * done / total))) / lr
+
+        self.schedulers = [torch.optim.lr_scheduler.LambdaLR(self.optimizers[0], factor)]
+
+    def pairs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The classification batch: the jittered slices (label 0), then their augmented copies (label 1)."""
+        with torch.no_grad():
+            x = color_jitter(batch["x"], self.rng, float(self.params["image_jitter"]))
+        syn = self.synthesise({**batch, "x": x})
         # an augmented copy identical to its original (e.g. air pasted on air) would teach noise
-        changed = (syn.x != x).flatten(1).any(1)
-        aug = syn.x[changed]
+        aug = syn.x[(syn.x != x).flatten(1).any(1)]
         y = torch.cat([torch.zeros(len(x), dtype=torch.long, device=x.device),
                        torch.ones(len(aug), dtype=torch.long, device=x.device)])
-        return super().training_step({"x": torch.cat([x, aug]), "y": y}, step)
+        return {"x": torch.cat([x, aug]), "y": y}
+
+    def training_step(self, batch, step):
+        return super().training_step(self.pairs(batch), step)
 
     def loss(self, batch):
         _, logits = self.model(batch["x"])

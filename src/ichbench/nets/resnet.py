@@ -10,9 +10,10 @@ transposed conv 16 -> 1 (no bias) back to S. Kaiming-normal (fan_out) init of ev
 weight 1 / bias 0, transposed convs at PyTorch's default init (the reference's init loop skips them).
 11,497,712 parameters at 3 input channels, 11,491,440 at 1. Returns logits; the anomaly map is their sigmoid.
 
-ResNetProjectionClassifier (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021): the same
-trunk, global average pooling to a 512-d embedding (fc removed), a projection head
-Linear 512 -> 512 -> BN -> ReLU -> Linear -> 128 and a linear classifier 128 -> 2 (normal / augmented).
+ResNetProjectionClassifier (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021; MedIAnomaly
+`ssl/two_stage/model.py: ProjectionNet` with `head_layer` 1): the same trunk, global average pooling to a
+512-d embedding (fc removed), a projection head of layers [512, 128], each Linear -> BatchNorm1d -> ReLU,
+and a linear classifier 128 -> 2 (normal / augmented); 11,506,370 parameters at 3 input channels.
 """
 from __future__ import annotations
 
@@ -88,12 +89,15 @@ class ResNetEncoderDecoder(nn.Module):
 class ResNetProjectionClassifier(nn.Module):
     """(B, C, S, S) -> (512-d embedding, 2 logits normal / augmented)."""
 
-    def __init__(self, in_channels: int = 3, proj_dim: int = 128, hidden: int = 512):
+    def __init__(self, in_channels: int = 3, head_layers: tuple[int, ...] = (512, 128)):
         super().__init__()
         self.encoder = ResNet18Trunk(in_channels)
-        self.head = nn.Sequential(nn.Linear(512, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-                                  nn.Linear(hidden, proj_dim))
-        self.classifier = nn.Linear(proj_dim, 2)
+        layers, cin = [], 512
+        for cout in head_layers:
+            layers += [nn.Linear(cin, cout), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.head = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, 2)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x).mean(dim=(2, 3))
