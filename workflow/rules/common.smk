@@ -11,11 +11,14 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 from ichbench import config as ichconfig  # noqa: E402
-from ichbench.methods import code_digest  # noqa: E402
+from ichbench.digest import code_digest  # noqa: E402
 
 ichconfig.check_methods(config)
 
-METHODS = list(config["methods"])
+METHODS = ichconfig.selected_rows(config)  # `rows:` (default: every row under `methods:`)
+if len(METHODS) < len(config["methods"]):
+    print(f"ichbench: running {len(METHODS)} of the {len(config['methods'])} configured rows (rows: {', '.join(METHODS)})",
+          file=sys.stderr)
 FOLDS = list(range(config["splits"]["n_folds"]))
 SHARDS = list(range(config["preprocess"]["shards"]))
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
