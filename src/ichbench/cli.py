@@ -73,7 +73,7 @@ def cmd_preprocess(a) -> None:
 def cmd_split(a) -> None:
     import pandas as pd
 
-    from . import bhx, dicomio, labels, splits
+    from . import bhx, dicomio, labels, rejections, splits
 
     slices = splits.collect_slices(a.shards)
     if a.slice_labels and Path(a.slice_labels).exists():
@@ -82,9 +82,11 @@ def cmd_split(a) -> None:
                                      table=a.labels, slices=slices, keep_undecided=True)
     cohort, problems = splits.build_cohort(slices, scan_labels)
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
+    # a missing download told apart from a scan whose files hold no usable series
+    problems = rejections.explain_unlabelled_scans(problems, pd.concat(rejected, ignore_index=True) if rejected
+                                                   else pd.DataFrame())
     rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
-    for s, r in problems:
-        logging.warning("scan %s %s", s, r)
+    rejections.log_summary(problems, logging.getLogger("ichbench.split"), "scans")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(a.rejected_out).parent.mkdir(parents=True, exist_ok=True)
