@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_second_configfile_with_rows_plans_only_those_rows(tmp_path):
     assert sum(rule == "train" for rule, _ in jobs) == 10
     # synthesize, index, preprocess, split, 10 train, 10 score, table1, figure1, runtimes
     assert len(jobs) == 27
-    assert "running 2 of the 18 configured rows" in proc.stderr
+    assert "running 2 of the 18 rows (rows: AE, AE-L1)" in proc.stderr
 
 
 def _walk(parser: argparse.ArgumentParser, path=()):
@@ -181,3 +182,51 @@ def test_log_file_has_one_line_per_epoch_and_no_carriage_returns(trained_ae):
     assert "\r" not in text
     assert [line.split("epoch ", 1)[1].split()[0] for line in text.splitlines() if " epoch " in line
             and "loss=" in line] == ["1/2", "2/2"]
+
+
+def _dry_run_resources(tmp_path, *configfiles: str) -> dict[str, list[str]]:
+    """rule -> the `resources:` lines `snakemake -n` prints for its jobs."""
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--cores", "1", "--configfile", *configfiles],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out, rule = {}, None
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.startswith("rule ") or line.startswith("localrule "):
+            rule = line.split()[1].rstrip(":")
+        elif line.strip().startswith("resources:") and rule:
+            out.setdefault(rule, []).append(line.strip())
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device,gpus", [("cpu", 0), ("auto", 1), ("cuda:1", 1)])
+def test_gpu_requested_unless_device_is_cpu(tmp_path, device, gpus):
+    (tmp_path / "dev.yaml").write_text(f"rows: [AE]\ntrain: {{device: '{device}'}}\n")
+    res = _dry_run_resources(tmp_path, "dev.yaml")
+    for rule in ("train", "score"):
+        assert len(res[rule]) == 5
+        assert [re.search(r"\bgpu=(\d+)", line).group(1) for line in res[rule]] == [str(gpus)] * 5, res[rule]
+    assert not any(re.search(r"\bgpu=[1-9]", line) for line in res["split"])
+
+
+@pytest.mark.slow
+def test_smoke_config_plans_four_rows_on_two_folds(tmp_path):
+    """config/smoke.yaml (make smoke) on top of config.yaml: 4 rows x 2 folds, 1 epoch, the CPU."""
+    merged = config.load(ROOT / "config.yaml", ROOT / "config" / "smoke.yaml")
+    rows = config.selected_rows(merged)
+    assert rows == ["AE", "VAE", "NSA", "CutPaste-2stage"]
+    assert {json.loads(config.params_json(merged, m))["epochs"] for m in rows} == {1}
+    assert merged["splits"]["n_folds"] == 2 and merged["train"]["device"] == "cpu"
+    from test_incremental import planned_jobs
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--cores", "2", "--configfile",
+                           str(ROOT / "config.yaml"), str(ROOT / "config" / "smoke.yaml")],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout + "\n" + proc.stderr)
+    assert sum(rule == "train" for rule, _ in jobs) == 8 and sum(rule == "score" for rule, _ in jobs) == 8
+    # synthesize, index, preprocess, split, 8 + 8, table1, figure1, synthetic_anomalies, runtimes
+    assert len(jobs) == 24
