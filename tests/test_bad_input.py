@@ -135,7 +135,7 @@ def corpus(tiny_synthetic, tmp_path_factory):
         ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SYN-CT-998", "1.2.3.8", "1.2.3.8.1"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
         _save(ds, dicom / "scouts" / f"{i:03d}.dcm")
-    expect["SYN-CT-998"] = "its files were found, but they hold no usable series: no usable series: no eligible"
+    expect["SYN-CT-998"] = "its files were found, but they hold no usable series: no eligible series (1.2.3.8.1: all"
 
     # the run, through the CLI functions, collecting the log
     out = work / "results"

@@ -111,7 +111,8 @@ def explain_unlabelled_scans(problems: list[tuple[str, str]], rejected: pd.DataF
         if not reason.startswith("listed in the label file but no usable series"):
             out.append((scan, reason))
         elif scan in by_scan:
-            out.append((scan, f"{NO_USABLE_SERIES}: {by_scan[scan]}"))
+            why = by_scan[scan].removeprefix("no usable series: ")
+            out.append((scan, f"{NO_USABLE_SERIES}: {why}"))
         elif scan in files:
             counts = Counter(files[scan]).most_common(2)
             out.append((scan, f"{NO_USABLE_SERIES}: all {len(files[scan])} of its files were rejected ("
