@@ -230,3 +230,21 @@ def test_smoke_config_plans_four_rows_on_two_folds(tmp_path):
     assert sum(rule == "train" for rule, _ in jobs) == 8 and sum(rule == "score" for rule, _ in jobs) == 8
     # synthesize, index, preprocess, split, 8 + 8, table1, figure1, synthetic_anomalies, runtimes
     assert len(jobs) == 24
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device,gpus", [("auto", "1"), ("cpu", "0")])
+def test_slurm_profile_gives_gpu_jobs_four_threads_and_no_gpu_on_cpu(tmp_path, device, gpus):
+    """A dry run through profiles/slurm (no SLURM needed): train/score get --threads 4 and gpu as configured."""
+    (tmp_path / "config.yaml").write_text((ROOT / "config.yaml").read_text())
+    (tmp_path / "dev.yaml").write_text(f"rows: [AE]\ntrain: {{device: {device}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile"),
+                           "--directory", str(tmp_path), "--workflow-profile", str(ROOT / "profiles" / "slurm"),
+                           "--cores", "16", "--configfile", "dev.yaml"],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    for cmd in ("train", "score"):
+        threads = re.findall(rf"ichbench {cmd} .*--threads (\d+)", text)
+        assert threads == ["4"] * 5, threads
+    assert re.findall(r"runtime=720, gpu=(\d+)", text) == [gpus] * 5      # the 5 training jobs
