@@ -17,10 +17,8 @@ ichconfig.check_methods(config)
 
 METHODS = ichconfig.selected_rows(config)  # `rows:` (default: every row under `methods:`)
 if len(METHODS) < len(config["methods"]):
-    print(
-        f"ichbench: running {len(METHODS)} of the {len(config['methods'])} rows (rows: {', '.join(METHODS)})",
-        file=sys.stderr,
-    )
+    print(f"ichbench: running {len(METHODS)} of the {len(config['methods'])} rows (rows: {', '.join(METHODS)})",
+          file=sys.stderr)
 FOLDS = list(range(config["splits"]["n_folds"]))
 SHARDS = list(range(config["preprocess"]["shards"]))
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
@@ -162,9 +160,7 @@ def uses_conda():
 
 PYTHON = "python" if uses_conda() else sys.executable
 # Every shell command runs `ichbench ...`: this interpreter with the package from src/.
-shell.prefix(
-    f'export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ichbench() {{{{ {PYTHON} -m ichbench "$@"; }}}}; '
-)
+shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ichbench() {{{{ {PYTHON} -m ichbench \"$@\"; }}}}; ")
 
 # `--sdm conda`: one environment for every rule, chosen by config `conda_env` (cuda or cpu).
 CONDA_ENV = f"../../envs/ichbench-{config['conda_env']}.yaml"

@@ -9,22 +9,22 @@ rule table1:
         table=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
         per_fold="results/table1_per_fold.csv",
         markdown="results/table1.md",
-    log:
-        "logs/report/table1.log",
-    benchmark:
-        "benchmarks/report/table1.tsv"
-    conda:
-        CONDA_ENV
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
     params:
         methods=json.dumps(METHODS),
         protocol=config["protocol"],
         n_folds=len(FOLDS),
         dataset=config["dataset"]["source"],
         ddof=config["table"]["std_ddof"],
+    conda:
+        CONDA_ENV
+    log:
+        "logs/report/table1.log",
+    benchmark:
+        "benchmarks/report/table1.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     shell:
         "ichbench table --scores {input.scores} --maps {input.maps} --methods '{params.methods}' "
         "--protocol {params.protocol} --n-folds {params.n_folds} --dataset {params.dataset} "
@@ -38,19 +38,19 @@ rule figure1:
         cases="results/splits/figure_cases.csv",
     output:
         report("results/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
+    params:
+        methods=json.dumps(METHODS),
+        percentile=config["figure"]["percentile"],
+    conda:
+        CONDA_ENV
     log:
         "logs/report/figure1.log",
     benchmark:
         "benchmarks/report/figure1.tsv"
-    conda:
-        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    params:
-        methods=json.dumps(METHODS),
-        percentile=config["figure"]["percentile"],
     shell:
         "ichbench figure --maps {input.maps} --cases {input.cases} --methods '{params.methods}' "
         "--percentile {params.percentile} --out {output} > {log} 2>&1"
@@ -65,18 +65,18 @@ rule synthetic_anomalies:
             caption="../report/synthetic_anomalies.rst",
             category="Synthetic anomalies",
         ),
+    params:
+        seed=config["train"]["seed"],
+    conda:
+        CONDA_ENV
     log:
         "logs/report/synthetic_anomalies.log",
     benchmark:
         "benchmarks/report/synthetic_anomalies.tsv"
-    conda:
-        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    params:
-        seed=config["train"]["seed"],
     shell:
         "ichbench anomaly-figure --manifest {input.manifest} --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -90,10 +90,10 @@ rule runtimes:
         + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv"],
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
-    log:
-        "logs/report/runtimes.log",
     localrule: True
     conda:
         CONDA_ENV
+    log:
+        "logs/report/runtimes.log",
     script:
         "../report/runtimes.py"

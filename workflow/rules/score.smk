@@ -9,20 +9,20 @@ rule score:
     output:
         scores="results/scores/{method}/fold-{fold}.csv",
         maps="results/scores/{method}/fold-{fold}.maps.npz",
+    params:
+        device=config["train"]["device"],
+        batch_size=config["train"]["score_batch_size"],
+    conda:
+        CONDA_ENV
     log:
         "logs/score/{method}/fold-{fold}.log",
     benchmark:
         "benchmarks/score/{method}/fold-{fold}.tsv"
-    conda:
-        CONDA_ENV
     threads: 1
     resources:
         gpu=GPUS,
         mem_mb=8000,
         runtime=60,
-    params:
-        device=config["train"]["device"],
-        batch_size=config["train"]["score_batch_size"],
     shell:
         "ichbench score --model {input.model} --manifest {input.manifest} "
         "--figure-cases {input.figure_cases} --out-csv {output.scores} --out-maps {output.maps} "

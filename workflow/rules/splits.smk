@@ -12,16 +12,6 @@ rule split:
         cohort="results/data/cohort.csv",
         rejected="results/data/rejected.csv",
         boxes="results/data/boxes.csv",
-    log:
-        "logs/splits/split.log",
-    benchmark:
-        "benchmarks/splits/split.tsv"
-    conda:
-        CONDA_ENV
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     params:
         out=output_dir,
         label_source=label_source(),
@@ -37,6 +27,16 @@ rule split:
         slice_labels=slice_labels_file(),
         bhx=bhx_args,
         shard_rejected=expand("results/data/cache/shard-{shard}/rejected.csv", shard=SHARDS),
+    conda:
+        CONDA_ENV
+    log:
+        "logs/splits/split.log",
+    benchmark:
+        "benchmarks/splits/split.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     shell:
         "ichbench split --shards {input.shards} --label-source {params.label_source} "
         "--labels '{params.labels}' --reads '{params.reads}' --scan-id-format '{params.scan_id_format}' "

@@ -7,17 +7,6 @@ rule train:
     output:
         model="results/models/{method}/fold-{fold}/model.pt",
         history="results/models/{method}/fold-{fold}/history.csv",
-    log:
-        "logs/train/{method}/fold-{fold}.log",
-    benchmark:
-        "benchmarks/train/{method}/fold-{fold}.tsv"
-    conda:
-        CONDA_ENV
-    threads: 1
-    resources:
-        gpu=GPUS,
-        mem_mb=train_mem_mb,
-        runtime=720,
     params:
         hyper=method_params,
         code=method_digest,
@@ -25,6 +14,17 @@ rule train:
         seed=config["train"]["seed"],
         checkpoint_every=config["train"]["checkpoint_every"],
         out=output_dir,
+    conda:
+        CONDA_ENV
+    log:
+        "logs/train/{method}/fold-{fold}.log",
+    benchmark:
+        "benchmarks/train/{method}/fold-{fold}.tsv"
+    threads: 1
+    resources:
+        gpu=GPUS,
+        mem_mb=train_mem_mb,
+        runtime=720,
     shell:
         "ichbench train --method {wildcards.method} --params '{params.hyper}' "
         "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
