@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine (Python 3.10+ with venv):
 #   make run    - install into .venv, then run the whole pipeline on the built-in synthetic data
 #   make test   - install into .venv, then run the test suite
+#   make smoke  - install into .venv, then a 2-minute run of 4 rows on a tiny synthetic cohort (in smoke/)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
@@ -8,7 +9,7 @@ CORES ?= 2
 GPU_JOBS ?= $(CORES)
 PYTHON ?= python3
 
-.PHONY: setup run test lint clean
+.PHONY: setup run smoke test lint clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ setup: $(VENV)/.installed
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --resources gpu=$(GPU_JOBS)
 
+# The smoke run lives in smoke/ (its own data, results, logs); config/smoke.yaml is merged on top of config.yaml.
+smoke: setup
+	$(VENV)/bin/snakemake --directory smoke --configfile $(CURDIR)/config.yaml $(CURDIR)/config/smoke.yaml \
+		--cores $(CORES) --resources gpu=$(GPU_JOBS)
+
 test: setup
 	$(PY) -m pytest -q
 
@@ -28,4 +34,4 @@ lint: setup
 	$(VENV)/bin/snakemake --lint
 
 clean:
-	rm -rf results/* logs benchmarks .snakemake data/synthetic
+	rm -rf results/* logs benchmarks .snakemake data/synthetic smoke

@@ -79,7 +79,7 @@ def corpus(tiny_synthetic, tmp_path_factory):
     (bad / "notes.txt").write_text("not an image")
     expect["notes.txt"] = "not a DICOM file"
     (bad / "empty.dcm").write_bytes(b"")
-    expect["empty.dcm"] = "not a DICOM file"
+    expect["empty.dcm"] = "empty file (0 bytes)"
     variant("no_patient_id.dcm", lambda d: delattr(d, "PatientID"), "missing patient_id")
     variant("no_position.dcm", lambda d: delattr(d, "ImagePositionPatient"), "missing ImageOrientationPatient")
     variant("mr.dcm", lambda d: setattr(d, "Modality", "MR"), "modality is MR, not CT")
@@ -126,8 +126,16 @@ def corpus(tiny_synthetic, tmp_path_factory):
     expect["BAD-CORRUPT"] = "could not be loaded"
 
     labels = work / "labels.csv"
-    labels.write_text((tiny_synthetic / "cq500_labels.csv").read_text().rstrip("\n") + "\nCT_999;1;IPH;0;\n")
-    expect["SYN-CT-999"] = "listed in the label file but no usable series"
+    labels.write_text((tiny_synthetic / "cq500_labels.csv").read_text().rstrip("\n") + "\nCT_999;1;IPH;0;\n"
+                      "CT_998;0;HEALTHY;0;\n")
+    expect["SYN-CT-999"] = "missing download"
+    # a labelled scan whose files exist but are all localizers: not a missing download
+    for i, f in enumerate(others[3]):
+        ds = pydicom.dcmread(f)
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SYN-CT-998", "1.2.3.8", "1.2.3.8.1"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        _save(ds, dicom / "scouts" / f"{i:03d}.dcm")
+    expect["SYN-CT-998"] = "its files were found, but they hold no usable series: no eligible series (1.2.3.8.1: all"
 
     # the run, through the CLI functions, collecting the log
     out = work / "results"
@@ -155,7 +163,7 @@ def corpus(tiny_synthetic, tmp_path_factory):
         root.removeHandler(handler)
         root.setLevel(old_level)
     return {"work": work, "out": out, "rcs": rcs, "expect": expect, "logs": logs, "good_series": suid,
-            "n_good_files": len(files)}
+            "n_good_files": len(files), "n_scouts": len(others[3])}
 
 
 def test_run_completes_on_the_good_scans(corpus):
@@ -172,15 +180,36 @@ def test_run_completes_on_the_good_scans(corpus):
 
 def test_every_broken_input_is_in_rejected_csv_with_its_reason(corpus):
     rej = pd.read_csv(corpus["out"] / "data" / "rejected.csv", dtype=str, keep_default_na=False)
-    assert list(rej.columns) == ["stage", "item", "reason"]
+    assert list(rej.columns) == ["stage", "item", "reason", "patient_id", "series_uid"]
     for name, reason in corpus["expect"].items():
         rows = rej[rej["item"].map(lambda s: s == name or Path(s).name == name)]
         assert len(rows), f"{name} is not in rejected.csv"
         assert rows["reason"].str.contains(reason, regex=False).any(), f"{name}: {rows['reason'].tolist()}"
-    # each also got a warning in the log
-    text = "\n".join(corpus["logs"])
-    for name in corpus["expect"]:
-        assert name in text, f"no warning naming {name}"
+    # files carry the scan their header names, where it can be read
+    by_name = rej.assign(name=rej["item"].map(lambda s: Path(s).name)).set_index("name")
+    assert by_name.loc["localizer.dcm", "patient_id"] == by_name.loc["mr.dcm", "patient_id"] != ""
+    assert by_name.loc["empty.dcm", "patient_id"] == ""
+
+
+def test_log_has_one_line_per_rejection_reason_with_a_count(corpus):
+    skipped = [line for line in corpus["logs"] if line.startswith("skipped ")]
+    assert len(skipped) == len(set(skipped))
+    n = corpus["n_scouts"] + 1                      # localizer.dcm + the files of SYN-CT-998
+    assert f"skipped {n} files: localizer / scout image (e.g. " in "\n".join(skipped)
+    text = "\n".join(skipped)
+    for reason in corpus["expect"].values():
+        assert reason in text, reason
+    assert not [line for line in corpus["logs"] if "scouts" in line and "localizer" in line and "e.g." not in line]
+
+
+def test_scan_without_eligible_series_is_in_series_candidates_with_why(corpus):
+    cand = pd.read_csv(corpus["out"] / "data" / "series_candidates.csv", dtype=str, keep_default_na=False)
+    rows = cand[cand["patient_id"] == "SYN-CT-998"]
+    assert len(rows) == 1 and rows["series_uid"].iloc[0] == "1.2.3.8.1"
+    assert rows["eligible"].iloc[0] == "False" and rows["selected"].iloc[0] == "False"
+    n = corpus["n_scouts"]
+    assert n == 10 and rows["why_not"].iloc[0] == f"all {n} files rejected ({n} x localizer / scout image)"
+    assert rows["choice"].iloc[0].startswith(f"no eligible series (1.2.3.8.1: all {n} files rejected")
 
 
 def test_bad_slices_are_dropped_and_no_partial_npz(corpus):

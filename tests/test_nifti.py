@@ -158,7 +158,7 @@ def test_bad_nifti_files_are_rejected(volumes, tmp_path):
     assert "do not look like CT in HU" in reason["normalised.nii.gz"]
     assert "unreadable NIfTI" in reason["truncated.nii.gz"]
     assert "mask without a volume" in reason["orphan.nii.gz"]
-    assert "listed in the label file but no usable series" in reason["ghost"]
+    assert "missing download" in reason["ghost"]             # labelled, but no file of it at all
     table = pd.read_csv(out / "data" / "cache" / "shard-0" / "series.csv")
     assert set(table["patient_id"]) == {"scan_00", "scan_01", "scan_02", "scan_06", "scan_07", "scan_08", "badmask"}
     assert not table.set_index("patient_id").loc["badmask", "has_gt"]

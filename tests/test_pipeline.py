@@ -121,12 +121,6 @@ def test_ae_signal_script_reports_both_protocols(tiny_run):
     assert (tiny_run / "results" / "ae_signal" / "AE-smoke" / "fold-0" / "model.pt").exists()
 
 
-def test_snakemake_lint():
-    proc = subprocess.run(SNAKEMAKE + ["--lint", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(ROOT)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
 def _demo_params(name: str) -> dict:
     """One quick epoch at 64 px for every row (narrow networks where a row has a width knob)."""
     from ichbench.methods import get_method

@@ -14,6 +14,8 @@ CI-only settings on the command line (the profile itself is used as users use it
   --groups ...=data                the four data steps in one SLURM job: 3 jobs in sequence, not 6
   mem_mb=1000                      any CI machine can hold the jobs (the rules ask 2-8 GB)
   --max-threads 2                  the local reference ran with --cores 2: same threads, same numbers
+  --set-threads train=1 score=1    the profile's 4 threads per GPU job would change the numbers
+  train.device: auto               (the reference's cpu) so that the train and score jobs ask for a GPU
 """
 from __future__ import annotations
 
@@ -100,6 +102,8 @@ def slurm_run(slurm, tmp_path_factory):
     work = tmp_path_factory.mktemp("slurm_run")
     cfg = copy.deepcopy(project.config)
     cfg["methods"] = {"AE": cfg["methods"]["AE"]}
+    # `train.device: cpu` would ask for no GPU; auto asks for one and, on this CPU-only node, trains on the CPU
+    cfg["train"]["device"] = "auto"
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
 
     profile_dir = project.tree / "profiles" / "slurm"
@@ -119,6 +123,8 @@ def slurm_run(slurm, tmp_path_factory):
         "--groups", *as_cli(groups, lambda r, g: f"{r}={g}"),
         "--group-components", *as_cli(profile.get("group-components", {}), lambda g, n: f"{g}={n}"),
         "--set-resources", *set_resources,
+        # the profile gives GPU jobs 4 threads; the local reference trained with 1 (same numbers need the same)
+        "--set-threads", "train=1", "score=1",
     ]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(project.tree / "Snakefile"),
            "--directory", str(work), *args]

@@ -99,7 +99,7 @@ def cmd_bhx_transfer(a) -> None:
 def cmd_split(a) -> None:
     import pandas as pd
 
-    from . import assignment, bhx, dicomio, guards, labels, splits, subtypes
+    from . import assignment, bhx, dicomio, guards, labels, rejections, splits, subtypes
 
     slices = splits.collect_slices(a.shards, a.min_hemorrhage_area_mm2)
     if a.slice_labels and Path(a.slice_labels).exists():
@@ -109,9 +109,11 @@ def cmd_split(a) -> None:
     cohort, problems = splits.build_cohort(slices, scan_labels)
     cohort = subtypes.attach(cohort, _scan_info(a))
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
+    # a missing download told apart from a scan whose files hold no usable series
+    problems = rejections.explain_unlabelled_scans(problems, pd.concat(rejected, ignore_index=True) if rejected
+                                                   else pd.DataFrame())
     rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
-    for s, r in problems:
-        logging.warning("scan %s %s", s, r)
+    rejections.log_summary(problems, logging.getLogger("ichbench.split"), "scans")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     Path(a.rejected_out).parent.mkdir(parents=True, exist_ok=True)
@@ -166,8 +168,9 @@ def cmd_train(a) -> None:
     from .train import train
 
     rec = train(a.method, json.loads(a.params) if a.params else {}, a.manifest, a.out, device=a.device,
-                seed=a.seed, checkpoint_every=a.checkpoint_every, threads=a.threads, progress=not a.no_progress,
-                deterministic=a.deterministic)
+                seed=a.seed, checkpoint_every=a.checkpoint_every, threads=a.threads,
+                # a bar only on a terminal: log files get the one line per epoch, no carriage-return frames
+                progress=not a.no_progress and sys.stderr.isatty(), deterministic=a.deterministic)
     logging.info("done: %s", json.dumps({k: rec[k] for k in ("train_seconds", "slices_per_second", "device")}))
 
 
@@ -280,7 +283,8 @@ def cmd_anomaly_figure(a) -> None:
 
 
 def cmd_methods(a) -> None:
-    from .methods import REGISTRY, code_digest
+    from .digest import code_digest
+    from .methods import REGISTRY
 
     for name, cls in REGISTRY.items():
         print(f"{name:18s} {cls.group:16s} {code_digest(name)}  {cls.paper}")
@@ -289,8 +293,8 @@ def cmd_methods(a) -> None:
 def cmd_params(a) -> None:
     from . import config
 
-    cfg = config.load(a.config)
-    for m in cfg["methods"]:
+    cfg = config.load(a.config, *a.configfile)
+    for m in config.selected_rows(cfg):
         print(m, config.params_json(cfg, m))
 
 
@@ -307,124 +311,144 @@ def cmd_bench(a) -> None:
                  rows[-1]["table1_hours"], rows[-1]["device"])
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ichbench")
+    except PackageNotFoundError:                      # run from src/ without installation
+        return __import__("ichbench").__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ichbench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="ichbench", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and a full traceback instead of a one-line error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("synth", help="write the built-in synthetic head CT dataset")
-    s.add_argument("--out", required=True)
-    s.add_argument("--params", help="JSON of SyntheticConfig fields")
-    s.add_argument("--workers", type=int, default=1)
-    s.set_defaults(func=cmd_synth)
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        s.set_defaults(func=func)
+        return s
 
-    s = sub.add_parser("index", help="index a DICOM (or NIfTI) folder by headers and choose one series per scan")
+    s = command("synth", "write the built-in synthetic head CT dataset", cmd_synth)
+    s.add_argument("--out", required=True, help="output folder (dicom/, masks/, label files)")
+    s.add_argument("--params", help="JSON of SyntheticConfig fields (the `synthetic:` keys of config.yaml)")
+    s.add_argument("--workers", type=int, default=1, help="worker processes")
+
+    s = command("index", "index a DICOM (or NIfTI) folder by headers and choose one series per scan", cmd_index)
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dicom-dir")
+    src.add_argument("--dicom-dir", help="folder searched recursively for DICOM files")
     src.add_argument("--nifti-dir", help="folder of .nii/.nii.gz CT volumes in HU (one per scan) instead of DICOM")
     s.add_argument("--nifti-masks-dir", help="folder of same-shape hemorrhage masks for --nifti-dir")
     s.add_argument("--out", required=True,
                    help="folder for index.csv, series_candidates.csv, series_selected.csv, rejected_index.csv")
-    s.add_argument("--min-slices", type=int, default=8)
-    s.add_argument("--min-extent-mm", type=float, default=60.0)
+    s.add_argument("--min-slices", type=int, default=8, help="fewest slices an eligible series has")
+    s.add_argument("--min-extent-mm", type=float, default=60.0,
+                   help="the thinnest series covering at least this extent (mm) is chosen")
     s.add_argument("--series-override", help="CSV patient_id,series_uid replacing the automatic series choice")
     s.add_argument("--bone-patterns", help="JSON list of extra regular expressions marking bone-kernel series")
-    s.add_argument("--axial-tolerance-deg", type=float, default=30.0)
-    s.add_argument("--workers", type=int, default=1)
-    s.set_defaults(func=cmd_index)
+    s.add_argument("--axial-tolerance-deg", type=float, default=30.0,
+                   help="largest angle (degrees) between the slice normal and the head axis of an axial series")
+    s.add_argument("--workers", type=int, default=1, help="worker processes reading headers")
 
-    s = sub.add_parser("preprocess", help="cache one shard of the chosen series as windowed NPZ")
+    s = command("preprocess", "cache one shard of the chosen series as windowed NPZ", cmd_preprocess)
     s.add_argument("--data", required=True, help="folder written by `index`")
-    s.add_argument("--out", required=True)
-    s.add_argument("--shard", type=int, default=0)
-    s.add_argument("--n-shards", type=int, default=1)
+    s.add_argument("--out", required=True, help="folder of this shard's NPZ files, series.csv and rejected.csv")
+    s.add_argument("--shard", type=int, default=0, help="which shard (0-based) this job caches")
+    s.add_argument("--n-shards", type=int, default=1, help="number of shards the series are split into")
     s.add_argument("--windows", default=json.dumps([{"name": "brain", "level": 40, "width": 80},
                                                     {"name": "subdural", "level": 75, "width": 215},
-                                                    {"name": "bone", "level": 600, "width": 2800}]))
-    s.add_argument("--size", type=int, default=128)
-    s.add_argument("--gt-dir")
+                                                    {"name": "bone", "level": 600, "width": 2800}]),
+                   help="JSON list of windows (name, level, width in HU), one image channel each")
+    s.add_argument("--size", type=int, default=128, help="cached slice size in pixels (square)")
+    s.add_argument("--gt-dir", help="folder of <SeriesInstanceUID>.npz hemorrhage masks")
     s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s), rasterised into gt_mask")
     s.add_argument("--non-hu", default="reject", choices=["reject", "accept"],
                    help="a series whose values do not look like CT in HU: reject it, or accept it with a warning")
-    s.add_argument("--workers", type=int, default=1)
-    s.set_defaults(func=cmd_preprocess)
+    s.add_argument("--workers", type=int, default=1, help="worker processes")
 
-    s = sub.add_parser("bhx-transfer", help="move BHX boxes onto the chosen series by patient coordinates")
+    s = command("bhx-transfer", "move BHX boxes onto the chosen series by patient coordinates", cmd_bhx_transfer)
     s.add_argument("--index", required=True, help="index.csv of `index` (geometry of every series)")
     s.add_argument("--series", required=True, help="series_candidates.csv of `index` (column selected)")
     s.add_argument("--boxes", nargs="+", required=True, help="BHX box CSV file(s)")
     s.add_argument("--out", required=True, help="box file on the chosen slices (BHX format + transfer columns)")
     s.add_argument("--record", required=True, help="CSV: every input box and what became of it")
-    s.set_defaults(func=cmd_bhx_transfer)
 
-    s = sub.add_parser("split", help="cohort, patient-level fold manifests and Figure 1 cases")
-    s.add_argument("--shards", nargs="+", required=True)
+    s = command("split", "cohort, patient-level fold manifests and Figure 1 cases", cmd_split)
+    s.add_argument("--shards", nargs="+", required=True, help="cache shard folders written by `preprocess`")
     s.add_argument("--label-source", default="ctfsh", choices=["ctfsh", "reads", "csv", "masks"],
                    help="ctfsh / csv: --labels file; reads: --reads file; masks: from the cached ground truth")
-    s.add_argument("--labels")
-    s.add_argument("--reads")
-    s.add_argument("--scan-id-format", default="CQ500-CT-{n}")
-    s.add_argument("--slice-labels")
+    s.add_argument("--labels", help="CTFSH cq500_labels.csv (ctfsh) or scan_id,label CSV (csv)")
+    s.add_argument("--reads", help="CQ500 reads.csv (label source reads)")
+    s.add_argument("--scan-id-format", default="CQ500-CT-{n}",
+                   help="how a label file's CT_<n> maps to the DICOM PatientID")
+    s.add_argument("--slice-labels", help="optional CSV sop_uid,hemorrhage of slice ground truth")
     s.add_argument("--min-hemorrhage-area-mm2", type=float, default=0.0,
                    help="a slice is anomalous where its full-resolution ground truth covers more (0: any voxel)")
-    s.add_argument("--protocol", default="paper", choices=["paper", "slice"])
-    s.add_argument("--n-folds", type=int, default=5)
-    s.add_argument("--val-fraction", type=float, default=0.11)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--figure-cases", type=int, default=3)
-    s.add_argument("--figure-seed", type=int, default=0)
+    s.add_argument("--protocol", default="paper", choices=["paper", "slice"],
+                   help="paper: every slice of an ICH scan is anomalous; slice: only slices with hemorrhage")
+    s.add_argument("--n-folds", type=int, default=5, help="number of patient-level folds")
+    s.add_argument("--val-fraction", type=float, default=0.11, help="share of patients per class for validation")
+    s.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    s.add_argument("--figure-cases", type=int, default=3, help="number of ICH cases shown in Figure 1")
+    s.add_argument("--figure-seed", type=int, default=0, help="seed of the Figure 1 case choice")
     s.add_argument("--out", required=True, help="folder for fold-K.csv and figure_cases.csv")
-    s.add_argument("--cohort", required=True)
-    s.add_argument("--rejected-in", nargs="*", default=[])
-    s.add_argument("--rejected-out", required=True)
+    s.add_argument("--cohort", required=True, help="output CSV of patients and slices per class")
+    s.add_argument("--rejected-in", nargs="*", default=[], help="rejection CSVs of earlier stages to include")
+    s.add_argument("--rejected-out", required=True, help="output CSV of everything left out, with the reason")
     s.add_argument("--boxes", nargs="*", default=[], help="BHX box CSV file(s)")
     s.add_argument("--boxes-out", help="CSV of the BHX boxes matched to cached slices")
     s.add_argument("--assignment-in", help="a patient -> fold assignment.csv to reuse (assignment.py)")
     s.add_argument("--assignment-out", help="where to write this run's patient -> fold assignment.csv")
     s.add_argument("--expected", help='JSON of expected patients per class, e.g. {"normal": 117, "pathological": 247}')
-    s.add_argument("--expected-action", default="fail", choices=["fail", "warn"])
-    s.set_defaults(func=cmd_split)
+    s.add_argument("--expected-action", default="fail", choices=["fail", "warn"],
+                   help="what a cohort that differs from --expected does")
 
-    s = sub.add_parser("train", help="train one method on one fold")
-    s.add_argument("--method", required=True)
-    s.add_argument("--params", help="JSON of hyper-parameters")
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--checkpoint-every", type=int, default=1)
-    s.add_argument("--threads", type=int)
-    s.add_argument("--no-progress", action="store_true")
+    s = command("train", "train one method on one fold", cmd_train)
+    s.add_argument("--method", required=True, help="Table 1 row (see `ichbench methods`)")
+    s.add_argument("--params", help="JSON of hyper-parameters (see `ichbench params`)")
+    s.add_argument("--manifest", required=True, help="fold manifest fold-K.csv written by `split`")
+    s.add_argument("--out", required=True, help="folder for model.pt, history.csv, run.json, checkpoint.pt")
+    s.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu, cuda or cuda:N")
+    s.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and augmentations")
+    s.add_argument("--checkpoint-every", type=int, default=1, help="epochs between resumable checkpoints (0 = none)")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--no-progress", action="store_true",
+                   help="no progress bar even on a terminal (never one when stderr is a file)")
     s.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (cuDNN, torch.use_deterministic_algorithms); slower on a GPU")
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("score", help="score a fold's validation and test slices")
-    s.add_argument("--model", required=True)
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--figure-cases")
-    s.add_argument("--out-csv", required=True)
-    s.add_argument("--out-maps", required=True)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--threads", type=int)
+    s = command("score", "score a fold's validation and test slices", cmd_score)
+    s.add_argument("--model", required=True, help="model.pt written by `train`")
+    s.add_argument("--manifest", required=True, help="the fold manifest the model was trained on")
+    s.add_argument("--figure-cases", help="figure_cases.csv: slices whose maps are kept for Figure 1")
+    s.add_argument("--out-csv", required=True, help="output CSV of slice scores")
+    s.add_argument("--out-maps", required=True, help="output NPZ of the Figure 1 cases' maps")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--batch-size", type=int, default=128, help="slices per scoring batch")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--out-loc", help="JSON of the test slices' localisation metrics (localisation.py)")
     s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
                    help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
     s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")
-    s.set_defaults(func=cmd_score)
 
-    s = sub.add_parser("table", help="Table 1 from score tables")
-    s.add_argument("--scores", nargs="+", required=True)
-    s.add_argument("--maps", nargs="+", required=True)
+    s = command("table", "Table 1 from score tables", cmd_table)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs of every method x fold")
+    s.add_argument("--maps", nargs="+", required=True, help="maps NPZs (their records give epochs and notes)")
     s.add_argument("--methods", required=True, help="JSON list of methods in table order")
-    s.add_argument("--protocol", default="paper")
-    s.add_argument("--n-folds", type=int, default=5)
-    s.add_argument("--dataset", default="")
-    s.add_argument("--ddof", type=int, default=0)
-    s.add_argument("--out", required=True)
-    s.add_argument("--out-long", required=True)
-    s.add_argument("--out-md", required=True)
+    s.add_argument("--protocol", default="paper", help="label protocol of the run (paper or slice)")
+    s.add_argument("--n-folds", type=int, default=5, help="number of folds (for the caption)")
+    s.add_argument("--dataset", default="", help="dataset name for the caption")
+    s.add_argument("--ddof", type=int, default=0, help="delta degrees of freedom of the std over folds")
+    s.add_argument("--out", required=True, help="output table1.csv")
+    s.add_argument("--out-long", required=True, help="output per-fold long table")
+    s.add_argument("--out-md", required=True, help="output Markdown table")
     s.add_argument("--out-ci", default="", help="CSV of the bootstrap CIs (table1_ci.csv)")
     s.add_argument("--out-comparisons", default="", help="CSV of the paired row comparisons")
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
@@ -434,70 +458,66 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
     s.add_argument("--cohort", default="", help="cohort.csv of the split (patients and slices per class)")
     s.add_argument("--label-source", default="", help="how the scan labels were made (for table1.md)")
-    s.set_defaults(func=cmd_table)
 
-    s = sub.add_parser("stats-figures", help="forest plot of every row's AUC with its CI; ROC curves per row")
-    s.add_argument("--scores", nargs="+", required=True)
+    s = command("stats-figures", "forest plot of every row's AUC with its CI; ROC curves per row", cmd_stats_figures)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")
     s.add_argument("--ci", required=True, help="table1_ci.csv of `ichbench table`")
     s.add_argument("--methods", required=True, help="JSON list of methods in table order")
-    s.add_argument("--out-forest", required=True)
-    s.add_argument("--out-roc", required=True)
-    s.set_defaults(func=cmd_stats_figures)
+    s.add_argument("--out-forest", required=True, help="output forest plot (PNG)")
+    s.add_argument("--out-roc", required=True, help="output ROC curves (PNG)")
 
-    s = sub.add_parser("extra-tables", help="localisation, brain-masked score and ICH subtype tables")
-    s.add_argument("--scores", nargs="+", required=True)
+    s = command("extra-tables", "localisation, brain-masked score and ICH subtype tables", cmd_extra_tables)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")
     s.add_argument("--loc", nargs="+", required=True, help="the score rule's fold-K.loc.json files")
     s.add_argument("--manifests", nargs="+", required=True, help="fold manifests (diagnosis columns)")
     s.add_argument("--methods", required=True, help="JSON list of methods in table order")
-    s.add_argument("--protocol", default="paper")
-    s.add_argument("--ddof", type=int, default=0)
-    s.add_argument("--out-loc", required=True)
-    s.add_argument("--out-brain", required=True)
-    s.add_argument("--out-subtypes", required=True)
-    s.add_argument("--out-md", required=True)
-    s.set_defaults(func=cmd_extra_tables)
+    s.add_argument("--protocol", default="paper", help="label protocol of the run (paper or slice)")
+    s.add_argument("--ddof", type=int, default=0, help="delta degrees of freedom of the std over folds")
+    s.add_argument("--out-loc", required=True, help="output localisation.csv")
+    s.add_argument("--out-brain", required=True, help="output table_brain.csv (brain-masked slice score)")
+    s.add_argument("--out-subtypes", required=True, help="output table_subtypes.csv")
+    s.add_argument("--out-md", required=True, help="output Markdown of the three tables")
 
-    s = sub.add_parser("confounds", help="how well trivial image statistics alone separate the classes")
+    s = command("confounds", "how well trivial image statistics alone separate the classes", cmd_confounds)
     s.add_argument("--manifests", nargs="+", required=True, help="the fold manifests (fold-K.csv)")
     s.add_argument("--table1", help="Table 1 CSV, to compare the statistics with the rows' AUCs")
-    s.add_argument("--out", required=True)
-    s.add_argument("--out-md", required=True)
-    s.set_defaults(func=cmd_confounds)
+    s.add_argument("--out", required=True, help="output confounds.csv")
+    s.add_argument("--out-md", required=True, help="output confounds.md")
 
-    s = sub.add_parser("figure", help="Figure 1 from the score rule's maps")
-    s.add_argument("--maps", nargs="+", required=True)
-    s.add_argument("--cases", required=True)
-    s.add_argument("--methods", required=True)
-    s.add_argument("--percentile", type=float, default=99.0)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_figure)
+    s = command("figure", "Figure 1 from the score rule's maps", cmd_figure)
+    s.add_argument("--maps", nargs="+", required=True, help="maps NPZs written by `score`")
+    s.add_argument("--cases", required=True, help="figure_cases.csv written by `split`")
+    s.add_argument("--methods", required=True, help="JSON list of methods (columns)")
+    s.add_argument("--percentile", type=float, default=99.0,
+                   help="percentile of a method's map values mapped to the top of the colour scale")
+    s.add_argument("--out", required=True, help="output image (PNG)")
 
-    s = sub.add_parser("anomaly-figure", help="picture of every synthetic-anomaly generator on training slices")
+    s = command("anomaly-figure", "picture of every synthetic-anomaly generator on training slices",
+                cmd_anomaly_figure)
     s.add_argument("--manifest", required=True, help="a fold manifest; its training slices are used")
-    s.add_argument("--n", type=int, default=3)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_anomaly_figure)
+    s.add_argument("--n", type=int, default=3, help="number of slices (rows)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generators")
+    s.add_argument("--out", required=True, help="output image (PNG)")
 
-    s = sub.add_parser("methods", help="list the registered methods")
-    s.set_defaults(func=cmd_methods)
+    command("methods", "list the registered methods and their code digests", cmd_methods)
 
-    s = sub.add_parser("bench", help="training images/s of every row vs a bare loop, generators CPU vs device, "
-                                     "projected paper-recipe Table 1 time (CSV)")
+    s = command("bench", "training images/s of every row vs a bare loop, generators CPU vs device, "
+                         "projected paper-recipe Table 1 time (CSV)", cmd_bench)
     s.add_argument("--out", default="results/bench.csv", help="CSV to write")
     s.add_argument("--size", type=int, default=128, help="slice size (the paper's 128; smaller on a CPU)")
-    s.add_argument("--batch", type=int, default=64)
+    s.add_argument("--batch", type=int, default=64, help="batch size of every timed loop")
     s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--workers", type=int, default=None, help="DataLoader workers of the reference-style loop "
-                                                             "(default: all CPUs)")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the reference-style loop (default: all CPUs)")
     s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
     s.add_argument("rows", nargs="*", help="rows to time (default: all registered)")
-    s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("params", help="print each configured method's resolved hyper-parameters")
-    s.add_argument("--config", default="config.yaml")
-    s.set_defaults(func=cmd_params)
+    s = command("params", "print each row's resolved hyper-parameters, as the workflow passes them", cmd_params)
+    s.add_argument("--config", default="config.yaml", help="the workflow's config file (Snakefile `configfile:`)")
+    s.add_argument("--configfile", nargs="+", default=[],
+                   help="further config files merged on top in order, as `snakemake --configfile` does "
+                        "(mappings merge, lists replace)")
     return p
 
 

@@ -49,8 +49,41 @@ def validate(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     return cfg
 
 
-def load(path: str | Path) -> dict:
-    return validate(yaml.safe_load(Path(path).read_text()) or {})
+def merge(base: dict, update: dict) -> dict:
+    """`update` merged into `base` in place the way Snakemake merges `--configfile`s (its update_config):
+    mappings merge key by key, everything else (lists included) replaces."""
+    for key, value in update.items():
+        if isinstance(value, dict):
+            sub = base.get(key, {})
+            base[key] = merge(sub if isinstance(sub, dict) else {}, value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def load(*paths: str | Path) -> dict:
+    """The configuration Snakemake runs with for `configfile: paths[0]` and `--configfile paths[1:]`."""
+    cfg: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            layer = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: a config file must be a mapping of keys to values")
+        merge(cfg, layer)
+    return validate(cfg)
+
+
+def selected_rows(cfg: dict) -> list[str]:
+    """The rows to run: `rows` (in the order of `methods`, Table 1's) or, when null, every row under `methods`."""
+    rows = cfg.get("rows")
+    if rows is None:
+        return list(cfg["methods"])
+    return [m for m in cfg["methods"] if m in set(rows)]
 
 
 def check_methods(cfg: dict) -> None:
@@ -59,6 +92,10 @@ def check_methods(cfg: dict) -> None:
     unknown = [m for m in cfg.get("methods", {}) if m not in REGISTRY]
     if unknown:
         raise ConfigError(f"config: unknown method(s) {unknown}; registered methods: {', '.join(REGISTRY)}")
+    missing = [r for r in (cfg.get("rows") or []) if r not in cfg.get("methods", {})]
+    if missing:
+        raise ConfigError(f"config: rows {missing} are not configured under methods "
+                          f"({', '.join(cfg.get('methods', {}))})")
     recipe = cfg.get("recipe")
     if recipe not in cfg.get("recipes", {}):
         raise ConfigError(f"config: recipe {recipe!r} is not defined under recipes ({', '.join(cfg.get('recipes', {}))})")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import dicomio
+from . import dicomio, rejections
 from .inputcheck import mask_truth
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,7 @@ def build_index(nifti_dir, index_csv, series_csv, rejected_csv, *, masks_dir=Non
     for sid, p in sorted(masks.items()):
         if sid not in seen and str(p) not in used and scan_id_of(p) == sid:
             rejected.append(dicomio.Rejection(str(p), "mask without a volume of the same scan ID"))
-    for r in rejected:
-        log.warning("skipped %s: %s", r.item, r.reason)
+    rejections.log_summary(((r.item, r.reason) for r in rejected), log, "files")
     dicomio.rejections_frame(rejected).to_csv(rejected_csv, index=False)
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     candidates = pd.DataFrame(cands)

@@ -39,7 +39,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import bhx, dicomio
+from . import bhx, dicomio, rejections
 from .inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
 from .masks import masks_for_volume
 from .windowing import Window, apply_windows, quantise, resize, resize_mask
@@ -102,13 +101,12 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
     override = dicomio.read_series_override(series_override)
     t0 = time.perf_counter()
     index, rejected = dicomio.index_folder(dicom_dir, workers=workers)
+    rejected = rejections.refine_file_reasons(rejected)
     n_files = len(index) + len(rejected)
     dt = time.perf_counter() - t0
     log.info("indexed %d files in %.1f s (%.0f files/s, %d workers): %d usable CT images, %d rejected",
              n_files, dt, n_files / max(dt, 1e-9), workers, len(index), len(rejected))
-    for r in rejected:
-        log.warning("skipped %s: %s", r.item, r.reason)
-    _log_reason_counts(rejected)
+    rejections.log_summary(((r.item, r.reason) for r in rejected), log, "files")
     if selected_csv is None:
         selected_csv = Path(series_csv).with_name("series_selected.csv")
     if index.empty:
@@ -117,27 +115,25 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
     candidates = dicomio.select_series(
         dicomio.describe_series(index, bone_patterns=bone_patterns, axial_tolerance_deg=axial_tolerance_deg),
         min_slices=min_slices, min_extent_mm=min_extent_mm, override=override)
+    # files with their scan and series (where the header names them): a scan whose every file was rejected
+    # (e.g. only localizers) still gets its series in series_candidates.csv, with why
+    file_rejections = rejections.rejections_frame(rejected, with_scan=True)
+    candidates = rejections.add_unindexed_series(candidates,
+                                                 rejections.unindexed_series(file_rejections, candidates))
     choices = dicomio.scan_choices(candidates)
-    for _, c in choices[choices["series_uid"] == ""].iterrows():
-        rejected.append(dicomio.Rejection(c["patient_id"], f"no usable series: {c['choice']}", "select"))
-        log.warning("scan %s: no usable series: %s", c["patient_id"], c["choice"])
-    for pid in sorted(set(override) - set(candidates["patient_id"])):
-        rejected.append(dicomio.Rejection(pid, "named in series_override but no CT image of this scan was indexed", "select"))
-        log.warning("series_override names scan %s, which has no indexed CT image", pid)
+    scan_rejected = [dicomio.Rejection(c["patient_id"], f"no usable series: {c['choice']}", "select")
+                     for _, c in choices[choices["series_uid"] == ""].iterrows()]
+    scan_rejected += [dicomio.Rejection(pid, "named in series_override but no CT image of this scan was indexed",
+                                        "select") for pid in sorted(set(override) - set(candidates["patient_id"]))]
+    rejections.log_summary(((r.item, r.reason) for r in scan_rejected), log, "scans")
     write_index(index, index_csv)
     candidates.to_csv(series_csv, index=False)
     choices.to_csv(selected_csv, index=False)
-    dicomio.rejections_frame(rejected).to_csv(rejected_csv, index=False)
+    pd.concat([file_rejections, rejections.rejections_frame(scan_rejected, with_scan=False)],
+              ignore_index=True).to_csv(rejected_csv, index=False)
     if not candidates["selected"].any():
         raise RuntimeError(f"no scan in {dicom_dir} has a usable series; see {selected_csv} and {rejected_csv}")
     return candidates
-
-
-def _log_reason_counts(rejected) -> None:
-    if not rejected:
-        return
-    counts = pd.Series([re.sub(r"\d+", "N", r.reason)[:80] for r in rejected]).value_counts()
-    log.info("rejected by reason: %s", "; ".join(f"{n} x {r}" for r, n in counts.items()))
 
 
 def shard_of(series_uid: str, n_shards: int) -> int:
@@ -361,8 +357,7 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
         rejected.extend(rej)
         if row is not None:
             rows.append(row)
-    for r in rejected:
-        log.warning("skipped %s: %s", r.item, r.reason)
+    rejections.log_summary(((r.item, r.reason) for r in rejected), log, "items")
     table = pd.DataFrame(rows, columns=SERIES_COLUMNS)
     table.to_csv(out_dir / "series.csv", index=False)
     dicomio.rejections_frame(rejected).to_csv(out_dir / "rejected.csv", index=False)

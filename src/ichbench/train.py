@@ -2,8 +2,9 @@
 
     ichbench train --method AE --manifest results/splits/fold-0.csv --out results/models/AE/fold-0
 
-Writes `model.pt` (weights, hyper-parameters, run record), `history.csv` (loss per epoch) and, while
-running, `checkpoint.pt` every `checkpoint_every` epochs; a rerun after a kill (time limit, pre-emption)
+Writes `model.pt` (weights, hyper-parameters, run record; no optimiser state), `history.csv` (loss per
+epoch), `run.json` and, while running, `checkpoint.pt` (weights, optimiser and RNG states) every
+`checkpoint_every` epochs, deleted once `model.pt` is written; a rerun after a kill (time limit, pre-emption)
 resumes from it when it was written for the same method, hyper-parameters, code, seed and training
 slices, and ends with the same weights as an uninterrupted run. `run.json` and the model's record
 carry `resumed_from_epoch` (null for a run from scratch).
@@ -29,7 +30,9 @@ from tqdm import tqdm
 
 from .data import DeviceBatches, load_slices, read_manifest
 from .determinism import set_deterministic
-from .methods import code_digest, get_method
+from .digest import code_digest
+from .methods import get_method
+from .runinfo import environment_record
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +189,19 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     record = {
         "method": method_name, "group": cls.group, "params": p, "code_digest": code_digest(method_name),
         "epochs": epochs, "train_slices": n, "image_shape": [c, s, s], "device": str(dev),
-        "torch": torch.__version__, "python": platform.python_version(), "seed": seed,
+        "torch": torch.__version__, "python": platform.python_version(), **environment_record(dev), "seed": seed,
         "resumed_from_epoch": resumed_from, "train_seconds": round(elapsed, 2),
         "slices_per_second": round(seen / elapsed, 1) if elapsed > 0 else None,
         "notes": method.notes,
         "precision": p["precision"], "steps_per_epoch": steps_per_epoch, "deterministic": determinism,
     }
-    _atomic_save({"record": record, "state": method.state_dict()}, out_dir / "model.pt")
+    # model.pt: weights (+ a method's fitted extra state) and the run record, not the optimiser state
+    # (about twice the weights for Adam), which only resuming needs and which lives in checkpoint.pt.
+    weights = {k: v for k, v in method.state_dict().items() if k not in ("optimizers", "schedulers")}
+    _atomic_save({"record": record, "state": weights}, out_dir / "model.pt")
     (out_dir / "run.json").write_text(json.dumps(record, indent=2, default=str))
     pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
-    if ckpt_path.exists():
+    if ckpt_path.exists():     # a finished run is never resumed (the checkpoint is only read for epoch < epochs)
         ckpt_path.unlink()
     return record
 

@@ -11,14 +11,17 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 from ichbench import config as ichconfig  # noqa: E402
-from ichbench.methods import code_digest  # noqa: E402
+from ichbench.digest import code_digest  # noqa: E402
 
 ichconfig.check_methods(config)
 from ichbench import guards  # noqa: E402
 
 guards.check_label_paths(config)
 
-METHODS = list(config["methods"])
+METHODS = ichconfig.selected_rows(config)  # `rows:` (default: every row under `methods:`)
+if len(METHODS) < len(config["methods"]):
+    print(f"ichbench: running {len(METHODS)} of the {len(config['methods'])} rows (rows: {', '.join(METHODS)})",
+          file=sys.stderr)
 FOLDS = list(range(config["splits"]["n_folds"]))
 SHARDS = list(range(config["preprocess"]["shards"]))
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
@@ -196,6 +199,11 @@ def score_files(kind):
     return expand("results/scores/{method}/fold-{fold}.{ext}", method=METHODS, fold=FOLDS, ext=ext)
 
 
+# Train and score jobs hold one GPU (`gpu` resource: local cap in profiles/default, --gpus=1 on SLURM), none
+# when `train.device: cpu` asks for the CPU.
+GPUS = 0 if str(config["train"]["device"]).strip().lower() == "cpu" else 1
+
+
 def train_mem_mb(wildcards, attempt):
     return 8000 * attempt
 
@@ -211,9 +219,8 @@ PYTHON = "python" if uses_conda() else sys.executable
 # Every shell command runs `ichbench ...`: this interpreter with the package from src/.
 shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ichbench() {{{{ {PYTHON} -m ichbench \"$@\"; }}}}; ")
 
-# `--sdm conda`: one environment for every rule. PyPI's CUDA build of PyTorch also runs on CPU-only
-# machines; envs/ichbench-cpu.yaml is the smaller CPU-only alternative (copy it over this one).
-CONDA_ENV = "../../envs/ichbench-cuda.yaml"
+# `--sdm conda`: one environment for every rule, chosen by config `conda_env` (cuda or cpu).
+CONDA_ENV = f"../../envs/ichbench-{config['conda_env']}.yaml"
 
 
 def output_dir(wildcards, output):

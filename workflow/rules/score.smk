@@ -25,7 +25,7 @@ rule score:
         "benchmarks/score/{method}/fold-{fold}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=8000,
         runtime=60,
     shell:

@@ -25,7 +25,7 @@ rule train:
         "benchmarks/train/{method}/fold-{fold}.tsv"
     threads: 1
     resources:
-        gpu=1,
+        gpu=GPUS,
         mem_mb=train_mem_mb,
         runtime=720,
     shell:

@@ -3,10 +3,10 @@ its rows with `@register`: adding a method is one new module here plus one entry
 import importlib
 import pkgutil
 
-from .base import REGISTRY, Method, code_digest, get_method, register
+from .base import REGISTRY, Method, get_method, register
 
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["REGISTRY", "Method", "code_digest", "get_method", "register"]
+__all__ = ["REGISTRY", "Method", "get_method", "register"]

@@ -12,8 +12,6 @@ A batch is a dict of tensors on the method's device:
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import inspect
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -162,34 +160,3 @@ class Method:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
-
-
-def _source_modules(cls: type) -> set:
-    """Modules whose source a method's behaviour depends on: those of its class hierarchy and the
-    ichbench modules, classes and functions those modules import (one level deep)."""
-    found = set()
-    for klass in cls.__mro__:
-        mod = inspect.getmodule(klass)
-        if mod is None or not mod.__name__.startswith("ichbench"):
-            continue
-        found.add(mod)
-        for value in vars(mod).values():
-            dep = value if inspect.ismodule(value) else inspect.getmodule(value) if (
-                inspect.isclass(value) or inspect.isfunction(value)) else None
-            if dep is not None and dep.__name__.startswith("ichbench"):
-                found.add(dep)
-    return found
-
-
-def code_digest(name: str) -> str:
-    """Digest of the source a method's results depend on (its modules, the networks they import and
-    the shared training loop). Passed to Snakemake as a param so that editing one method's code
-    reruns that method only."""
-    from .. import train as _train
-
-    modules = _source_modules(get_method(name)) | {_train}
-    h = hashlib.sha256()
-    for mod in sorted(modules, key=lambda m: m.__name__):
-        h.update(mod.__name__.encode())
-        h.update(inspect.getsource(mod).encode())
-    return h.hexdigest()[:16]

@@ -1,0 +1,40 @@
+"""Digest of the source code a method's results depend on (a Snakemake param: editing a row's code reruns it)."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+
+from .methods import get_method
+
+# The shared training loop, read as a file rather than imported: ichbench.train itself uses the digest.
+TRAIN_LOOP = Path(__file__).with_name("train.py")
+
+
+def _source_modules(cls: type) -> set:
+    """Modules whose source a method's behaviour depends on: those of its class hierarchy and the
+    ichbench modules, classes and functions those modules import (one level deep)."""
+    found = set()
+    for klass in cls.__mro__:
+        mod = inspect.getmodule(klass)
+        if mod is None or not mod.__name__.startswith("ichbench"):
+            continue
+        found.add(mod)
+        for value in vars(mod).values():
+            dep = value if inspect.ismodule(value) else inspect.getmodule(value) if (
+                inspect.isclass(value) or inspect.isfunction(value)) else None
+            if dep is not None and dep.__name__.startswith("ichbench"):
+                found.add(dep)
+    return found
+
+
+def code_digest(name: str) -> str:
+    """Digest of the source a method's results depend on (its modules, the networks they import and
+    the shared training loop)."""
+    sources = {mod.__name__: inspect.getsource(mod) for mod in _source_modules(get_method(name))}
+    sources["ichbench.train"] = TRAIN_LOOP.read_text()
+    h = hashlib.sha256()
+    for mod_name in sorted(sources):
+        h.update(mod_name.encode())
+        h.update(sources[mod_name].encode())
+    return h.hexdigest()[:16]
