@@ -20,8 +20,10 @@ guards.check_label_paths(config)
 
 METHODS = ichconfig.selected_rows(config)  # `rows:` (default: every row under `methods:`)
 if len(METHODS) < len(config["methods"]):
-    print(f"ichbench: running {len(METHODS)} of the {len(config['methods'])} rows (rows: {', '.join(METHODS)})",
-          file=sys.stderr)
+    print(
+        f"ichbench: running {len(METHODS)} of the {len(config['methods'])} rows (rows: {', '.join(METHODS)})",
+        file=sys.stderr,
+    )
 FOLDS = list(range(config["splits"]["n_folds"]))
 SHARDS = list(range(config["preprocess"]["shards"]))
 SYNTHETIC = config["dataset"]["source"] == "synthetic"
@@ -142,7 +144,8 @@ def assignment_file():
     if path and os.path.abspath(path) == os.path.abspath("results/splits/assignment.csv"):
         raise ichconfig.ConfigError(
             "splits.assignment names results/splits/assignment.csv, which the split rule writes; "
-            "copy it elsewhere (e.g. config/assignment.csv) and point splits.assignment there")
+            "copy it elsewhere (e.g. config/assignment.csv) and point splits.assignment there"
+        )
     return path
 
 
@@ -156,8 +159,10 @@ def expected_args(wildcards):
     expected = DATASET.get("expected")
     if not expected:
         return ""
-    return (f"--expected {shlex.quote(json.dumps(expected, sort_keys=True))} "
-            f"--expected-action {DATASET.get('expected_action', 'fail')}")
+    return (
+        f"--expected {shlex.quote(json.dumps(expected, sort_keys=True))} "
+        f"--expected-action {DATASET.get('expected_action', 'fail')}"
+    )
 
 
 def slice_labels_file():
@@ -217,7 +222,9 @@ def uses_conda():
 
 PYTHON = "python" if uses_conda() else sys.executable
 # Every shell command runs `ichbench ...`: this interpreter with the package from src/.
-shell.prefix(f"export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ichbench() {{{{ {PYTHON} -m ichbench \"$@\"; }}}}; ")
+shell.prefix(
+    f'export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ichbench() {{{{ {PYTHON} -m ichbench "$@"; }}}}; '
+)
 
 # `--sdm conda`: one environment for every rule, chosen by config `conda_env` (cuda or cpu).
 CONDA_ENV = f"../../envs/ichbench-{config['conda_env']}.yaml"

@@ -10,22 +10,21 @@ if SYNTHETIC:
             reads=os.path.join(config["synthetic"]["out_dir"], "reads.csv"),
             slice_labels=os.path.join(config["synthetic"]["out_dir"], "slice_labels.csv"),
             masks=directory(os.path.join(config["synthetic"]["out_dir"], "masks")),
-        params:
-            out_dir=output_dir,
-            synthetic=synthetic_params(),
-        conda:
-            CONDA_ENV
         log:
             "logs/data/synthesize.log",
         benchmark:
             "benchmarks/data/synthesize.tsv"
+        conda:
+            CONDA_ENV
         threads: 2
         resources:
             mem_mb=2000,
             runtime=30,
+        params:
+            out_dir=output_dir,
+            synthetic=synthetic_params(),
         shell:
-            "ichbench synth --out {params.out_dir} --params '{params.synthetic}' "
-            "--workers {threads} > {log} 2>&1"
+            "ichbench synth --out {params.out_dir} --params '{params.synthetic}' " "--workers {threads} > {log} 2>&1"
 
 
 rule index_dicom:
@@ -36,21 +35,21 @@ rule index_dicom:
         series="results/data/series_candidates.csv",
         selected="results/data/series_selected.csv",
         rejected="results/data/rejected_index.csv",
+    log:
+        "logs/data/index.log",
+    benchmark:
+        "benchmarks/data/index.tsv"
+    conda:
+        CONDA_ENV
+    threads: 4
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         out=output_dir,
         source=index_args,
         min_slices=config["preprocess"]["min_slices"],
         min_extent=config["preprocess"]["min_extent_mm"],
-    conda:
-        CONDA_ENV
-    log:
-        "logs/data/index.log",
-    benchmark:
-        "benchmarks/data/index.tsv"
-    threads: 4
-    resources:
-        mem_mb=4000,
-        runtime=120,
     shell:
         "ichbench index {params.source} --out {params.out} "
         "--min-slices {params.min_slices} --min-extent-mm {params.min_extent} --workers {threads} > {log} 2>&1"
@@ -61,6 +60,16 @@ rule preprocess:
         unpack(preprocess_inputs),
     output:
         directory("results/data/cache/shard-{shard}"),
+    log:
+        "logs/data/preprocess/shard-{shard}.log",
+    benchmark:
+        "benchmarks/data/preprocess/shard-{shard}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
     params:
         data=data_dir,
         n_shards=len(SHARDS),
@@ -69,16 +78,6 @@ rule preprocess:
         gt=gt_masks_dir(),
         boxes=bhx_args,
         non_hu=config["preprocess"].get("non_hu", "reject"),
-    conda:
-        CONDA_ENV
-    log:
-        "logs/data/preprocess/shard-{shard}.log",
-    benchmark:
-        "benchmarks/data/preprocess/shard-{shard}.tsv"
-    threads: 4
-    resources:
-        mem_mb=8000,
-        runtime=240,
     shell:
         "ichbench preprocess --data {params.data} --out {output} --shard {wildcards.shard} "
         "--n-shards {params.n_shards} --windows '{params.windows}' --size {params.size} "
@@ -95,18 +94,18 @@ if bhx_files() and DATASET.get("bhx_transfer", True):
         output:
             boxes="results/data/bhx_boxes.csv",
             record="results/data/bhx_transfer.csv",
-        params:
-            boxes=lambda wildcards, input: " ".join(shlex.quote(p) for p in input.boxes),
-        conda:
-            CONDA_ENV
         log:
             "logs/data/bhx_transfer.log",
         benchmark:
             "benchmarks/data/bhx_transfer.tsv"
+        conda:
+            CONDA_ENV
         threads: 1
         resources:
             mem_mb=4000,
             runtime=30,
+        params:
+            boxes=lambda wildcards, input: " ".join(shlex.quote(p) for p in input.boxes),
         shell:
             "ichbench bhx-transfer --index {input.index} --series {input.series} --boxes {params.boxes} "
             "--out {output.boxes} --record {output.record} > {log} 2>&1"

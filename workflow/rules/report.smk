@@ -12,6 +12,16 @@ rule table1:
         markdown=report("results/table1.md", caption="../report/table1_md.rst", category="Table 1"),
         ci=report("results/table1_ci.csv", caption="../report/table1_ci.rst", category="Table 1"),
         comparisons=report("results/comparisons.csv", caption="../report/comparisons.rst", category="Table 1"),
+    log:
+        "logs/report/table1.log",
+    benchmark:
+        "benchmarks/report/table1.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         methods=json.dumps(METHODS),
         protocol=config["protocol"],
@@ -23,16 +33,6 @@ rule table1:
         seed=config["table"]["seed"],
         scan_aggregation=config["table"]["scan_aggregation"],
         scan_top_k=config["table"]["scan_top_k"],
-    conda:
-        CONDA_ENV
-    log:
-        "logs/report/table1.log",
-    benchmark:
-        "benchmarks/report/table1.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "ichbench table --scores {input.scores} --maps {input.maps} --methods '{params.methods}' "
         "--protocol {params.protocol} --n-folds {params.n_folds} --dataset {params.dataset} "
@@ -49,18 +49,18 @@ rule stats_figures:
     output:
         forest=report("results/figures/forest_auc.png", caption="../report/forest_auc.rst", category="Table 1"),
         roc=report("results/figures/roc_curves.png", caption="../report/roc_curves.rst", category="Table 1"),
-    params:
-        methods=json.dumps(METHODS),
-    conda:
-        CONDA_ENV
     log:
         "logs/report/stats_figures.log",
     benchmark:
         "benchmarks/report/stats_figures.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        methods=json.dumps(METHODS),
     shell:
         "ichbench stats-figures --scores {input.scores} --ci {input.ci} --methods '{params.methods}' "
         "--out-forest {output.forest} --out-roc {output.roc} > {log} 2>&1"
@@ -76,20 +76,20 @@ rule extra_tables:
         brain="results/table_brain.csv",
         subtypes="results/table_subtypes.csv",
         markdown="results/tables_extra.md",
-    params:
-        methods=json.dumps(METHODS),
-        protocol=config["protocol"],
-        ddof=config["table"]["std_ddof"],
-    conda:
-        CONDA_ENV
     log:
         "logs/report/extra_tables.log",
     benchmark:
         "benchmarks/report/extra_tables.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        methods=json.dumps(METHODS),
+        protocol=config["protocol"],
+        ddof=config["table"]["std_ddof"],
     shell:
         "ichbench extra-tables --scores {input.scores} --loc {input.loc} --manifests {input.manifests} "
         "--methods '{params.methods}' --protocol {params.protocol} --ddof {params.ddof} "
@@ -104,12 +104,12 @@ rule confounds:
     output:
         table=report("results/confounds.csv", caption="../report/confounds.rst", category="Table 1"),
         markdown="results/confounds.md",
-    conda:
-        CONDA_ENV
     log:
         "logs/report/confounds.log",
     benchmark:
         "benchmarks/report/confounds.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
@@ -125,19 +125,19 @@ rule figure1:
         cases="results/splits/figure_cases.csv",
     output:
         report("results/figure1.png", caption="../report/figure1.rst", category="Figure 1"),
-    params:
-        methods=json.dumps(METHODS),
-        percentile=config["figure"]["percentile"],
-    conda:
-        CONDA_ENV
     log:
         "logs/report/figure1.log",
     benchmark:
         "benchmarks/report/figure1.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        methods=json.dumps(METHODS),
+        percentile=config["figure"]["percentile"],
     shell:
         "ichbench figure --maps {input.maps} --cases {input.cases} --methods '{params.methods}' "
         "--percentile {params.percentile} --out {output} > {log} 2>&1"
@@ -152,18 +152,18 @@ rule synthetic_anomalies:
             caption="../report/synthetic_anomalies.rst",
             category="Synthetic anomalies",
         ),
-    params:
-        seed=config["train"]["seed"],
-    conda:
-        CONDA_ENV
     log:
         "logs/report/synthetic_anomalies.log",
     benchmark:
         "benchmarks/report/synthetic_anomalies.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        seed=config["train"]["seed"],
     shell:
         "ichbench anomaly-figure --manifest {input.manifest} --seed {params.seed} --out {output} > {log} 2>&1"
 
@@ -178,10 +178,10 @@ rule runtimes:
         + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv", "benchmarks/report/stats_figures.tsv"],
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
+    log:
+        "logs/report/runtimes.log",
     localrule: True
     conda:
         CONDA_ENV
-    log:
-        "logs/report/runtimes.log",
     script:
         "../report/runtimes.py"

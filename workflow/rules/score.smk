@@ -11,23 +11,23 @@ rule score:
         scores="results/scores/{method}/fold-{fold}.csv",
         maps="results/scores/{method}/fold-{fold}.maps.npz",
         loc="results/scores/{method}/fold-{fold}.loc.json",
+    log:
+        "logs/score/{method}/fold-{fold}.log",
+    benchmark:
+        "benchmarks/score/{method}/fold-{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+        mem_mb=8000,
+        runtime=60,
     params:
         files=method_files_state,
         device=config["train"]["device"],
         batch_size=config["train"]["score_batch_size"],
         negative_rate=config["evaluation"]["pixel_negative_rate"],
         loc_seed=config["evaluation"]["seed"],
-    conda:
-        CONDA_ENV
-    log:
-        "logs/score/{method}/fold-{fold}.log",
-    benchmark:
-        "benchmarks/score/{method}/fold-{fold}.tsv"
-    threads: 1
-    resources:
-        gpu=GPUS,
-        mem_mb=8000,
-        runtime=60,
     shell:
         "ichbench score --model {input.model} --manifest {input.manifest} "
         "--figure-cases {input.figure_cases} --out-csv {output.scores} --out-maps {output.maps} "

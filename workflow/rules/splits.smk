@@ -13,6 +13,16 @@ rule split:
         rejected="results/data/rejected.csv",
         boxes="results/data/boxes.csv",
         assignment="results/splits/assignment.csv",
+    log:
+        "logs/splits/split.log",
+    benchmark:
+        "benchmarks/splits/split.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         out=output_dir,
         label_source=label_source(),
@@ -31,16 +41,6 @@ rule split:
         assignment=assignment_args,
         expected=expected_args,
         shard_rejected=expand("results/data/cache/shard-{shard}/rejected.csv", shard=SHARDS),
-    conda:
-        CONDA_ENV
-    log:
-        "logs/splits/split.log",
-    benchmark:
-        "benchmarks/splits/split.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
     shell:
         "ichbench split --shards {input.shards} --label-source {params.label_source} "
         "--labels '{params.labels}' --reads '{params.reads}' --scan-id-format '{params.scan_id_format}' "

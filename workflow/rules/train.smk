@@ -8,6 +8,17 @@ rule train:
     output:
         model="results/models/{method}/fold-{fold}/model.pt",
         history="results/models/{method}/fold-{fold}/history.csv",
+    log:
+        "logs/train/{method}/fold-{fold}.log",
+    benchmark:
+        "benchmarks/train/{method}/fold-{fold}.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        gpu=GPUS,
+        mem_mb=train_mem_mb,
+        runtime=720,
     params:
         files=method_files_state,
         hyper=method_params,
@@ -17,17 +28,6 @@ rule train:
         checkpoint_every=config["train"]["checkpoint_every"],
         deterministic="--deterministic" if config["train"]["deterministic"] else "",
         out=output_dir,
-    conda:
-        CONDA_ENV
-    log:
-        "logs/train/{method}/fold-{fold}.log",
-    benchmark:
-        "benchmarks/train/{method}/fold-{fold}.tsv"
-    threads: 1
-    resources:
-        gpu=GPUS,
-        mem_mb=train_mem_mb,
-        runtime=720,
     shell:
         "ichbench train --method {wildcards.method} --params '{params.hyper}' "
         "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
