@@ -375,6 +375,7 @@ def test_box_moved_onto_the_real_tilted_cq500_series(shared_data):
     """A box on a constructed axial 5 mm series, moved onto CQ500-CT-0's real 8.5-degree-tilted 0.625 mm series:
     on each reached slice the box centre is the orthogonal projection of the source centre."""
     from ichbench import bhx_transfer, dicomio
+    from ichbench.geometry import slice_normal
 
     index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     pid, study = index["patient_id"].iloc[0], index["study_uid"].iloc[0]
@@ -386,7 +387,7 @@ def test_box_moved_onto_the_real_tilted_cq500_series(shared_data):
                            "series_uid": [index["series_uid"].iloc[0], "SX"], "selected": [True, False]})
     moved, record = bhx_transfer.transfer(pd.DataFrame([_box("X.0", 230, 250, 30, 20)]), idx, chosen)
     c = bhx_transfer.to_patient(np.array([245.0]), np.array([260.0]), (1, 0, 0, 0, 1, 0), (-120.0, -110.0, zc), (0.5, 0.5))[0]
-    n = dicomio.slice_normal(index["orientation"].iloc[0])
+    n = slice_normal(index["orientation"].iloc[0])
     dist = np.array([n @ (c - np.asarray(p)) for p in index["position"]])
     assert record["outcome"].tolist() == ["by patient coordinates"]
     assert len(moved) == int((np.abs(dist) <= 2.5).sum()) >= 6          # 0.625 mm slices in a 5 mm slab

@@ -7,6 +7,7 @@ import pydicom
 import pytest
 
 from ichbench import bhx, dicomio
+from ichbench.geometry import spacing_summary
 from ichbench.cli import main
 from ichbench.labels import read_ctfsh, read_reads_majority
 from ichbench.preprocess import preprocess_shard, read_index
@@ -27,7 +28,7 @@ def test_cq500_whole_series_jpeg_lossless(cq500_ct0):
     assert not s.rejected
     assert abs(s.tilt_deg - 8.5) < 0.2
     # one slice is missing: one gap of about 2 x 0.625 mm along the (tilted) normal
-    summary = dicomio.spacing_summary(s.spacing)
+    summary = spacing_summary(s.spacing)
     assert summary["n_gaps"] == 1
     assert abs(summary["spacing_max_mm"] - 2 * summary["spacing_median_mm"]) < 0.05
     mid = s.hu[119]
@@ -105,7 +106,7 @@ def test_ge_tilted_uneven_spacing_sorted(shared_data):
     assert list(s.instance_numbers) == list(range(1, 29))
     gaps = np.round(s.spacing, 1)
     assert {1.1, 4.0, 7.0} <= set(gaps.tolist())
-    summary = dicomio.spacing_summary(s.spacing)
+    summary = spacing_summary(s.spacing)
     assert summary["uneven_spacing"]
     assert abs(s.tilt_deg - 18.5) < 0.2
     # stored values are HU (intercept 0); padding -1500 becomes air, nothing below -1024

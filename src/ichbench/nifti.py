@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from . import dicomio, rejections
+from .geometry import stack_tilt_deg
 from .inputcheck import mask_truth
 
 log = logging.getLogger(__name__)
@@ -224,7 +225,7 @@ def load_volume(row: dict | pd.Series) -> tuple[dicomio.Series, dict[str, np.nda
     series = dicomio.Series(
         patient_id=sid, study_uid=sid, series_uid=uid, hu=hu.astype(np.float32, copy=False), sop_uids=sops,
         positions=positions.astype(float), instance_numbers=np.arange(1, n + 1), pixel_spacing=(float(zooms[1]), float(zooms[0])),
-        slice_thickness=float(zooms[2]), tilt_deg=dicomio.stack_tilt_deg(normal, centres[[0, -1]] if n > 1 else centres[:1]),
+        slice_thickness=float(zooms[2]), tilt_deg=stack_tilt_deg(normal, centres[[0, -1]] if n > 1 else centres[:1]),
         spacing=np.diff(positions), source="nifti",
     )
     gt = None

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from . import bhx, dicomio, rejections
+from .geometry import spacing_summary
 from .inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
 from .masks import masks_for_volume
 from .windowing import Window, apply_windows, quantise, resize, resize_mask
@@ -264,7 +265,7 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     return {
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "npz": out_path.name, "n_slices": n, "slice_thickness": series.slice_thickness,
-        "tilt_deg": round(series.tilt_deg, 3), **dicomio.spacing_summary(series.spacing),
+        "tilt_deg": round(series.tilt_deg, 3), **spacing_summary(series.spacing),
         "has_gt": has_gt, "gt_source": "+".join(sources), "gt_slices": int((gt_pixels > 0).sum()),
         "rows": rows, "columns": cols, "pad_top": top, "pad_bottom": bottom, "pad_left": left,
         "pad_right": right, "not_hu": not_hu, "source": series.source, "rejected_slices": len(series.rejected),
