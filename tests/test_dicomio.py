@@ -3,7 +3,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import dicomio
+from ichbench import dicom_index, dicomio
 from ichbench.preprocess import build_index, preprocess_shard, read_index
 from ichbench.windowing import PAPER_WINDOWS
 
@@ -80,7 +80,7 @@ def test_non_dicom_and_non_ct_files_are_rejected_with_reasons(tiny_synthetic, tm
     ds.save_as(tmp_path / "mr.dcm")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "trunc.dcm").write_bytes(src.read_bytes()[:200])
-    index, rejected = dicomio.index_folder(tmp_path)
+    index, rejected = dicom_index.index_folder(tmp_path)
     reasons = {r.item.split("/")[-1]: r.reason for r in rejected}
     assert index.empty
     assert "not CT" in reasons["mr.dcm"]
@@ -89,7 +89,7 @@ def test_non_dicom_and_non_ct_files_are_rejected_with_reasons(tiny_synthetic, tm
 
 
 def test_real_cq500_series_decodes_sorted(shared_data):
-    index, rejected = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, rejected = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     assert len(index) == 238 and not rejected
     s = dicomio.load_series(index)
     assert s.hu.shape == (238, 512, 512)

@@ -6,7 +6,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import bhx, dicomio
+from ichbench import bhx, dicom_index, dicomio
 from ichbench.geometry import spacing_summary
 from ichbench.cli import main
 from ichbench.labels import read_ctfsh, read_reads_majority
@@ -16,7 +16,7 @@ from ichbench.windowing import PAPER_WINDOWS
 
 @pytest.fixture(scope="module")
 def cq500_ct0(shared_data):
-    index, rejected = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, rejected = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     assert len(index) == 238 and not rejected
     return dicomio.load_series(index)
 
@@ -58,7 +58,7 @@ def test_cq500_series_choice_and_manifest(shared_data, tmp_path):
 def test_bhx_boxes_on_the_cq500_slice(shared_data, tmp_path):
     boxes = bhx.read_bhx(shared_data / "bhx" / "1_Initial_Manual_Labeling.csv")
     assert len(boxes) == 6283 and boxes["sop_uid"].nunique() == 3558
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
     sop = index["sop_uid"].item()
     hits = bhx.boxes_by_sop(boxes, [sop])
     assert len(hits[sop]) == 3
@@ -98,7 +98,7 @@ def test_ctfsh_and_reads_counts(shared_data):
 
 
 def test_ge_tilted_uneven_spacing_sorted(shared_data):
-    index, rejected = dicomio.index_folder(shared_data / "dcm_qa_ct" / "GE_human_head_tilt")
+    index, rejected = dicom_index.index_folder(shared_data / "dcm_qa_ct" / "GE_human_head_tilt")
     assert len(index) == 28 and not rejected
     s = dicomio.load_series(index)
     assert np.all(np.diff(s.positions) > 0)
@@ -116,7 +116,7 @@ def test_ge_tilted_uneven_spacing_sorted(shared_data):
 
 
 def test_philips_phantom_uint16_intercept(shared_data):
-    index, _ = dicomio.index_folder(shared_data / "dcm_qa_ct" / "Philips_phantom_S2010")
+    index, _ = dicom_index.index_folder(shared_data / "dcm_qa_ct" / "Philips_phantom_S2010")
     s = dicomio.load_series(index)
     assert s.hu.shape[0] == 28 and s.hu.min() >= -1024
     assert np.allclose(np.diff(s.positions), 5.0, atol=0.01)
@@ -125,7 +125,7 @@ def test_philips_phantom_uint16_intercept(shared_data):
 @pytest.mark.parametrize("name", ["693_UNCI.dcm", "J2K_pixelrep_mismatch.dcm"])
 def test_odd_single_slices_decode(shared_data, name):
     path = shared_data / "single_slices" / name
-    row = dicomio._read_header(str(path))
+    row = dicom_index._read_header(str(path))
     if isinstance(row, dicomio.Rejection):            # a clear reason is acceptable, a crash is not
         assert row.reason
         return
@@ -139,16 +139,16 @@ def test_odd_single_slices_decode(shared_data, name):
 
 def test_index_reads_each_file_once_and_speed(shared_data, monkeypatch, capsys):
     opened = []
-    real = dicomio.pydicom.dcmread
+    real = dicom_index.pydicom.dcmread
 
     def counting(fp, *a, **k):
         opened.append(getattr(fp, "name", fp))
         return real(fp, *a, **k)
 
-    monkeypatch.setattr(dicomio.pydicom, "dcmread", counting)
-    files = dicomio.iter_files(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    monkeypatch.setattr(dicom_index.pydicom, "dcmread", counting)
+    files = dicom_index.iter_files(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     t = time.perf_counter()
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     dt = time.perf_counter() - t
     assert len(opened) == len(files) == len(index)
     assert all(index["has_pixels"])

@@ -47,7 +47,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import bhx, dicomio, rejections
+from . import bhx, dicom_index, dicomio, rejections
 from .geometry import spacing_summary
 from .inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
 from .masks import masks_for_volume
@@ -101,7 +101,7 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
         raise FileNotFoundError(f"DICOM folder {dicom_dir} does not exist")
     override = dicomio.read_series_override(series_override)
     t0 = time.perf_counter()
-    index, rejected = dicomio.index_folder(dicom_dir, workers=workers)
+    index, rejected = dicom_index.index_folder(dicom_dir, workers=workers)
     rejected = rejections.refine_file_reasons(rejected)
     n_files = len(index) + len(rejected)
     dt = time.perf_counter() - t0
