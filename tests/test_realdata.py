@@ -6,7 +6,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import bhx, dicom_index, dicomio
+from ichbench import bhx, dicom_index, dicomio, series_select
 from ichbench.geometry import spacing_summary
 from ichbench.cli import main
 from ichbench.labels import read_ctfsh, read_reads_majority
@@ -67,7 +67,7 @@ def test_bhx_boxes_on_the_cq500_slice(shared_data, tmp_path):
     from ichbench.preprocess import write_index
 
     write_index(index, tmp_path / "index.csv")
-    cand = dicomio.select_series(dicomio.describe_series(index), min_slices=1)
+    cand = series_select.select_series(series_select.describe_series(index), min_slices=1)
     cand.to_csv(tmp_path / "series.csv", index=False)
     table = preprocess_shard(tmp_path / "index.csv", tmp_path / "series.csv", tmp_path / "cache", shard=0, n_shards=1,
                              windows=PAPER_WINDOWS, size=128, boxes=boxes)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import dicomio, rejections
 from .geometry import stack_tilt_deg
+from .series_select import scan_choices
 from .inputcheck import mask_truth
 
 log = logging.getLogger(__name__)
@@ -178,9 +179,9 @@ def build_index(nifti_dir, index_csv, series_csv, rejected_csv, *, masks_dir=Non
     if selected_csv is None:
         selected_csv = Path(series_csv).with_name("series_selected.csv")
     if len(candidates):
-        dicomio.scan_choices(candidates).to_csv(selected_csv, index=False)
+        scan_choices(candidates).to_csv(selected_csv, index=False)
     else:
-        dicomio.scan_choices(pd.DataFrame(columns=["patient_id", "selected"])).to_csv(selected_csv, index=False)
+        scan_choices(pd.DataFrame(columns=["patient_id", "selected"])).to_csv(selected_csv, index=False)
     if index.empty:
         raise RuntimeError(f"no usable NIfTI volume in {nifti_dir} ({len(rejected)} rejected, see {rejected_csv})")
     log.info("%d NIfTI volumes indexed (%d with masks), %d rejected", len(index), int((index["mask_path"] != "").sum()),
