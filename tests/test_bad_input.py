@@ -12,7 +12,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from ichbench import dicomio
+from ichbench import series_select
 from ichbench.cli import main
 
 NEEDLES = [b"SYNTHETIC^PATIENT", b"Synthetic General Hospital", b"19600101", b"ACC0"]
@@ -282,9 +282,9 @@ def test_series_override_and_bone_rules(corpus, tmp_path):
     ("DETAIL", "Head 5mm", False), ("EDGE", "", True), ("SOFT", "", False), ("", "", False),
 ])
 def test_bone_kernel_rules(kernel, description, bone):
-    assert dicomio.is_bone_kernel(kernel, description) is bone
+    assert series_select.is_bone_kernel(kernel, description) is bone
 
 
 def test_bone_patterns_extend_the_rules():
-    assert dicomio.is_bone_kernel("XYZ9", "") is False
-    assert dicomio.is_bone_kernel("XYZ9", "", extra_patterns=[r"^XYZ\d"]) is True
+    assert series_select.is_bone_kernel("XYZ9", "") is False
+    assert series_select.is_bone_kernel("XYZ9", "", extra_patterns=[r"^XYZ\d"]) is True

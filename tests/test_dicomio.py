@@ -3,7 +3,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import dicomio
+from ichbench import dicom_index, dicomio, series_select
 from ichbench.preprocess import build_index, preprocess_shard, read_index
 from ichbench.windowing import PAPER_WINDOWS
 
@@ -80,7 +80,7 @@ def test_non_dicom_and_non_ct_files_are_rejected_with_reasons(tiny_synthetic, tm
     ds.save_as(tmp_path / "mr.dcm")
     (tmp_path / "notes.txt").write_text("hello")
     (tmp_path / "trunc.dcm").write_bytes(src.read_bytes()[:200])
-    index, rejected = dicomio.index_folder(tmp_path)
+    index, rejected = dicom_index.index_folder(tmp_path)
     reasons = {r.item.split("/")[-1]: r.reason for r in rejected}
     assert index.empty
     assert "not CT" in reasons["mr.dcm"]
@@ -89,7 +89,7 @@ def test_non_dicom_and_non_ct_files_are_rejected_with_reasons(tiny_synthetic, tm
 
 
 def test_real_cq500_series_decodes_sorted(shared_data):
-    index, rejected = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, rejected = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     assert len(index) == 238 and not rejected
     s = dicomio.load_series(index)
     assert s.hu.shape == (238, 512, 512)
@@ -167,9 +167,9 @@ def test_select_series_thinnest_covering_and_fallback():
         {**base, "patient_id": "B", "series_uid": "short1", "n_files": 10, "slice_thickness": 1.0, "extent_mm": 10},
         {**base, "patient_id": "B", "series_uid": "short2", "n_files": 10, "slice_thickness": 2.0, "extent_mm": 20},
     ])
-    s = dicomio.select_series(series).set_index("series_uid")
+    s = series_select.select_series(series).set_index("series_uid")
     assert s.loc["thin", "selected"] and s["selected"].sum() == 2
     assert s.loc["short2", "selected"] and "the longest" in s.loc["short2", "choice"]
     assert s.loc["bone", "why_not"] == "bone kernel" and s.loc["coronal", "why_not"].startswith("not axial")
-    o = dicomio.select_series(series, override={"A": "thick", "B": ""}).set_index("series_uid")
+    o = series_select.select_series(series, override={"A": "thick", "B": ""}).set_index("series_uid")
     assert o.loc["thick", "selected"] and not o.loc[["short1", "short2"], "selected"].any()

@@ -359,9 +359,9 @@ def test_score_job_writes_brain_score_and_localisation(tiny_synthetic, tiny_cach
 
 def test_cq500_ct0_boxes_lie_on_another_series(shared_data):
     """The issue's fact: CQ500-CT-0's six BHX boxes are on a series other than the one shipped (and chosen)."""
-    from ichbench import bhx, bhx_transfer, dicomio
+    from ichbench import bhx, bhx_transfer, dicom_index
 
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     boxes = bhx.read_bhx(shared_data / "bhx" / "1_Initial_Manual_Labeling.csv")
     ct0 = boxes[boxes["bhx_study_uid"] == index["study_uid"].iloc[0]]
     assert len(ct0) == 6
@@ -374,9 +374,10 @@ def test_cq500_ct0_boxes_lie_on_another_series(shared_data):
 def test_box_moved_onto_the_real_tilted_cq500_series(shared_data):
     """A box on a constructed axial 5 mm series, moved onto CQ500-CT-0's real 8.5-degree-tilted 0.625 mm series:
     on each reached slice the box centre is the orthogonal projection of the source centre."""
-    from ichbench import bhx_transfer, dicomio
+    from ichbench import bhx_transfer, dicom_index
+    from ichbench.geometry import slice_normal
 
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     pid, study = index["patient_id"].iloc[0], index["study_uid"].iloc[0]
     z = np.array([p[2] for p in index["position"]])
     zc = float(np.median(z))
@@ -386,7 +387,7 @@ def test_box_moved_onto_the_real_tilted_cq500_series(shared_data):
                            "series_uid": [index["series_uid"].iloc[0], "SX"], "selected": [True, False]})
     moved, record = bhx_transfer.transfer(pd.DataFrame([_box("X.0", 230, 250, 30, 20)]), idx, chosen)
     c = bhx_transfer.to_patient(np.array([245.0]), np.array([260.0]), (1, 0, 0, 0, 1, 0), (-120.0, -110.0, zc), (0.5, 0.5))[0]
-    n = dicomio.slice_normal(index["orientation"].iloc[0])
+    n = slice_normal(index["orientation"].iloc[0])
     dist = np.array([n @ (c - np.asarray(p)) for p in index["position"]])
     assert record["outcome"].tolist() == ["by patient coordinates"]
     assert len(moved) == int((np.abs(dist) <= 2.5).sum()) >= 6          # 0.625 mm slices in a 5 mm slab

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ichbench import dicomio, nifti
+from ichbench import dicom_index, dicomio, nifti
 from ichbench.confounds import confound_table, confounds_markdown
 from ichbench.inputcheck import hu_problem, mask_truth, square_padding
 from ichbench.preprocess import SERIES_COLUMNS, build_index, cache_series, preprocess_shard
@@ -250,7 +250,7 @@ def test_image_size_that_does_not_vary_gives_auc_50(tmp_path):
 
 def test_real_ct_is_hu_and_its_brain_window_is_not(shared_data):
     for sub in ("cq500/dicom/CQ500-CT-1", "dcm_qa_ct/GE_human_head_tilt"):
-        index, _ = dicomio.index_folder(shared_data / sub)
+        index, _ = dicom_index.index_folder(shared_data / sub)
         hu = dicomio.load_series(index).hu
         assert hu_problem(hu) is None, sub
         assert "values 0 .. 80 do not look like CT in HU" in hu_problem(np.clip(np.rint(hu), 0, 80)), sub
@@ -259,7 +259,7 @@ def test_real_ct_is_hu_and_its_brain_window_is_not(shared_data):
 def test_real_bhx_boxes_give_full_resolution_area(shared_data, tmp_path):
     from ichbench import bhx
 
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
     series = dicomio.load_series(index)
     hits = bhx.boxes_by_sop(bhx.read_bhx(shared_data / "bhx" / "1_Initial_Manual_Labeling.csv"), series.sop_uids)
     boxes = hits[series.sop_uids[0]]

@@ -6,7 +6,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import bhx, dicomio
+from ichbench import bhx, dicom_index, dicomio, series_select
+from ichbench.geometry import spacing_summary
 from ichbench.cli import main
 from ichbench.labels import read_ctfsh, read_reads_majority
 from ichbench.preprocess import preprocess_shard, read_index
@@ -15,7 +16,7 @@ from ichbench.windowing import PAPER_WINDOWS
 
 @pytest.fixture(scope="module")
 def cq500_ct0(shared_data):
-    index, rejected = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, rejected = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     assert len(index) == 238 and not rejected
     return dicomio.load_series(index)
 
@@ -27,7 +28,7 @@ def test_cq500_whole_series_jpeg_lossless(cq500_ct0):
     assert not s.rejected
     assert abs(s.tilt_deg - 8.5) < 0.2
     # one slice is missing: one gap of about 2 x 0.625 mm along the (tilted) normal
-    summary = dicomio.spacing_summary(s.spacing)
+    summary = spacing_summary(s.spacing)
     assert summary["n_gaps"] == 1
     assert abs(summary["spacing_max_mm"] - 2 * summary["spacing_median_mm"]) < 0.05
     mid = s.hu[119]
@@ -57,7 +58,7 @@ def test_cq500_series_choice_and_manifest(shared_data, tmp_path):
 def test_bhx_boxes_on_the_cq500_slice(shared_data, tmp_path):
     boxes = bhx.read_bhx(shared_data / "bhx" / "1_Initial_Manual_Labeling.csv")
     assert len(boxes) == 6283 and boxes["sop_uid"].nunique() == 3558
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
     sop = index["sop_uid"].item()
     hits = bhx.boxes_by_sop(boxes, [sop])
     assert len(hits[sop]) == 3
@@ -66,7 +67,7 @@ def test_bhx_boxes_on_the_cq500_slice(shared_data, tmp_path):
     from ichbench.preprocess import write_index
 
     write_index(index, tmp_path / "index.csv")
-    cand = dicomio.select_series(dicomio.describe_series(index), min_slices=1)
+    cand = series_select.select_series(series_select.describe_series(index), min_slices=1)
     cand.to_csv(tmp_path / "series.csv", index=False)
     table = preprocess_shard(tmp_path / "index.csv", tmp_path / "series.csv", tmp_path / "cache", shard=0, n_shards=1,
                              windows=PAPER_WINDOWS, size=128, boxes=boxes)
@@ -97,7 +98,7 @@ def test_ctfsh_and_reads_counts(shared_data):
 
 
 def test_ge_tilted_uneven_spacing_sorted(shared_data):
-    index, rejected = dicomio.index_folder(shared_data / "dcm_qa_ct" / "GE_human_head_tilt")
+    index, rejected = dicom_index.index_folder(shared_data / "dcm_qa_ct" / "GE_human_head_tilt")
     assert len(index) == 28 and not rejected
     s = dicomio.load_series(index)
     assert np.all(np.diff(s.positions) > 0)
@@ -105,7 +106,7 @@ def test_ge_tilted_uneven_spacing_sorted(shared_data):
     assert list(s.instance_numbers) == list(range(1, 29))
     gaps = np.round(s.spacing, 1)
     assert {1.1, 4.0, 7.0} <= set(gaps.tolist())
-    summary = dicomio.spacing_summary(s.spacing)
+    summary = spacing_summary(s.spacing)
     assert summary["uneven_spacing"]
     assert abs(s.tilt_deg - 18.5) < 0.2
     # stored values are HU (intercept 0); padding -1500 becomes air, nothing below -1024
@@ -115,7 +116,7 @@ def test_ge_tilted_uneven_spacing_sorted(shared_data):
 
 
 def test_philips_phantom_uint16_intercept(shared_data):
-    index, _ = dicomio.index_folder(shared_data / "dcm_qa_ct" / "Philips_phantom_S2010")
+    index, _ = dicom_index.index_folder(shared_data / "dcm_qa_ct" / "Philips_phantom_S2010")
     s = dicomio.load_series(index)
     assert s.hu.shape[0] == 28 and s.hu.min() >= -1024
     assert np.allclose(np.diff(s.positions), 5.0, atol=0.01)
@@ -124,7 +125,7 @@ def test_philips_phantom_uint16_intercept(shared_data):
 @pytest.mark.parametrize("name", ["693_UNCI.dcm", "J2K_pixelrep_mismatch.dcm"])
 def test_odd_single_slices_decode(shared_data, name):
     path = shared_data / "single_slices" / name
-    row = dicomio._read_header(str(path))
+    row = dicom_index._read_header(str(path))
     if isinstance(row, dicomio.Rejection):            # a clear reason is acceptable, a crash is not
         assert row.reason
         return
@@ -138,16 +139,16 @@ def test_odd_single_slices_decode(shared_data, name):
 
 def test_index_reads_each_file_once_and_speed(shared_data, monkeypatch, capsys):
     opened = []
-    real = dicomio.pydicom.dcmread
+    real = dicom_index.pydicom.dcmread
 
     def counting(fp, *a, **k):
         opened.append(getattr(fp, "name", fp))
         return real(fp, *a, **k)
 
-    monkeypatch.setattr(dicomio.pydicom, "dcmread", counting)
-    files = dicomio.iter_files(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    monkeypatch.setattr(dicom_index.pydicom, "dcmread", counting)
+    files = dicom_index.iter_files(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     t = time.perf_counter()
-    index, _ = dicomio.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     dt = time.perf_counter() - t
     assert len(opened) == len(files) == len(index)
     assert all(index["has_pixels"])

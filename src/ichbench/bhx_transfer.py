@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from . import bhx
-from .dicomio import slice_normal
+from .geometry import slice_normal
 
 log = logging.getLogger(__name__)
 

@@ -1,58 +1,36 @@
-"""Reading CT DICOM: index a folder by headers, choose one series per scan, load a series as HU.
-
-Scans and series are identified by DICOM headers (PatientID, StudyInstanceUID, SeriesInstanceUID),
-never by folder or file names. Patient-identifying fields (names, birth dates, institution,
-accession numbers, ...) are never read into the index: only the fields listed in `_INDEX_FIELDS`
-leave this module, and reasons for rejecting a file name tags, UIDs and geometry, never values of
-other header fields.
+"""Reading CT pixel data: one DICOM file's pixels as HU, one series as an HU volume sorted along the slice normal.
 
 Decoding: native and compressed transfer syntaxes (JPEG Lossless, JPEG-LS, JPEG 2000, RLE, ...)
-through pydicom's pixel handlers (pylibjpeg plugins or GDCM); a file whose syntax has no installed
-decoder is rejected while indexing, with the plugin to install. HU = stored * RescaleSlope +
+through pydicom's pixel handlers (pylibjpeg plugins or GDCM). HU = stored * RescaleSlope +
 RescaleIntercept; padding (PixelPaddingValue, and anything below -1024 HU) becomes air; a native
 file whose BitsStored disagrees with its pixel data is read the way that gives plausible HU.
 Slices are sorted by position along the slice normal (never by InstanceNumber); gaps, uneven
 spacing and gantry tilt are recorded, the slices themselves stay as acquired (no resampling).
+
+The files of a series come from the header index (`dicom_index`), the series of a scan from
+`series_select`; the stack geometry (normal, tilt, spacing) is in `geometry`.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
-import struct
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.errors import InvalidDicomError
+
+from .geometry import slice_normal, stack_tilt_deg
 
 log = logging.getLogger(__name__)
 # pydicom's own log lines may quote element values; keep them out of the run logs.
 logging.getLogger("pydicom").setLevel(logging.ERROR)
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-LEGACY_ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.2"
-CT_SOP_CLASSES = (CT_IMAGE_STORAGE, ENHANCED_CT_STORAGE, LEGACY_ENHANCED_CT_STORAGE)
 _NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 _DEFLATED = "1.2.840.10008.1.2.1.99"
-_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-
-#: Columns of the header index (one row per file). Nothing identifying a person is among them.
-_INDEX_FIELDS = [
-    "path", "patient_id", "study_uid", "series_uid", "sop_uid", "modality", "image_type",
-    "series_description", "kernel", "rows", "columns", "pixel_spacing", "slice_thickness",
-    "orientation", "position", "instance_number", "transfer_syntax", "has_pixels",
-    "bits_allocated", "bits_stored", "pixel_representation", "gantry_tilt",
-]
-
-#: Words of a series description that mark a localizer / scout / topogram.
-LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "TOPOGRAM", "TOPO", "SURVIEW", "SCANOGRAM", "PILOT")
 
 
 class DicomReadError(Exception):
@@ -137,398 +115,6 @@ def decoder_problem(transfer_syntax: str) -> str:
             problem = f"transfer syntax {ts} ({name}) cannot be decoded ({describe_error(exc)})"
         _DECODER_PROBLEM[ts] = problem
     return _DECODER_PROBLEM[ts]
-
-
-def _probe_pixel_data(fp, ds, file_size: int) -> tuple[bool, str]:
-    """After `dcmread(fp, stop_before_pixels=True)` the file stands at the top-level pixel data element
-    (or at its end where there is none). Read that element's header: (has pixel data, problem)."""
-    implicit, little = ds.original_encoding
-    if implicit is None:
-        implicit, little = False, True
-    start = fp.tell()
-    head = fp.read(8)
-    if len(head) < 8:
-        return False, ""
-    e = "<" if little else ">"
-    group, elem = struct.unpack(e + "HH", head[:4])
-    if (group << 16 | elem) not in _PIXEL_TAGS:
-        return False, ""
-    if implicit:
-        length, value_start = struct.unpack(e + "L", head[4:8])[0], start + 8
-    elif head[4:6] in _LONG_VRS:
-        extra = fp.read(4)
-        if len(extra) < 4:
-            return True, "truncated file: the pixel data element is cut off"
-        length, value_start = struct.unpack(e + "L", extra)[0], start + 12
-    else:
-        length, value_start = struct.unpack(e + "H", head[6:8])[0], start + 8
-    if length == 0:
-        return False, ""
-    if length == 0xFFFFFFFF:          # encapsulated (compressed) frames: checked when decoded
-        return True, ""
-    if file_size - value_start < length:
-        return True, (f"truncated file: the pixel data element declares {length} bytes, "
-                      f"the file holds {max(file_size - value_start, 0)}")
-    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
-    bits, spp = _int(ds.get("BitsAllocated"), 16), _int(ds.get("SamplesPerPixel"), 1) or 1
-    frames = max(_int(ds.get("NumberOfFrames"), 1), 1)
-    need = rows * cols * spp * frames * ((bits + 7) // 8) if bits >= 8 else 0
-    if need and length < need:
-        return True, f"pixel data holds {length} bytes, Rows x Columns x BitsAllocated need {need}"
-    return True, ""
-
-
-def _header_cut_off(ds, file_size: int) -> bool:
-    """Whether a file without pixel data ends inside (or right after part of) a data element,
-    i.e. was truncated in its header. pydicom stops quietly at the end of such a file."""
-    tags = list(ds._dict.keys())
-    if not tags:
-        return True
-    last = ds._dict[tags[-1]]
-    tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
-    if tell is None or length is None or length == 0xFFFFFFFF:
-        return False
-    return tell + length != file_size
-
-
-def _has_pixel_data_slow(path: str) -> bool:
-    """Fallback for deflated files, whose byte positions do not match the dataset."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData"])
-        return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
-    except Exception:
-        return False
-
-
-def _is_localizer(image_type: str, description: str) -> bool:
-    if "LOCALIZER" in image_type.upper():
-        return True
-    words = set(re.findall(r"[A-Z]+", description.upper()))
-    return any(w in words for w in LOCALIZER_WORDS)
-
-
-def _read_header(path: str) -> dict | Rejection:
-    """Header of one file, or the reason it is unusable. Runs in worker processes.
-
-    The file is opened once: the header is parsed up to the pixel data, whose element header is
-    then read in place (length, truncation) without loading the pixel bytes.
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fp, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-            if tsyntax == _DEFLATED:
-                has_pixels, pixel_problem = _has_pixel_data_slow(path), ""
-            else:
-                has_pixels, pixel_problem = _probe_pixel_data(fp, ds, size)
-                if not has_pixels and _header_cut_off(ds, size):
-                    return Rejection(path, "truncated file: it ends inside the header, before any pixel data")
-    except InvalidDicomError:
-        return Rejection(path, "not a DICOM file (no DICM preamble)")
-    except Exception as exc:  # truncated or corrupt headers raise many different errors
-        return Rejection(path, f"unreadable DICOM header ({describe_error(exc)})")
-    try:
-        return _header_row(path, ds, tsyntax, has_pixels, pixel_problem)
-    except Exception as exc:  # a malformed value of a field we need
-        return Rejection(path, f"malformed DICOM header ({describe_error(exc)})")
-
-
-def _header_row(path, ds, tsyntax, has_pixels, pixel_problem) -> dict | Rejection:
-    modality = _text(ds.get("Modality"))
-    sop_class = _text(ds.get("SOPClassUID"))
-    if modality != "CT":
-        if modality or sop_class not in CT_SOP_CLASSES:
-            return Rejection(path, f"modality is {modality or 'missing'}, not CT")
-    if sop_class and sop_class not in CT_SOP_CLASSES:
-        return Rejection(path, f"SOP class {sop_class} is not a CT image (e.g. a secondary capture or dose report)")
-    image_type = _text(ds.get("ImageType"))
-    description = _text(ds.get("SeriesDescription"))
-    row = {
-        "path": path,
-        "patient_id": _text(ds.get("PatientID")),
-        "study_uid": _text(ds.get("StudyInstanceUID")),
-        "series_uid": _text(ds.get("SeriesInstanceUID")),
-        "sop_uid": _text(ds.get("SOPInstanceUID")),
-        "modality": modality or "CT",
-        "image_type": image_type,
-        "series_description": description,
-        "kernel": _text(ds.get("ConvolutionKernel")),
-        "rows": _int(ds.get("Rows")),
-        "columns": _int(ds.get("Columns")),
-        "pixel_spacing": _floats(ds.get("PixelSpacing"), 2),
-        "slice_thickness": (_floats(ds.get("SliceThickness"), 1) or (np.nan,))[0],
-        "orientation": _floats(ds.get("ImageOrientationPatient"), 6),
-        "position": _floats(ds.get("ImagePositionPatient"), 3),
-        "instance_number": _int(ds.get("InstanceNumber")),
-        "transfer_syntax": tsyntax,
-        "has_pixels": has_pixels,
-        "bits_allocated": _int(ds.get("BitsAllocated")),
-        "bits_stored": _int(ds.get("BitsStored")),
-        "pixel_representation": _int(ds.get("PixelRepresentation")),
-        "gantry_tilt": (_floats(ds.get("GantryDetectorTilt"), 1) or (np.nan,))[0],
-    }
-    missing = [k for k in ("patient_id", "series_uid", "sop_uid") if not row[k]]
-    if missing:
-        return Rejection(path, f"missing {', '.join(missing)}")
-    if _is_localizer(image_type, description):
-        return Rejection(path, "localizer / scout image")
-    problem = decoder_problem(tsyntax)
-    if problem and has_pixels:
-        return Rejection(path, problem)
-    if pixel_problem:
-        return Rejection(path, pixel_problem)
-    if not has_pixels:
-        return Rejection(path, "no pixel data")
-    frames = _int(ds.get("NumberOfFrames"), 1)
-    if frames > 1:
-        return Rejection(path, f"multi-frame image ({frames} frames); only single-slice CT files are read")
-    spp = _int(ds.get("SamplesPerPixel"), 1)
-    if spp != 1:
-        return Rejection(path, f"not a grey-scale image (SamplesPerPixel {spp})")
-    if row["rows"] <= 0 or row["columns"] <= 0:
-        return Rejection(path, "missing Rows / Columns")
-    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
-        return Rejection(path, "missing RescaleSlope/RescaleIntercept: HU cannot be computed")
-    if _floats(ds.get("RescaleSlope"), 1) is None or _floats(ds.get("RescaleIntercept"), 1) is None:
-        return Rejection(path, "RescaleSlope/RescaleIntercept not a number: HU cannot be computed")
-    if row["orientation"] is None or row["position"] is None:
-        return Rejection(path, "missing ImageOrientationPatient / ImagePositionPatient")
-    return row
-
-
-def iter_files(root: str | os.PathLike) -> list[str]:
-    """Every regular file below root (any suffix: many DICOM files have none), sorted."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            out.append(os.path.join(dirpath, name))
-    return out
-
-
-def index_folder(root: str | os.PathLike, workers: int = 1) -> tuple[pd.DataFrame, list[Rejection]]:
-    """Read the headers of every file below root, each file opened once.
-
-    Returns the header index (one row per usable CT image file) and the rejected files with reasons.
-    """
-    files = iter_files(root)
-    if workers > 1 and len(files) > 64:
-        chunk = max(16, min(256, len(files) // (workers * 8) or 16))
-        with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(_read_header, files, chunksize=chunk))
-    else:
-        results = [_read_header(f) for f in files]
-    rows = [r for r in results if not isinstance(r, Rejection)]
-    rejected = [r for r in results if isinstance(r, Rejection)]
-    index = pd.DataFrame(rows, columns=_INDEX_FIELDS)
-    dup = index["sop_uid"].duplicated(keep="first")
-    for path, sop in zip(index.loc[dup, "path"], index.loc[dup, "sop_uid"]):
-        rejected.append(Rejection(path, f"duplicate SOPInstanceUID {sop} (another copy is used)"))
-    index = index[~dup].reset_index(drop=True)
-    return index, rejected
-
-
-# --------------------------------------------------------------------------- series selection
-
-#: Words in a kernel name or series description that mark a sharp (bone / lung) reconstruction.
-BONE_WORDS = ("BONE", "BONES", "BONEPLUS", "OSTEO", "SKELETON", "LUNG", "LUNGS", "SHARP", "EDGE", "ULTRA", "HIGHRES")
-#: Words that mark a soft-tissue (brain) reconstruction; they do not override a bone word.
-SOFT_WORDS = ("STANDARD", "STND", "STD", "SOFT", "BRAIN", "PLAIN", "HEAD", "SMOOTH")
-
-
-def _kernel_sharpness(token: str) -> bool | None:
-    """Vendor kernel codes: True (sharp), False (soft) or None (not a known code)."""
-    t = token.upper()
-    # Siemens: H30s, H70h, Hr38, Br64, J70h, Qr40, Ur77, B60f, C30s, T20f, V40 -> number >= 60 is sharp.
-    m = re.fullmatch(r"([HBJQUCTVIDY])[A-Z]?(\d{2})[A-Z]?", t)
-    if m:
-        return int(m.group(2)) >= 60
-    # Toshiba / Canon: FC01-FC28 soft (FC2x head), FC30+ bone and lung.
-    m = re.fullmatch(r"FC(\d{2})", t)
-    if m:
-        return int(m.group(1)) >= 30
-    # Philips: A/B/C/UA/UB/UC (soft, brain), D/E/L and YD/YE/YF (sharp, bone, lung).
-    if t in ("D", "E", "L", "LA", "YD", "YE", "YF"):
-        return True
-    if t in ("A", "B", "C", "UA", "UB", "UC", "CB"):
-        return False
-    return None
-
-
-def is_bone_kernel(kernel: str, description: str, extra_patterns: Sequence[str] = ()) -> bool:
-    """Whether a series is a sharp (bone / lung) reconstruction, from its kernel and description.
-
-    Whole words are compared (so "STANDARD" never matches "D", "CT PLAIN THIN" is soft, "BONE THIN"
-    and kernel BONEPLUS are bone); vendor kernel codes are decoded (Siemens Hxx/Bxx/Jxx >= 60,
-    Toshiba FCxx >= 30, Philips D/E/L/YD-YF). `extra_patterns`: regular expressions (case-insensitive)
-    matched against "kernel description" that also mark bone.
-    """
-    kernel, description = (kernel or ""), (description or "")
-    text = f"{kernel} {description}"
-    for p in extra_patterns:
-        if re.search(p, text, flags=re.IGNORECASE):
-            return True
-    words = re.findall(r"[A-Z0-9]+", text.upper())
-    if any(w in BONE_WORDS or w.startswith("BONE") for w in words):
-        return True
-    for token in re.findall(r"[A-Za-z0-9]+", kernel):
-        sharp = _kernel_sharpness(token)
-        if sharp is not None:
-            return sharp
-    return False
-
-
-def slice_normal(orientation: Sequence[float]) -> np.ndarray:
-    row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
-    n = np.cross(row, col)
-    return n / (np.linalg.norm(n) or 1.0)
-
-
-def normal_angle_deg(orientation: Sequence[float]) -> float:
-    """Angle between the slice normal and the patient's head-foot (z) axis."""
-    return float(np.degrees(np.arccos(np.clip(abs(slice_normal(orientation)[2]), 0.0, 1.0))))
-
-
-def is_axial(orientation: Sequence[float], tolerance_deg: float = 30.0) -> bool:
-    """Axial (or gantry-tilted axial): the slice normal lies within tolerance of the z axis."""
-    return normal_angle_deg(orientation) <= tolerance_deg
-
-
-def describe_series(index: pd.DataFrame, bone_patterns: Sequence[str] = (),
-                    axial_tolerance_deg: float = 30.0) -> pd.DataFrame:
-    """One row per (patient, series) with what series selection needs."""
-    rows = []
-    for (pid, suid), g in index.groupby(["patient_id", "series_uid"], sort=True):
-        first = g.iloc[0]
-        normal = slice_normal(first["orientation"])
-        z = np.sort(np.array([np.dot(normal, p) for p in g["position"]]))
-        gaps = np.diff(z)
-        thickness = float(np.nanmedian(g["slice_thickness"].astype(float))) if g["slice_thickness"].notna().any() else np.nan
-        rows.append({
-            "patient_id": pid,
-            "study_uid": first["study_uid"],
-            "series_uid": suid,
-            "n_files": len(g),
-            "series_description": first["series_description"],
-            "kernel": first["kernel"],
-            "image_type": first["image_type"],
-            "slice_thickness": thickness,
-            "spacing_mm": float(np.median(gaps)) if len(gaps) else np.nan,
-            "extent_mm": float(z.max() - z.min()) if len(z) else 0.0,
-            "normal_angle_deg": round(normal_angle_deg(first["orientation"]), 3),
-            "axial": bool(is_axial(first["orientation"], axial_tolerance_deg)),
-            "bone_kernel": bool(is_bone_kernel(first["kernel"], first["series_description"], bone_patterns)),
-            "sizes": ";".join(sorted({f"{r}x{c}" for r, c in zip(g["rows"], g["columns"])})),
-            "source": "dicom",
-        })
-    return pd.DataFrame(rows)
-
-
-def read_series_override(path: str | os.PathLike | None) -> dict[str, str]:
-    """CSV `patient_id,series_uid`: the series to use for a scan ('' or '-' = leave the scan out)."""
-    if not path:
-        return {}
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, comment="#")
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot read the series override CSV ({describe_error(exc)})") from None
-    if not {"patient_id", "series_uid"} <= set(df.columns):
-        raise ValueError(f"{path}: a series override file needs columns patient_id and series_uid")
-    df = df.assign(patient_id=df["patient_id"].str.strip(), series_uid=df["series_uid"].str.strip())
-    dup = df["patient_id"][df["patient_id"].duplicated()]
-    if len(dup):
-        raise ValueError(f"{path}: scan(s) listed twice: {', '.join(dup.iloc[:5])}")
-    return {p: ("" if s == "-" else s) for p, s in zip(df["patient_id"], df["series_uid"]) if p}
-
-
-def select_series(series: pd.DataFrame, min_slices: int = 8, min_extent_mm: float = 60.0,
-                  override: Mapping[str, str] | None = None) -> pd.DataFrame:
-    """The paper's choice: per patient one axial, non-localizer, soft-tissue (non-bone-kernel) series,
-    the thinnest among those covering the head (extent >= min_extent_mm); where none covers it, the
-    longest. `override` (patient_id -> series_uid, '' = none) replaces the choice for its scans.
-
-    Returns `series` with columns `eligible`, `why_not`, `selected` and `choice` (why the selected
-    series was chosen, or why the scan has none; the same for every row of a scan).
-    """
-    s = series.copy()
-    override = dict(override or {})
-    why = []
-    for _, r in s.iterrows():
-        if not r["axial"]:
-            why.append(f"not axial (normal {r.get('normal_angle_deg', float('nan')):.0f} deg from z)")
-        elif r["bone_kernel"]:
-            why.append("bone kernel")
-        elif r["n_files"] < min_slices:
-            why.append(f"fewer than {min_slices} slices")
-        else:
-            why.append("")
-    s["why_not"] = why
-    s["eligible"] = s["why_not"] == ""
-    s["selected"] = False
-    s["choice"] = ""
-    for pid, g in s.groupby("patient_id", sort=True):
-        if pid in override:
-            want = override[pid]
-            if not want:
-                s.loc[g.index, "choice"] = "excluded by series_override"
-            elif want in set(g["series_uid"]):
-                i = g.index[g["series_uid"] == want][0]
-                s.loc[i, "selected"] = True
-                s.loc[g.index, "choice"] = "series_override" + (f" (note: {s.loc[i, 'why_not']})" if s.loc[i, "why_not"] else "")
-            else:
-                s.loc[g.index, "choice"] = f"series_override names series {want}, which is not among the scan's {len(g)} series"
-            continue
-        ok = g[g["eligible"]]
-        if ok.empty:
-            s.loc[g.index, "choice"] = "no eligible series (" + "; ".join(
-                f"{u}: {w}" for u, w in zip(g["series_uid"], g["why_not"])) + ")"
-            continue
-        covering = ok[ok["extent_mm"] >= min_extent_mm]
-        if len(covering):
-            order = covering.sort_values(["slice_thickness", "extent_mm", "n_files", "series_uid"],
-                                         ascending=[True, False, False, True])
-            reason = f"thinnest eligible series covering >= {min_extent_mm:g} mm"
-        else:
-            order = ok.sort_values(["extent_mm", "slice_thickness", "n_files", "series_uid"],
-                                   ascending=[False, True, False, True])
-            reason = f"no eligible series covers {min_extent_mm:g} mm: the longest"
-        s.loc[order.index[0], "selected"] = True
-        s.loc[g.index, "choice"] = f"{reason} ({len(ok)} eligible of {len(g)})"
-    return s
-
-
-def scan_choices(candidates: pd.DataFrame) -> pd.DataFrame:
-    """The per-scan manifest: one row per scan with the chosen series (or none) and every candidate."""
-    rows = []
-    for pid, g in candidates.groupby("patient_id", sort=True):
-        chosen = g[g["selected"]]
-        c = chosen.iloc[0] if len(chosen) else None
-        rows.append({
-            "patient_id": pid,
-            "study_uid": (c if c is not None else g.iloc[0])["study_uid"],
-            "series_uid": c["series_uid"] if c is not None else "",
-            "series_description": c["series_description"] if c is not None else "",
-            "kernel": c["kernel"] if c is not None else "",
-            "slice_thickness": c["slice_thickness"] if c is not None else np.nan,
-            "n_files": int(c["n_files"]) if c is not None else 0,
-            "extent_mm": c["extent_mm"] if c is not None else np.nan,
-            "choice": g["choice"].iloc[0],
-            "n_series": len(g),
-            "n_eligible": int(g["eligible"].sum()),
-            "candidates": " | ".join(
-                f"{r.series_uid} [{r.series_description}; {r.kernel}; {r.slice_thickness:g} mm; "
-                f"{r.n_files} files; {r.extent_mm:.0f} mm; {r.why_not or 'eligible'}]"
-                for r in g.itertuples()),
-        })
-    return pd.DataFrame(rows, columns=["patient_id", "study_uid", "series_uid", "series_description", "kernel",
-                                       "slice_thickness", "n_files", "extent_mm", "choice", "n_series",
-                                       "n_eligible", "candidates"])
 
 
 # --------------------------------------------------------------------------- series loading
@@ -637,18 +223,6 @@ def _majority(values: Sequence) -> object:
     return vals[int(np.argmax(counts))]
 
 
-def stack_tilt_deg(normal: np.ndarray, positions: np.ndarray) -> float:
-    """Gantry tilt of a stack: the larger of the slice normal's angle to z (tilt written into the
-    orientation, as CQ500 and GE do) and the angle between the stack direction and the normal
-    (tilt written as sheared positions)."""
-    tilt = float(np.degrees(np.arccos(np.clip(abs(normal[2]), 0.0, 1.0))))
-    if len(positions) > 1:
-        d = np.asarray(positions[-1], float) - np.asarray(positions[0], float)
-        if np.linalg.norm(d) > 0:
-            tilt = max(tilt, float(np.degrees(np.arccos(np.clip(abs(np.dot(d, normal)) / np.linalg.norm(d), 0.0, 1.0)))))
-    return tilt
-
-
 def load_series(files: pd.DataFrame) -> Series:
     """Load the files of one series (rows of the header index) as HU, sorted along the slice normal.
 
@@ -712,20 +286,6 @@ def load_series(files: pd.DataFrame) -> Series:
         slice_thickness=th, tilt_deg=tilt, spacing=np.diff(z), rejected=rejected,
         notes=sorted(set(notes)),
     )
-
-
-def spacing_summary(spacing: np.ndarray) -> dict:
-    """Median / max gap, number of gaps (> 1.5 x median: missing slices) and whether spacing is uneven."""
-    gaps = np.asarray(spacing, float)
-    if not len(gaps):
-        return {"spacing_median_mm": float("nan"), "spacing_max_mm": float("nan"), "n_gaps": 0, "uneven_spacing": False}
-    med = float(np.median(gaps))
-    return {
-        "spacing_median_mm": med,
-        "spacing_max_mm": float(np.max(gaps)),
-        "n_gaps": int((gaps > 1.5 * med).sum()),
-        "uneven_spacing": bool((np.max(gaps) - np.min(gaps)) > 0.1 * max(med, 1e-6)),
-    }
 
 
 def rejections_frame(rejections: Iterable[Rejection]) -> pd.DataFrame:

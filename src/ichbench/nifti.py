@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from . import dicomio, rejections
+from .geometry import stack_tilt_deg
+from .series_select import scan_choices
 from .inputcheck import mask_truth
 
 log = logging.getLogger(__name__)
@@ -177,9 +179,9 @@ def build_index(nifti_dir, index_csv, series_csv, rejected_csv, *, masks_dir=Non
     if selected_csv is None:
         selected_csv = Path(series_csv).with_name("series_selected.csv")
     if len(candidates):
-        dicomio.scan_choices(candidates).to_csv(selected_csv, index=False)
+        scan_choices(candidates).to_csv(selected_csv, index=False)
     else:
-        dicomio.scan_choices(pd.DataFrame(columns=["patient_id", "selected"])).to_csv(selected_csv, index=False)
+        scan_choices(pd.DataFrame(columns=["patient_id", "selected"])).to_csv(selected_csv, index=False)
     if index.empty:
         raise RuntimeError(f"no usable NIfTI volume in {nifti_dir} ({len(rejected)} rejected, see {rejected_csv})")
     log.info("%d NIfTI volumes indexed (%d with masks), %d rejected", len(index), int((index["mask_path"] != "").sum()),
@@ -224,7 +226,7 @@ def load_volume(row: dict | pd.Series) -> tuple[dicomio.Series, dict[str, np.nda
     series = dicomio.Series(
         patient_id=sid, study_uid=sid, series_uid=uid, hu=hu.astype(np.float32, copy=False), sop_uids=sops,
         positions=positions.astype(float), instance_numbers=np.arange(1, n + 1), pixel_spacing=(float(zooms[1]), float(zooms[0])),
-        slice_thickness=float(zooms[2]), tilt_deg=dicomio.stack_tilt_deg(normal, centres[[0, -1]] if n > 1 else centres[:1]),
+        slice_thickness=float(zooms[2]), tilt_deg=stack_tilt_deg(normal, centres[[0, -1]] if n > 1 else centres[:1]),
         spacing=np.diff(positions), source="nifti",
     )
     gt = None

@@ -47,7 +47,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import bhx, dicomio, rejections
+from . import bhx, dicom_index, dicomio, rejections, series_select
+from .geometry import spacing_summary
 from .inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
 from .masks import masks_for_volume
 from .windowing import Window, apply_windows, quantise, resize, resize_mask
@@ -98,9 +99,9 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
     """
     if not Path(dicom_dir).is_dir():
         raise FileNotFoundError(f"DICOM folder {dicom_dir} does not exist")
-    override = dicomio.read_series_override(series_override)
+    override = series_select.read_series_override(series_override)
     t0 = time.perf_counter()
-    index, rejected = dicomio.index_folder(dicom_dir, workers=workers)
+    index, rejected = dicom_index.index_folder(dicom_dir, workers=workers)
     rejected = rejections.refine_file_reasons(rejected)
     n_files = len(index) + len(rejected)
     dt = time.perf_counter() - t0
@@ -112,15 +113,15 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
     if index.empty:
         dicomio.rejections_frame(rejected).to_csv(rejected_csv, index=False)
         raise RuntimeError(f"no usable CT image in {dicom_dir} ({len(rejected)} files rejected, see {rejected_csv})")
-    candidates = dicomio.select_series(
-        dicomio.describe_series(index, bone_patterns=bone_patterns, axial_tolerance_deg=axial_tolerance_deg),
+    candidates = series_select.select_series(
+        series_select.describe_series(index, bone_patterns=bone_patterns, axial_tolerance_deg=axial_tolerance_deg),
         min_slices=min_slices, min_extent_mm=min_extent_mm, override=override)
     # files with their scan and series (where the header names them): a scan whose every file was rejected
     # (e.g. only localizers) still gets its series in series_candidates.csv, with why
     file_rejections = rejections.rejections_frame(rejected, with_scan=True)
     candidates = rejections.add_unindexed_series(candidates,
                                                  rejections.unindexed_series(file_rejections, candidates))
-    choices = dicomio.scan_choices(candidates)
+    choices = series_select.scan_choices(candidates)
     scan_rejected = [dicomio.Rejection(c["patient_id"], f"no usable series: {c['choice']}", "select")
                      for _, c in choices[choices["series_uid"] == ""].iterrows()]
     scan_rejected += [dicomio.Rejection(pid, "named in series_override but no CT image of this scan was indexed",
@@ -264,7 +265,7 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     return {
         "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
         "npz": out_path.name, "n_slices": n, "slice_thickness": series.slice_thickness,
-        "tilt_deg": round(series.tilt_deg, 3), **dicomio.spacing_summary(series.spacing),
+        "tilt_deg": round(series.tilt_deg, 3), **spacing_summary(series.spacing),
         "has_gt": has_gt, "gt_source": "+".join(sources), "gt_slices": int((gt_pixels > 0).sum()),
         "rows": rows, "columns": cols, "pad_top": top, "pad_bottom": bottom, "pad_left": left,
         "pad_right": right, "not_hu": not_hu, "source": series.source, "rejected_slices": len(series.rejected),
