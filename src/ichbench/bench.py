@@ -180,6 +180,8 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
         bare_batch = step_batch(method, batch, method.synthesise(batch))
     else:
         bare_batch = batch
+    # the same memory format as the row's step (channels_last: auto is on for CUDA)
+    bare_batch = {**bare_batch, "x": method.to_memory_format(bare_batch["x"])}
     method.load_state_dict(state)
     out["bare_img_s"] = rate(lambda: bare_step(method, bare_batch), b, dev, seconds)
     out["ours_vs_bare"] = out["ours_img_s"] / out["bare_img_s"]
