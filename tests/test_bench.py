@@ -37,3 +37,38 @@ def test_bench_writes_the_csv(tmp_path):
 def test_bench_names_an_unknown_row(tmp_path, capsys):
     assert main(["bench", "--out", str(tmp_path / "b.csv"), "--size", "32", "--batch", "2", "NoSuchRow"]) == 1
     assert "unknown row(s) ['NoSuchRow']" in capsys.readouterr().err
+
+
+def test_concurrent_training_processes_on_one_device(tmp_path):
+    """`--concurrent 1,2` at a tiny size on the CPU: one CSV row per level, rates > 0, speedup of 1 = 1."""
+    out = tmp_path / "bench.csv"
+    assert main(["bench", "--out", str(out), "--size", "32", "--batch", "4", "--device", "cpu",
+                 "--concurrent", "1,2", "--concurrent-seconds", "0.2", "--concurrent-only"]) == 0
+    assert not out.exists()                                   # --concurrent-only: no per-row table
+    from ichbench.bench_concurrent import COLUMNS
+    with open(tmp_path / "bench-concurrent.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == COLUMNS
+        rows = list(reader)
+    assert [int(r["processes"]) for r in rows] == [1, 2]
+    for r in rows:
+        assert r["error"] == "" and r["row"] == "AE" and r["device"] == "cpu" and r["threads"] == "1"
+        assert float(r["img_s_total"]) > 0
+        assert float(r["img_s_per_process"]) == pytest.approx(float(r["img_s_total"]) / int(r["processes"]),
+                                                              rel=1e-3)
+    assert float(rows[0]["speedup_vs_1"]) == 1.0
+    assert float(rows[1]["speedup_vs_1"]) == pytest.approx(float(rows[1]["img_s_total"]) /
+                                                           float(rows[0]["img_s_total"]), rel=2e-3)
+
+
+@pytest.mark.parametrize("text", ["0", "1,x", ""])
+def test_concurrent_levels_must_be_positive_counts(text):
+    from ichbench.bench_concurrent import parse_levels
+    with pytest.raises(ValueError, match="process counts"):
+        parse_levels(text)
+
+
+def test_concurrent_reports_a_failing_process(tmp_path):
+    from ichbench.bench_concurrent import run_level
+    r = run_level(1, row="NoSuchRow", device="cpu", size=32, batch=2, seconds=0.1, threads=1)
+    assert r["img_s_total"] is None and "NoSuchRow" in r["error"]

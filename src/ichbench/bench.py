@@ -180,12 +180,15 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
         bare_batch = step_batch(method, batch, method.synthesise(batch))
     else:
         bare_batch = batch
+    # the same memory format as the row's step (channels_last: auto is on for CUDA)
+    bare_batch = {**bare_batch, "x": method.to_memory_format(bare_batch["x"])}
     method.load_state_dict(state)
     out["bare_img_s"] = rate(lambda: bare_step(method, bare_batch), b, dev, seconds)
     out["ours_vs_bare"] = out["ours_img_s"] / out["bare_img_s"]
     best = out["ours_img_s"]
     if selfsup:
-        cpu_gen, dev_gen = method.generator, DEVICE_GENERATORS[name]     # the row's own CPU generator
+        # the row's own generators, from its hyper-parameters (whatever `synthesis` the step above used)
+        cpu_gen, dev_gen = method.make_generator(), method.make_device_generator()
         x_cpu = {k: v.cpu() for k, v in batch.items()}
         rng = np.random.default_rng(0)
         out["gen_cpu_img_s"] = rate(lambda: cpu_gen(x_cpu["x"], rng, head_mask=x_cpu["head_mask"],
@@ -196,9 +199,11 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
         out["gen_device_vs_cpu"] = out["gen_device_img_s"] / out["gen_cpu_img_s"]
         method.load_state_dict(state)
         cpu_generator = method.generator
-        method.generator = OnDevice(dev_gen, dev, 0)
+        method.generator = OnDevice(dev_gen, dev, 0)        # what `synthesis: device` sets up
         out["device_gen_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
         method.generator = cpu_generator
+        if method.synthesis == "device":      # the reference-style loop below needs the CPU generator
+            method.generator = cpu_gen
         best = max(best, out["device_gen_img_s"])
         method.load_state_dict(state)
         out["reference_workers"] = workers

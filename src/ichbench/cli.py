@@ -305,10 +305,24 @@ def cmd_bench(a) -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-    rows = run_bench(a.out, size=a.size, batch=a.batch, seconds=a.seconds, device=a.device,
-                     rows=a.rows or None, workers=a.workers)
-    logging.info("bench written to %s; projected paper-recipe Table 1: %.2f h on %s", a.out,
-                 rows[-1]["table1_hours"], rows[-1]["device"])
+    levels = None
+    if a.concurrent:
+        from .bench_concurrent import parse_levels
+
+        levels = parse_levels(a.concurrent)
+    if not a.concurrent_only:
+        rows = run_bench(a.out, size=a.size, batch=a.batch, seconds=a.seconds, device=a.device,
+                         rows=a.rows or None, workers=a.workers)
+        logging.info("bench written to %s; projected paper-recipe Table 1: %.2f h on %s", a.out,
+                     rows[-1]["table1_hours"], rows[-1]["device"])
+    if levels:
+        from .bench_concurrent import run_concurrent
+
+        out = Path(a.out).with_name(Path(a.out).stem + "-concurrent.csv")
+        got = run_concurrent(out, levels, row=a.concurrent_row, device=a.device, size=a.size, batch=a.batch,
+                             seconds=a.concurrent_seconds)
+        logging.info("concurrent training written to %s: %s", out,
+                     ", ".join(f"{r['processes']} x: {r['img_s_total'] or 0:.1f} img/s" for r in got))
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -511,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers of the reference-style loop (default: all CPUs)")
     s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    s.add_argument("--concurrent", default="",
+                   help="also time this many training processes at once on the device, e.g. 1,2,4 (the "
+                        "concurrent row's bare loop each; aggregate images/s into <out>-concurrent.csv)")
+    s.add_argument("--concurrent-seconds", type=float, default=10.0, help="timed seconds per --concurrent level")
+    s.add_argument("--concurrent-row", default="AE", help="the row the --concurrent processes train")
+    s.add_argument("--concurrent-only", action="store_true", help="only the --concurrent measurement")
     s.add_argument("rows", nargs="*", help="rows to time (default: all registered)")
 
     s = command("params", "print each row's resolved hyper-parameters, as the workflow passes them", cmd_params)

@@ -82,6 +82,7 @@ class DeviceBatches:
               drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.images.device)   # one copy per epoch, not one (synchronising) copy per batch
         stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n
         for start in range(0, stop, batch_size):
             yield self.batch(order[start:start + batch_size])

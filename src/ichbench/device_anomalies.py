@@ -150,8 +150,8 @@ def median5_binary(mask: torch.Tensor, size: int = 5) -> torch.Tensor:
 def disk_median(a: torch.Tensor, radius: int, chunk_bytes: int = 1 << 26) -> torch.Tensor:
     """Median over a disk of `radius` of (B, H, W) floats, border 'nearest' (scipy median_filter)."""
     k = 2 * radius + 1
-    r = torch.arange(-radius, radius + 1, device=a.device)
-    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).flatten().nonzero()[:, 0]
+    r = torch.arange(-radius, radius + 1)     # the disk's offsets on the host: nonzero() on a device syncs
+    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).flatten().nonzero()[:, 0].to(a.device)
     b, hh, ww = a.shape
     per = max(1, chunk_bytes // (len(disk) * hh * ww * 4))
     out = []

@@ -79,6 +79,13 @@ def _epoch_batches(batches: DeviceBatches, bs: int, gen: torch.Generator, drop_l
     return itertools.islice(itertools.chain.from_iterable(passes), int(steps))
 
 
+def epoch_means(sums: dict[str, Any]) -> dict[str, float]:
+    """The epoch's summed logs as Python floats: one read from the device for all of them."""
+    keys = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
+    values = torch.stack([sums[k].reshape(()) for k in keys]).tolist() if keys else []
+    return {k: dict(zip(keys, values)).get(k, v) for k, v in sums.items()}
+
+
 def build_method(name: str, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
     cls = get_method(name)
     return cls(params, in_channels=in_channels, image_size=image_size, device=device)
@@ -129,7 +136,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     # other code (Snakemake reruns the job when either changes) or other data (e.g. new windows, same
     # file names) is ignored and training starts over.
     fingerprint = {"method": method_name, "params": p, "code": code_digest(method_name), "seed": seed,
-                   "data": _data_digest(data, train_rows), "deterministic": bool(deterministic)}
+                   "data": _data_digest(data, train_rows), "deterministic": bool(deterministic),
+                   "options": {k: v for k, v in method.run_options().items() if k != "compile"}}
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from = 0, None
     if ckpt_path.exists():
@@ -156,7 +164,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
         te = time.perf_counter()
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         count = 0
         bar = tqdm(_epoch_batches(batches, bs, gen, drop_last, fixed_steps), total=steps_per_epoch,
                    file=sys.stderr,
@@ -166,11 +174,11 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
             step += 1
             count += 1
             seen += batch["x"].shape[0]
+            # summed where they are (device tensors, float64 like a Python float sum): no host sync per step
             for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
+                sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else float(v))
         bar.close()
-        record = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in sums.items()},
+        record = {"epoch": epoch + 1, **{k: v / max(count, 1) for k, v in epoch_means(sums).items()},
                   "seconds": round(time.perf_counter() - te, 3)}
         if not all(np.isfinite(v) for v in record.values()):
             raise FloatingPointError(f"{method_name}: non-finite loss at epoch {epoch + 1}: {record}")
@@ -194,6 +202,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         "slices_per_second": round(seen / elapsed, 1) if elapsed > 0 else None,
         "notes": method.notes,
         "precision": p["precision"], "steps_per_epoch": steps_per_epoch, "deterministic": determinism,
+        **method.run_options(),     # channels_last, compile (off | on | failed: why), synthesis (cpu | device)
     }
     # model.pt: weights (+ a method's fitted extra state) and the run record, not the optimiser state
     # (about twice the weights for Adam), which only resuming needs and which lives in checkpoint.pt.

@@ -62,7 +62,7 @@ class AEU(AutoEncoderMethod):
         x = batch["x"]
         out = self.model(x)
         loss = aeu_loss(x, out, self.params["weight"])
-        return loss, {"log_var": float(out.detach().chunk(2, dim=1)[1].float().mean())}
+        return loss, {"log_var": out.detach().chunk(2, dim=1)[1].float().mean()}
 
     def score_map(self, batch):
         x = batch["x"]

@@ -6,6 +6,7 @@ brain mask, opacity U[0.6, 1.0]; Gaussian on embeddings and Mahalanobis score as
 from __future__ import annotations
 
 from ..anomalies import AnatPaste as AnatPasteGenerator
+from ..device_anomalies import DeviceAnatPaste
 from .base import register
 from .selfsup import EmbeddingGaussianMethod
 
@@ -24,3 +25,10 @@ class AnatPaste(EmbeddingGaussianMethod):
                                   aspect_max=p["aspect_max"], alpha_min=p["alpha_min"], alpha_max=p["alpha_max"],
                                   ellipse_p=p["ellipse_p"], blur_min=p["blur_min"], blur_max=p["blur_max"],
                                   margin=p["margin"], jitter=p["jitter"])
+
+    def make_device_generator(self):
+        p = self.params
+        return DeviceAnatPaste(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
+                               aspect_max=p["aspect_max"], alpha_min=p["alpha_min"], alpha_max=p["alpha_max"],
+                               ellipse_p=p["ellipse_p"], blur_min=p["blur_min"], blur_max=p["blur_max"],
+                               margin=p["margin"], jitter=p["jitter"])

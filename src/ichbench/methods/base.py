@@ -12,10 +12,13 @@ A batch is a dict of tensors on the method's device:
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, type["Method"]] = {}
 #: the `precision` hyper-parameter -> autocast dtype (None: no autocast, float32 throughout)
@@ -61,13 +64,22 @@ class Method:
         if self.params["precision"] not in PRECISIONS:
             raise ValueError(f"{self.name}: precision must be one of {sorted(PRECISIONS)}, "
                              f"not {self.params['precision']!r}")
+        if str(self.params["channels_last"]).lower() not in ("auto", "true", "false"):
+            raise ValueError(f"{self.name}: channels_last must be auto, true or false, "
+                             f"not {self.params['channels_last']!r}")
         self.in_channels = in_channels
         self.image_size = image_size
         self.device = device
         self.notes: list[str] = []           # remarks that Table 1 must carry (e.g. random VGG weights)
         self.model: nn.Module = self.build().to(device)
+        #: NHWC memory format for the network and its training inputs (`channels_last`)
+        self.channels_last = self.use_channels_last()
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizers: list[torch.optim.Optimizer] = self.configure_optimizers()
         self.schedulers: list[Any] = []
+        self._compiled: dict[int, Callable] = {}      # id of a bound step function -> its compiled form
+        self.compile_status = "off"                   # off | on | failed: <reason>
 
     # -- hyper-parameters shared by every row (training recipe) ------------------------------
     @classmethod
@@ -75,8 +87,11 @@ class Method:
         # max_train_slices: train on a seeded random subset of at most this many slices (None: all);
         # only for quick demos on a CPU, never for reported results. precision: fp32 (the references')
         # or bf16 (bfloat16 autocast, only where a recipe asks for it).
+        # channels_last: auto (on for CUDA: NHWC suits its convolutions) | true | false. compile:
+        # torch.compile the training step's forward/backward (falls back to eager with a warning).
         merged: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "epochs": 250, "weight_decay": 0.0,
-                                  "precision": "fp32", "max_train_slices": None}
+                                  "precision": "fp32", "max_train_slices": None, "channels_last": "auto",
+                                  "compile": False}
         for klass in reversed(cls.__mro__):
             merged.update(getattr(klass, "defaults", {}) if klass is not Method else {})
         return merged
@@ -91,7 +106,8 @@ class Method:
     def build(self) -> nn.Module:
         raise NotImplementedError
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> (the loss to minimise, other values to log: 0-d tensors, never read back to the host here)."""
         raise NotImplementedError
 
     def score_map(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -113,18 +129,74 @@ class Method:
             return torch.autocast(self.device.type, dtype=dtype)
         return contextlib.nullcontext()
 
-    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-        """One optimisation step on a batch; returns the values to log."""
+    def run_options(self) -> dict[str, Any]:
+        """How this run trains, resolved (for run.json): memory format, compile state."""
+        return {"channels_last": self.channels_last, "compile": self.compile_status}
+
+    def use_channels_last(self) -> bool:
+        """The `channels_last` hyper-parameter resolved: `auto` = on for CUDA (its cuDNN convolutions run
+        NHWC natively, and bf16/TF32 kernels gain most), off elsewhere (CPU results stay bit-identical)."""
+        v = str(self.params["channels_last"]).lower()
+        return self.device.type == "cuda" if v == "auto" else v == "true"
+
+    def to_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        """A 4-d input in the network's memory format (a no-op without channels_last)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def compiled(self, fn: Callable) -> Callable:
+        """`fn` through torch.compile when the `compile` hyper-parameter is on; if compiling fails
+        (no compiler, unsupported op), a clear warning and eager mode for the rest of the run."""
+        if not self.params["compile"] or self.compile_status.startswith("failed"):
+            return fn
+        key = getattr(fn, "__func__", fn)
+        if key not in self._compiled:
+            try:
+                self._compiled[key] = torch.compile(fn)
+                self.compile_status = "on"
+            except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+                self._compile_failed(err)
+                return fn
+        compiled = self._compiled[key]
+
+        def run(*args, **kwargs):
+            if self.compile_status.startswith("failed"):
+                return fn(*args, **kwargs)
+            try:
+                return compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - torch.compile compiles lazily, at the first call
+                self._compile_failed(err)
+                return fn(*args, **kwargs)
+        return run
+
+    def _compile_failed(self, err: Exception) -> None:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]
+        self.compile_status = f"failed: {reason}"
+        log.warning("%s: torch.compile failed (%s); training continues without compiling (eager mode)",
+                    self.name, reason)
+        self.notes.append(f"compile: true fell back to eager mode ({reason})")
+
+    def training_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        """One optimisation step on a batch; returns the values to log as device tensors (0-d): nothing
+        here reads a value back to the host, the training loop sums them on the device and reads the
+        sums once per epoch."""
         self.model.train()
         opt = self.optimizers[0]
         opt.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss, logs = self.loss(batch)
-        loss.backward()
+        if self.channels_last:
+            batch = {k: self.to_memory_format(v) if k == "x" else v for k, v in batch.items()}
+        loss, logs = self.compiled(self._forward_backward)(batch)
         opt.step()
         for s in self.schedulers:
             s.step()
-        return {"loss": float(loss.detach()), **logs}
+        return {"loss": loss, **logs}
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor]):
+        with self.autocast():
+            loss, logs = self.loss(batch)
+        loss.backward()
+        return loss.detach(), {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in logs.items()}
 
     def fit_end(self, train_batches: Callable[[], Any]) -> None:
         """Hook after the last epoch (e.g. fit a density on training embeddings)."""

@@ -29,7 +29,7 @@ class ConstrainedAE(AutoEncoderMethod):
         with float32(x):
             mse = torch.mean((x - rec.float()) ** 2)
             lat = torch.mean((z.float() - z_rec.float()) ** 2)
-        return mse + self.params["rho"] * lat, {"mse": float(mse.detach()), "latent": float(lat.detach())}
+        return mse + self.params["rho"] * lat, {"mse": mse.detach(), "latent": lat.detach()}
 
     def score_map(self, batch):
         x = batch["x"]

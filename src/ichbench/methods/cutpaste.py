@@ -4,6 +4,7 @@ segments the pixels that changed (more than 1 grey level, 5 x 5 median-filtered)
 """
 from __future__ import annotations
 
+from ..device_anomalies import device_cutpaste
 from ..one_stage_anomalies import CutPaste as CutPasteGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
@@ -16,3 +17,6 @@ class CutPaste(PatchSegmentationMethod):
 
     def make_generator(self):
         return CutPasteGenerator(**self.label_options())
+
+    def make_device_generator(self):
+        return device_cutpaste(**self.device_patch_options())

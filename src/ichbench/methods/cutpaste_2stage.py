@@ -6,6 +6,7 @@ embeddings of the training slices scores by Mahalanobis distance.
 from __future__ import annotations
 
 from ..anomalies import CutPasteAug
+from ..device_anomalies import DeviceCutPasteAug
 from .base import register
 from .selfsup import EmbeddingGaussianMethod
 
@@ -21,3 +22,8 @@ class CutPaste2Stage(EmbeddingGaussianMethod):
         p = self.params
         return CutPasteAug(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
                            aspect_max=p["aspect_max"], jitter=p["jitter"])
+
+    def make_device_generator(self):
+        p = self.params
+        return DeviceCutPasteAug(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
+                                 aspect_max=p["aspect_max"], jitter=p["jitter"])

@@ -27,8 +27,13 @@ def coarse_noise(x: torch.Tensor, std: float, res: int, mask: torch.Tensor | Non
     b, c, h, w = x.shape
     n = torch.randn(b, 1 if shared_channels else c, res, res, device=x.device) * std
     n = F.interpolate(n, size=(h, w), mode="bilinear", align_corners=True)
-    shift = torch.randint(0, h, (1,)).item(), torch.randint(0, w, (1,)).item()
-    n = torch.roll(n, shifts=shift, dims=(-2, -1)).expand(b, c, h, w)
+    # the roll's shifts are drawn from the CPU RNG as before but stay tensors: the roll is an index
+    # gather on the device (torch.roll's out[i] = n[(i - s) mod h]), no value is read back to the host
+    sy, sx = torch.randint(0, h, (1,)), torch.randint(0, w, (1,))
+    rows = (torch.arange(h) - sy) % h
+    cols = (torch.arange(w) - sx) % w
+    n = n[:, :, rows.to(n.device, non_blocking=True)][..., cols.to(n.device, non_blocking=True)]
+    n = n.expand(b, c, h, w)
     if reference_shift:
         n = (n - 0.5) * 2
     if mask is not None:

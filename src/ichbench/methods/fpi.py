@@ -7,6 +7,7 @@ patches (the reference's `FPI` setting); the network regresses a on the pixels t
 """
 from __future__ import annotations
 
+from ..device_anomalies import device_fpi
 from ..one_stage_anomalies import FPI as FPIGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
@@ -25,3 +26,8 @@ class FPI(PatchSegmentationMethod):
         p = self.params
         return FPIGenerator(alpha_min=p["alpha_min"], alpha_max=p["alpha_max"], **self.blend_options(),
                             **self.label_options())
+
+    def make_device_generator(self):
+        p = self.params
+        return device_fpi(alpha_min=p["alpha_min"], alpha_max=p["alpha_max"], **self.blend_options(),
+                          **self.device_patch_options())

@@ -10,7 +10,8 @@ discriminator loss  0.5 * (BCE(sigmoid D(x), 1) + BCE(sigmoid D(x^ detached), 0)
 
 Two Adam optimisers (the recipe's lr; `beta1` 0.9 as the reference, Akcay et al. used 0.5). One
 `training_step` = one generator step then one discriminator step. As in the reference, when the
-discriminator's loss averaged over an epoch falls below `d_reinit_below` (1e-5), it is re-initialised
+discriminator's loss averaged over an epoch (summed on the device, read once at the epoch's last step)
+falls below `d_reinit_below` (1e-5), it is re-initialised
 the reference's way (`weights_init`: conv weights ~ N(0, 0.02), BatchNorm weights ~ N(1, 0.02) and biases 0;
 its Linear layers and BatchNorm running statistics are left as they are). The epoch length comes from
 `configure_schedulers`; without it (a bare `training_step` loop) every step is checked. Slice score:
@@ -39,7 +40,9 @@ class GANomaly(AutoEncoderMethod):
     def __init__(self, params, in_channels, image_size, device):
         super().__init__(params, in_channels, image_size, device)
         self._steps_per_epoch = 1            # set by configure_schedulers
-        self._d_sum, self._d_count = 0.0, 0  # the discriminator's loss over the current epoch
+        # the discriminator's loss summed over the current epoch, on the device (read once, at its end)
+        self._d_sum: torch.Tensor | float = 0.0
+        self._d_count = 0
 
     def build(self) -> torch.nn.Module:
         p = self.params
@@ -68,7 +71,7 @@ class GANomaly(AutoEncoderMethod):
             recl = torch.mean(diff ** 2) if p["rec_loss"] == "l2" else torch.mean(diff.abs())
             lat = torch.mean((z.float() - z_hat.float()) ** 2)
             loss = p["w_adv"] * adv + p["w_rec"] * recl + p["w_lat"] * lat
-        logs = {"adv": float(adv.detach()), "rec": float(recl.detach()), "lat": float(lat.detach())}
+        logs = {"adv": adv.detach(), "rec": recl.detach(), "lat": lat.detach()}
         return loss, logs, rec
 
     def _discriminator_loss(self, x: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -106,6 +109,7 @@ class GANomaly(AutoEncoderMethod):
         # generator step (the discriminator only passes gradients through)
         disc.requires_grad_(False)
         opt_g.zero_grad(set_to_none=True)
+        x = self.to_memory_format(x)
         with self.autocast():
             loss_g, logs, rec = self._generator_loss(x)
         loss_g.backward()
@@ -117,19 +121,20 @@ class GANomaly(AutoEncoderMethod):
             loss_d = self._discriminator_loss(x, rec.detach())
         loss_d.backward()
         opt_d.step()
-        ld = float(loss_d.detach())
-        # the reference tests the epoch's mean discriminator loss after each epoch
-        self._d_sum += ld
+        ld = loss_d.detach()
+        # the reference tests the epoch's mean discriminator loss after each epoch: summed on the device
+        # (float64, as a Python float sum), read back once, at the epoch's last step
+        self._d_sum = self._d_sum + ld.double()
         self._d_count += 1
         reinit = False
         if self._d_count >= self._steps_per_epoch:
-            reinit = self._d_sum / self._d_count < self.params["d_reinit_below"]
+            reinit = float(self._d_sum) / self._d_count < self.params["d_reinit_below"]
             self._d_sum, self._d_count = 0.0, 0
             if reinit:
                 self.reinit_discriminator()
         for s in self.schedulers:
             s.step()
-        return {"loss": float(loss_g.detach()), **logs, "loss_d": ld, "d_reinit": float(reinit)}
+        return {"loss": loss_g.detach(), **logs, "loss_d": ld, "d_reinit": float(reinit)}
 
     # -- scoring ------------------------------------------------------------------------------
     def score_map(self, batch):

@@ -7,6 +7,7 @@ the channels), median-filtered over 5 x 5 pixels (`ichbench.one_stage_anomalies`
 """
 from __future__ import annotations
 
+from ..device_anomalies import device_nsa
 from ..one_stage_anomalies import NSA as NSAGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
@@ -25,6 +26,11 @@ class NSAMethod(PatchSegmentationMethod):
         p = self.params
         return NSAGenerator(scale_sd=p["scale_sd"], scale_min=p["scale_min"], scale_max=p["scale_max"],
                             clone=p["clone_mode"], **self.nsa_label(), **self.label_options())
+
+    def make_device_generator(self):
+        p = self.params
+        return device_nsa(scale_sd=p["scale_sd"], scale_min=p["scale_min"], scale_max=p["scale_max"],
+                          clone=p["clone_mode"], **self.nsa_label(), **self.device_patch_options())
 
 
 @register

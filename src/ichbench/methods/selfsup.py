@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.covariance import LedoitWolf
 
+from .. import device_anomalies
 from ..anomalies import Synthesis
 from ..colorjitter import color_jitter
 from ..nets.resnet import ResNetEncoderDecoder, ResNetProjectionClassifier
@@ -59,15 +60,40 @@ def mahalanobis(emb: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) 
 
 class SelfSupervisedMethod(Method):
     group = "self-supervised"
-    defaults = {"synth_seed": 0}
+    # synthesis: where the synthetic anomalies are made. cpu: the NumPy/OpenCV reference generators
+    # (`one_stage_anomalies`, `anomalies`); device: their batched torch twins on the training device
+    # (`device_anomalies`, no host round trip per step); auto: device on CUDA, cpu elsewhere.
+    defaults = {"synth_seed": 0, "synthesis": "auto"}
 
     def __init__(self, params, in_channels, image_size, device):
         super().__init__(params, in_channels, image_size, device)
+        if self.params["synthesis"] not in ("auto", "cpu", "device"):
+            raise ValueError(f"{self.name}: synthesis must be auto, cpu or device, not {self.params['synthesis']!r}")
         self.rng = np.random.default_rng([int(self.params["synth_seed"]), torch.initial_seed()])
         self.generator = self.make_generator()
+        self.synthesis = self.params["synthesis"]
+        if self.synthesis == "auto":
+            self.synthesis = "device" if self.device.type == "cuda" else "cpu"
+        if self.synthesis == "device":
+            # its own torch.Generator on the device, seeded from the same two numbers as `rng`
+            seed = int(np.random.SeedSequence([int(self.params["synth_seed"]), torch.initial_seed()])
+                       .generate_state(1, np.uint64)[0] % 2**63)
+            self.generator = device_anomalies.OnDevice(self.make_device_generator(), self.device, seed)
 
     def make_generator(self) -> Callable[..., Synthesis]:
         raise NotImplementedError
+
+    def make_device_generator(self):
+        """The row's generator as a `device_anomalies` twin, built from the same hyper-parameters."""
+        raise NotImplementedError
+
+    @property
+    def torch_generator(self) -> torch.Generator | None:
+        """The device generator's RNG (synthesis: device), else None."""
+        return getattr(self.generator, "torch_generator", None)
+
+    def run_options(self) -> dict[str, Any]:
+        return {**super().run_options(), "synthesis": self.synthesis}
 
     def synthesise(self, batch: dict[str, torch.Tensor]) -> Synthesis:
         with torch.no_grad():
@@ -88,27 +114,43 @@ class SelfSupervisedMethod(Method):
                                                                       eta_min=self.params["lr_min"])]
 
     def extra_state(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
+        out = {"rng": self.rng.bit_generator.state}
+        if self.torch_generator is not None:
+            out["torch_generator"] = self.torch_generator.get_state()
+        return out
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "rng" in state:
             self.rng.bit_generator.state = state["rng"]
+        if self.torch_generator is not None and state.get("torch_generator") is not None:
+            # a CPU byte tensor, whatever map_location moved it to
+            self.torch_generator.set_state(state["torch_generator"].cpu())
 
 
-def rotate_shift(x: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator, degrees: float,
+def rotate_shift(x: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator | torch.Generator, degrees: float,
                  shift: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotate each (square) slice by U(-degrees, degrees) about its centre and shift it by an integer
     U{-shift..shift} per axis, nearest neighbour (torchvision's RandomRotation default, so the slice stays
-    on the 8-bit grid), air (-1) / False where nothing comes in. The mask moves with its slice."""
+    on the 8-bit grid), air (-1) / False where nothing comes in. The mask moves with its slice. `rng`: a numpy
+    Generator (the reference path) or a torch.Generator on x's device (synthesis: device, no host round trip)."""
     n, _, hh, ww = x.shape
     if (degrees <= 0 and shift <= 0) or n == 0:
         return x, mask
-    angle = np.deg2rad(rng.uniform(-degrees, degrees, n))
-    moves = rng.integers(-shift, shift + 1, (n, 2)) if shift > 0 else np.zeros((n, 2), np.int64)
-    theta = np.zeros((n, 2, 3))
-    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angle), -np.sin(angle)
-    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angle), np.cos(angle)
-    theta[:, 0, 2], theta[:, 1, 2] = -2.0 * moves[:, 1] / ww, -2.0 * moves[:, 0] / hh   # output <- input
+    if isinstance(rng, torch.Generator):     # synthesis: device: drawn and built on the device
+        dev = x.device
+        angle = torch.deg2rad((torch.rand(n, generator=rng, device=dev) * 2 - 1) * degrees)
+        moves = (torch.randint(-shift, shift + 1, (n, 2), generator=rng, device=dev) if shift > 0
+                 else torch.zeros((n, 2), dtype=torch.long, device=dev)).float()
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([torch.stack([cos, -sin, -2.0 * moves[:, 1] / ww], 1),
+                             torch.stack([sin, cos, -2.0 * moves[:, 0] / hh], 1)], 1)
+    else:
+        angle = np.deg2rad(rng.uniform(-degrees, degrees, n))
+        moves = rng.integers(-shift, shift + 1, (n, 2)) if shift > 0 else np.zeros((n, 2), np.int64)
+        theta = np.zeros((n, 2, 3))
+        theta[:, 0, 0], theta[:, 0, 1] = np.cos(angle), -np.sin(angle)
+        theta[:, 1, 0], theta[:, 1, 1] = np.sin(angle), np.cos(angle)
+        theta[:, 0, 2], theta[:, 1, 2] = -2.0 * moves[:, 1] / ww, -2.0 * moves[:, 0] / hh   # output <- input
     grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=x.device), [n, 1, hh, ww],
                          align_corners=False)
     stacked = torch.cat([x.float(), torch.ones_like(x[:, :1], dtype=torch.float32)]
@@ -137,6 +179,15 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
         return {"patches": self.patch_sampler(), "tol": float(p["label_tol"]), "median_size": int(p["label_median"]),
                 "workers": int(p["synth_workers"])}
 
+    def device_patch_options(self) -> dict:
+        """`label_options` for a `device_anomalies.DevicePatchExample` (the patch placement flattened)."""
+        p = self.params
+        return {"tol": float(p["label_tol"]), "median_size": int(p["label_median"]), "base": p["patch_base"],
+                "gamma_shape": p["patch_gamma_shape"], "gamma_scale": p["patch_gamma_scale"],
+                "min_half": p["patch_min_half"], "max_half": p["patch_max_half"], "max_patches": int(p["max_patches"]),
+                "extra_patch_p": p["extra_patch_p"], "min_object": p["min_object_coverage"],
+                "min_overlap": p["min_object_overlap"], "max_tries": int(p["max_tries"])}
+
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
         # the lr of epoch e is lr_min + (lr - lr_min)(1 + cos(pi e / epochs)) / 2, the closed form of the
         # reference's CosineAnnealingLR(T_max=epochs) stepped once per epoch; the base loop steps it per step
@@ -150,8 +201,8 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
 
     def training_step(self, batch, step):
         p = self.params
-        x, head = rotate_shift(batch["x"], batch.get("head_mask"), self.rng, float(p["rotate_degrees"]),
-                               int(p["shift_pixels"]))
+        x, head = rotate_shift(batch["x"], batch.get("head_mask"), self.torch_generator or self.rng,
+                               float(p["rotate_degrees"]), int(p["shift_pixels"]))
         syn = self.synthesise({**batch, "x": x, "head_mask": head})
         return super().training_step({"x": syn.x, "label": syn.label}, step)
 
@@ -198,14 +249,24 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
 
     def pairs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The classification batch: the jittered slices (label 0), then their augmented copies (label 1)."""
+        gen = self.torch_generator
         with torch.no_grad():
-            x = color_jitter(batch["x"], self.rng, float(self.params["image_jitter"]))
+            if gen is not None:
+                x = device_anomalies.color_jitter(batch["x"], gen, float(self.params["image_jitter"]))
+            else:
+                x = color_jitter(batch["x"], self.rng, float(self.params["image_jitter"]))
         syn = self.synthesise({**batch, "x": x})
         # an augmented copy identical to its original (e.g. air pasted on air) would teach noise
-        aug = syn.x[(syn.x != x).flatten(1).any(1)]
-        y = torch.cat([torch.zeros(len(x), dtype=torch.long, device=x.device),
-                       torch.ones(len(aug), dtype=torch.long, device=x.device)])
-        return {"x": torch.cat([x, aug]), "y": y}
+        changed = (syn.x != x).flatten(1).any(1)
+        zeros = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        if gen is not None:
+            # synthesis: device: dropping them would make the batch size data-dependent (a host sync per
+            # step); they stay in the batch with loss weight 0 instead (BatchNorm still sees them)
+            return {"x": torch.cat([x, syn.x]), "y": torch.cat([zeros, zeros + 1]),
+                    "weight": torch.cat([torch.ones_like(changed, dtype=torch.float32), changed.float()])}
+        aug = syn.x[changed]
+        return {"x": torch.cat([x, aug]), "y": torch.cat([zeros, torch.ones(len(aug), dtype=torch.long,
+                                                                             device=x.device)])}
 
     def training_step(self, batch, step):
         return super().training_step(self.pairs(batch), step)
@@ -213,8 +274,13 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
     def loss(self, batch):
         _, logits = self.model(batch["x"])
         logits = logits.float()
+        if "weight" in batch:      # synthesis: device (see `pairs`)
+            w = batch["weight"]
+            hits = (logits.argmax(1) == batch["y"]).float()
+            ce = F.cross_entropy(logits, batch["y"], reduction="none")
+            return (ce * w).sum() / w.sum(), {"accuracy": ((hits * w).sum() / w.sum()).detach()}
         acc = (logits.argmax(1) == batch["y"]).float().mean()
-        return F.cross_entropy(logits, batch["y"]), {"accuracy": float(acc)}
+        return F.cross_entropy(logits, batch["y"]), {"accuracy": acc.detach()}
 
     # -- the Gaussian on training embeddings -----------------------------------------------------
     def fit_end(self, train_batches) -> None:

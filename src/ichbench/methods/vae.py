@@ -44,7 +44,7 @@ class VAE(AutoEncoderMethod):
         rec, mu, logvar = self._reconstruct(x, sample=True)
         mse = torch.mean((x - rec.float()) ** 2)
         kl = kl_divergence(mu, logvar).mean()
-        return mse + self.params["kl_weight"] * kl, {"mse": float(mse.detach()), "kl": float(kl.detach())}
+        return mse + self.params["kl_weight"] * kl, {"mse": mse.detach(), "kl": kl.detach()}
 
     def score_map(self, batch):
         x = batch["x"]
