@@ -66,8 +66,20 @@ class Method:
         self.device = device
         self.notes: list[str] = []           # remarks that Table 1 must carry (e.g. random VGG weights)
         self.model: nn.Module = self.build().to(device)
-        self.optimizers: list[torch.optim.Optimizer] = self.configure_optimizers()
+        self._optimizers: list[torch.optim.Optimizer] | None = None     # built on first use (`optimizers`)
         self.schedulers: list[Any] = []
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimisers, built on first use: a score job never needs them (building one imports
+        torch._dynamo, ~1.7 s of CPU)."""
+        if self._optimizers is None:
+            self._optimizers = self.configure_optimizers()
+        return self._optimizers
+
+    @optimizers.setter
+    def optimizers(self, value: list[torch.optim.Optimizer]) -> None:
+        self._optimizers = value
 
     # -- hyper-parameters shared by every row (training recipe) ------------------------------
     @classmethod

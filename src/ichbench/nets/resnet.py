@@ -20,7 +20,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
 
 
 class ResNet18Trunk(nn.Module):
@@ -28,6 +27,8 @@ class ResNet18Trunk(nn.Module):
 
     def __init__(self, in_channels: int = 3):
         super().__init__()
+        from torchvision.models import resnet18   # here, not at the top: importing torchvision costs ~3 s of CPU
+
         net = resnet18(weights=None)
         if in_channels != 3:
             net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
