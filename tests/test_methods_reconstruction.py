@@ -292,6 +292,7 @@ def test_ganomaly_reinitialises_a_collapsed_discriminator():
 
 
 def test_ae_pl_weights(monkeypatch, tmp_path):
+    from torchvision.models import vgg as tv_vgg
     import ichbench.methods.ae_pl as ae_pl
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -308,7 +309,7 @@ def test_ae_pl_weights(monkeypatch, tmp_path):
 
     # a weights file (torchvision's key names) is found in the hub cache and used, and then no note
     feats = ae_pl.build_vgg_features("relu1_2", None, True, seed=5)[0]
-    state = {f"features.{k}": v for k, v in ae_pl.tv_vgg.make_layers(ae_pl.tv_vgg.cfgs["E"]).state_dict().items()}
+    state = {f"features.{k}": v for k, v in tv_vgg.make_layers(tv_vgg.cfgs["E"]).state_dict().items()}
     state.update({f"features.{k}": v for k, v in feats.state_dict().items()})
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth")

@@ -250,3 +250,29 @@ def test_training_step_trains_on_the_generators_label(name, slices, monkeypatch)
     m.training_step({"x": x[:2], "head_mask": head[:2]}, 0)
     state = m.rng.bit_generator.state
     assert seen["label"].shape == (2, 1, SIZE, SIZE) and state is not None
+
+
+def test_resnet18_built_without_torchvision_equals_torchvision_s():
+    """nets.resnet builds torchvision's resnet18(weights=None) itself (no torchvision import in a job): from
+    the same seed the same parameter names and values, the same features, and the RNG left in the same state."""
+    import torch
+    from torchvision.models import resnet18
+
+    from ichbench.nets.resnet import _ResNet18
+
+    for seed in (0, 3):
+        torch.manual_seed(seed)
+        ref = resnet18(weights=None)
+        after_ref = torch.rand(4)
+        torch.manual_seed(seed)
+        ours = _ResNet18()
+        after_ours = torch.rand(4)
+        a, b = ref.state_dict(), ours.state_dict()
+        assert list(a) == list(b)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(after_ref, after_ours)
+        x = torch.randn(2, 3, 64, 64)
+        ref.eval(), ours.eval()
+        feats = torch.nn.Sequential(*list(ref.children())[:-2])(x)
+        mine = ours.layer4(ours.layer3(ours.layer2(ours.layer1(ours.maxpool(ours.relu(ours.bn1(ours.conv1(x))))))))
+        assert torch.equal(feats, mine)

@@ -283,11 +283,12 @@ def _relative_distance(method, b, mean=None, var=None):
 
 
 def vgg_weights_file(tmp_path):
+    from torchvision.models import vgg as tv_vgg
     """A weights file in torchvision's format (random values): AE-PL treats it as the ImageNet weights."""
     from ichbench.methods import ae_pl
 
     torch.manual_seed(1)
-    state = {f"features.{k}": v for k, v in ae_pl.tv_vgg.make_layers(ae_pl.tv_vgg.cfgs["E"]).state_dict().items()}
+    state = {f"features.{k}": v for k, v in tv_vgg.make_layers(tv_vgg.cfgs["E"]).state_dict().items()}
     path = tmp_path / "vgg19.pth"
     torch.save(state, path)
     return str(path)

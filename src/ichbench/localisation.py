@@ -58,6 +58,7 @@ class PixelAccumulator:
         self.n_anomalous = 0
         self.hits = 0
         self.n_neg_total = 0
+        self.hits_device: list = []      # per-batch hit counts still on the device (add_device)
 
     def add(self, maps: np.ndarray, truth: np.ndarray) -> None:
         """maps (B, H, W) float, truth (B, H, W) bool: slices whose pixel truth is known."""
@@ -77,9 +78,41 @@ class PixelAccumulator:
             self.hits += int(truth[anomalous].reshape(len(top), -1)[np.arange(len(top)), top].sum())
             self.n_anomalous += int(anomalous.sum())
 
+    def add_device(self, maps, truth: np.ndarray) -> None:
+        """`add` for maps that are a torch tensor (B, H, W) on any device, truth (B, H, W) bool on the host.
+        The same values and the same negative sample as `add`, but the maps stay on their device: only the
+        sampled pixel values leave it, once, in `result()`."""
+        import torch
+
+        truth = np.asarray(truth, bool)
+        if tuple(maps.shape) != truth.shape:
+            raise ValueError(f"anomaly maps are {tuple(maps.shape[1:])}, the ground truth {truth.shape[1:]}")
+        maps = maps.detach().float()
+        dev = maps.device
+        self.n_slices += len(maps)
+        t = torch.from_numpy(truth).to(dev)
+        self.pos.append(maps[t])
+        n_neg = int(truth.size - truth.sum())
+        self.n_neg_total += n_neg
+        if self.rate >= 1:
+            self.neg.append(maps[~t])
+        else:
+            sample = np.zeros(truth.shape, bool)
+            sample[~truth] = self.rng.random(n_neg) < self.rate      # the same draws, in the same order, as `add`
+            self.neg.append(maps[torch.from_numpy(sample).to(dev)])
+        anomalous = truth.reshape(len(truth), -1).any(axis=1)
+        if anomalous.any():
+            a = torch.from_numpy(np.nonzero(anomalous)[0]).to(dev)
+            top = maps[a].reshape(len(a), -1).argmax(dim=1, keepdim=True)
+            self.hits_device.append(t[a].reshape(len(a), -1).gather(1, top).sum())
+            self.n_anomalous += int(anomalous.sum())
+
     def result(self) -> dict:
-        pos = np.concatenate(self.pos) if self.pos else np.zeros(0, np.float32)
-        neg = np.concatenate(self.neg) if self.neg else np.zeros(0, np.float32)
+        if self.hits_device:
+            self.hits += int(sum(int(h) for h in self.hits_device))
+            self.hits_device = []
+        pos = np.concatenate([_host(p) for p in self.pos]) if self.pos else np.zeros(0, np.float32)
+        neg = np.concatenate([_host(n) for n in self.neg]) if self.neg else np.zeros(0, np.float32)
         out = {"available": True, "n_slices": self.n_slices, "n_anomalous_slices": self.n_anomalous,
                "n_truth_pixels": int(pos.size), "n_normal_pixels": int(self.n_neg_total),
                "n_normal_pixels_sampled": int(neg.size), "negative_rate": self.rate,
@@ -90,6 +123,13 @@ class PixelAccumulator:
             d, t = best_dice(pos, neg, 1.0 / self.rate)
             out["dice_best"], out["dice_threshold"] = d, t
         return out
+
+
+def _host(values) -> np.ndarray:
+    """A NumPy array or a torch tensor on any device -> a float32 NumPy array."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float32, copy=False)
+    return values.detach().float().cpu().numpy()
 
 
 def pixel_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -123,6 +163,16 @@ def unavailable(reason: str) -> dict:
 def write(path: str | os.PathLike, result: dict, **keys) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({**keys, **result}, indent=1, sort_keys=True) + "\n")
+
+
+def brain_mean_device(maps, brain: np.ndarray):
+    """`brain_mean` for maps that are a torch tensor (B, H, W) on any device: -> (B,) float64 tensor there."""
+    import torch
+
+    b = torch.from_numpy(np.asarray(brain, bool)).to(maps.device)
+    n = b.reshape(len(b), -1).sum(dim=1)
+    s = (maps.double() * b).reshape(len(b), -1).sum(dim=1)
+    return torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
 
 
 def brain_mean(maps: np.ndarray, brain: np.ndarray) -> np.ndarray:

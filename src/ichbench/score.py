@@ -48,25 +48,34 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
         cases = rows[(rows["part"] == "test") & rows["sop_uid"].isin(wanted)]
     want_map = np.zeros(len(rows), bool)
     want_map[cases.index.to_numpy()] = True
-    scores = np.empty(len(rows), np.float64)
+    brain_all = data.masks["brain_mask"]
+    gt_all = data.masks["gt_mask"]
+    score_parts: list[torch.Tensor] = []
+    brain_parts: list[torch.Tensor] = []
     maps: dict[int, np.ndarray] = {}
     for start in range(0, len(rows), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(rows)))
-        s, m = method.score(batches.batch(idx))
-        scores[idx.numpy()] = s.detach().double().cpu().numpy()
+        ii = np.arange(start, min(start + batch_size, len(rows)))
+        s, m = method.score(batches.batch(torch.from_numpy(ii)))
+        # maps stay on the device: only the slice scores, brain means, the figure cases' maps and the
+        # localisation sample leave it, and only once the fold is scored (scores, brain means) or per batch
+        score_parts.append(s.detach().double())
+        sel = np.nonzero(want_map[ii])[0]
+        case_maps = m.detach()[torch.from_numpy(sel).to(m.device)].float() if len(sel) else None
         if pixel:
-            ii = idx.numpy()
-            mm = m.detach().float().cpu().numpy()
-            if mm.ndim == 3 and mm.shape[1:] == data.masks["brain_mask"].shape[1:]:
-                brain_scores[ii] = localisation.brain_mean(mm, data.masks["brain_mask"][ii])
+            m = m.detach().float()
+            if m.ndim == 3 and tuple(m.shape[1:]) == brain_all.shape[1:]:
+                brain_parts.append(localisation.brain_mean_device(m, brain_all[ii]))
                 k = truth_known[ii]
                 if k.any() and loc_error is None:
-                    acc.add(mm[k], data.masks["gt_mask"][ii][k])
+                    acc.add_device(m[torch.from_numpy(np.nonzero(k)[0]).to(m.device)], gt_all[ii][k])
             elif loc_error is None:
-                loc_error = f"maps of shape {mm.shape[1:]} do not match the slices {data.masks['brain_mask'].shape[1:]}"
-        sel = np.nonzero(want_map[idx.numpy()])[0]
-        for j in sel:
-            maps[int(idx[j])] = m[j].detach().float().cpu().numpy()
+                loc_error = f"maps of shape {tuple(m.shape[1:])} do not match the slices {brain_all.shape[1:]}"
+        if case_maps is not None:
+            for j, mp in zip(sel, case_maps.cpu().numpy()):
+                maps[int(ii[j])] = mp
+    scores = torch.cat(score_parts).cpu().numpy() if score_parts else np.empty(0, np.float64)
+    if brain_parts and len(brain_parts) == len(score_parts):
+        brain_scores = torch.cat(brain_parts).cpu().numpy()
     if not np.all(np.isfinite(scores)):
         bad = int((~np.isfinite(scores)).sum())
         raise FloatingPointError(f"{rec['method']}: {bad} non-finite slice scores in {manifest}")

@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import vgg as tv_vgg
 
 from ._common import float32
 from .ae import AutoEncoderMethod
@@ -113,6 +112,8 @@ def _load_features(path: Path) -> dict[str, torch.Tensor]:
 def _features_up_to(index: int) -> nn.Sequential:
     """torchvision's VGG-19 feature stack (`make_layers(cfgs["E"])`, same module indices and parameter
     names as `vgg19(weights=None).features`), built only up to module `index`."""
+    from torchvision.models import vgg as tv_vgg   # here, not at the top: importing torchvision costs ~3 s of CPU
+
     cfg, count = [], 0
     for item in tv_vgg.cfgs["E"]:
         cfg.append(item)

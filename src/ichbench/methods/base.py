@@ -76,10 +76,22 @@ class Method:
         self.channels_last = self.use_channels_last()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizers: list[torch.optim.Optimizer] = self.configure_optimizers()
+        self._optimizers: list[torch.optim.Optimizer] | None = None     # built on first use (`optimizers`)
         self.schedulers: list[Any] = []
         self._compiled: dict[int, Callable] = {}      # id of a bound step function -> its compiled form
         self.compile_status = "off"                   # off | on | failed: <reason>
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The optimisers, built on first use: a score job never needs them (building one imports
+        torch._dynamo, ~1.7 s of CPU)."""
+        if self._optimizers is None:
+            self._optimizers = self.configure_optimizers()
+        return self._optimizers
+
+    @optimizers.setter
+    def optimizers(self, value: list[torch.optim.Optimizer]) -> None:
+        self._optimizers = value
 
     # -- hyper-parameters shared by every row (training recipe) ------------------------------
     @classmethod

@@ -37,7 +37,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.covariance import LedoitWolf
 
 from .. import device_anomalies
 from ..anomalies import Synthesis
@@ -290,6 +289,8 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
             for batch in train_batches():
                 embs.append(self.model.embed(batch["x"]).float().cpu())
         e = F.normalize(torch.cat(embs).double(), dim=1).numpy()
+        from sklearn.covariance import LedoitWolf   # here: only the end of training needs it
+
         lw = LedoitWolf().fit(e)
         self.gaussian = {"mean": torch.from_numpy(lw.location_.copy()),
                          "precision": torch.from_numpy(lw.precision_.copy())}
