@@ -80,6 +80,8 @@ rule extra_tables:
         "logs/report/extra_tables.log",
     benchmark:
         "benchmarks/report/extra_tables.tsv"
+    # a few seconds of pandas: runs where Snakemake runs (on a cluster, the login node), like `runtimes`
+    localrule: True
     conda:
         CONDA_ENV
     threads: 1
