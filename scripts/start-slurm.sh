@@ -24,7 +24,8 @@ set -euo pipefail
 INSTALL=1
 [ "${1:-}" = "--no-install" ] && INSTALL=0
 NODE=${SLURM_NODE:-localhost}
-CPUS=${SLURM_CPUS:-$(nproc)}
+# GNU nproc honours OMP_NUM_THREADS (a test run with OMP_NUM_THREADS=1 would advertise 1 CPU): count without it
+CPUS=${SLURM_CPUS:-$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)}
 GPUS=${SLURM_FAKE_GPUS:-1}
 ETC=/etc/slurm
 LOGDIR=/var/log/slurm
