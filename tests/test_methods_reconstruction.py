@@ -291,7 +291,9 @@ def test_ganomaly_reinitialises_a_collapsed_discriminator():
     assert any(not torch.equal(a, b) for a, b in zip(before, after))
 
 
-def test_ae_pl_weights(monkeypatch, tmp_path):
+def test_ae_pl_weights(monkeypatch, tmp_path, shared_data):
+    import shutil
+
     from torchvision.models import vgg as tv_vgg
     import ichbench.methods.ae_pl as ae_pl
 
@@ -313,6 +315,10 @@ def test_ae_pl_weights(monkeypatch, tmp_path):
     state.update({f"features.{k}": v for k, v in feats.state_dict().items()})
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth")
+    # the ImageNet weights need the feature statistics, looked for beside them
+    with pytest.raises(FileNotFoundError, match=ae_pl.FEATURE_STATS_FILE):
+        REGISTRY["AE-PL"](params, in_channels=3, image_size=16, device=CPU)
+    shutil.copy(shared_data / "medianomaly" / ae_pl.FEATURE_STATS_FILE, tmp_path / "hub" / "checkpoints")
     method = REGISTRY["AE-PL"](params, in_channels=3, image_size=16, device=CPU)
     assert method.notes == []
     torch.testing.assert_close(method.vgg[0].weight, feats[0].weight)

@@ -294,14 +294,18 @@ def vgg_weights_file(tmp_path):
     return str(path)
 
 
-def test_ae_pl_by_hand_with_the_reference_feature_normalisation(tmp_path):
-    from ichbench.methods.ae_pl import default_feature_stats_path
+@pytest.fixture
+def feature_stats(shared_data):
+    """MedIAnomaly's VGG-19 feature statistics file, from ../shared/data (not shipped with the project)."""
+    return shared_data / "medianomaly" / "vgg19_ILSVRC2012_object_detection_mean_var.pt"
 
-    stats = torch.load(default_feature_stats_path(), weights_only=True)
+
+def test_ae_pl_by_hand_with_the_reference_feature_normalisation(tmp_path, feature_stats):
+    stats = torch.load(feature_stats, weights_only=True)
     mean, var = (np64(t) for t in stats["r21"])             # relu2_1: 128 channels
     assert mean.shape == (1, 128, 1, 1) and (var > 0).all()
     weights = vgg_weights_file(tmp_path)
-    method, b = build("AE-PL", vgg_weights=weights), tiny_batch()
+    method, b = build("AE-PL", vgg_weights=weights, feature_stats=str(feature_stats)), tiny_batch()
     assert method.params["feature_normalization"] is True and method.notes == []
     want = _relative_distance(method, b, mean, var)
     assert loss_of(method, b) == pytest.approx(want.mean(), rel=1e-4)
@@ -321,11 +325,14 @@ def test_ae_pl_by_hand_with_the_reference_feature_normalisation(tmp_path):
     assert loss_of(rand, b) == pytest.approx(_relative_distance(rand, b).mean(), rel=1e-4)
 
 
-def test_ae_pl_feature_stats_file_errors(tmp_path):
-    from ichbench.methods.ae_pl import AEPL, default_feature_stats_path, load_feature_stats
+def test_ae_pl_feature_stats_file_errors(tmp_path, feature_stats, monkeypatch):
+    from ichbench.methods.ae_pl import AEPL, default_feature_stats_path, default_vgg_path, load_feature_stats
 
-    assert default_feature_stats_path().stat().st_size < 200_000      # small enough to ship (108 KB)
-    mean, var = load_feature_stats(None, "relu4_2", 512)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    assert default_feature_stats_path().parent == default_vgg_path().parent      # looked for beside the weights
+    with pytest.raises(FileNotFoundError, match="feature_stats"):
+        load_feature_stats(None, "relu4_2", 512)
+    mean, var = load_feature_stats(feature_stats, "relu4_2", 512)
     assert mean.shape == var.shape == (1, 512, 1, 1)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         load_feature_stats(tmp_path / "nowhere.pt", "relu4_2", 512)
@@ -409,7 +416,12 @@ def test_ae_pl_jobs_take_the_vgg_weights_and_statistics_as_inputs(tmp_path, monk
     stats = str(default_feature_stats_path())
     before = job_inputs()
     assert all(stats not in files and not any("vgg19-dcbb9e9d" in f for f in files) for files in before.values())
+    assert stats == str(hub / "vgg19_ILSVRC2012_object_detection_mean_var.pt")   # looked for beside the weights
     hub.mkdir(parents=True)
     (hub / "vgg19-dcbb9e9d.pth").write_bytes(b"")
+    # weights without the statistics: the plan stops on the missing file before any job runs
+    out = run_snakemake(tmp_path, "-n", "results/scores/AE-PL/fold-0.csv", check=False)
+    assert out.returncode != 0 and "vgg19_ILSVRC2012_object_detection_mean_var.pt" in out.stdout + out.stderr
+    (hub / "vgg19_ILSVRC2012_object_detection_mean_var.pt").write_bytes(b"")
     after = job_inputs()
     assert all(str(hub / "vgg19-dcbb9e9d.pth") in files and stats in files for files in after.values())

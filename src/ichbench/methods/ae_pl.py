@@ -9,8 +9,9 @@ perceptual autoencoder), in the relative-L1 form of the MedIAnomaly reference:
 
 This is the reference's `RelativePerceptualL1Loss` (`use_feature_normalization=True`, layer `r42`).
 The statistics: the reference's file `vgg19_ILSVRC2012_object_detection_mean_var.pt` (a dict layer
-name -> (mean, var), per channel; MIT, shipped in `ichbench/resources/`, see the README there), or the
-file named by the hyper-parameter `feature_stats`. Note the division by the variance, not the standard
+name -> (mean, var), per channel; MIT, from MedIAnomaly `utils/data/`), named by the hyper-parameter
+`feature_stats` or, when that is null, looked for beside the VGG weights in
+`torch.hub.get_dir()/checkpoints/`. Note the division by the variance, not the standard
 deviation, as the reference does. `feature_normalization: false` skips the step (raw features).
 
 The statistics describe the ImageNet network's channels, so the step is applied only when the VGG
@@ -64,18 +65,20 @@ def default_vgg_path() -> Path:
 
 
 def default_feature_stats_path() -> Path:
-    return Path(__file__).resolve().parents[1] / "resources" / FEATURE_STATS_FILE
+    """Where the statistics file is looked for when `feature_stats` is null: beside the VGG weights."""
+    return default_vgg_path().with_name(FEATURE_STATS_FILE)
 
 
 def load_feature_stats(path: str | os.PathLike | None, layer: str,
                        channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (mean, var), each (1, channels, 1, 1) float32, of VGG-19 layer `layer` (e.g. relu4_2 -> key
-    'r42') from the reference's statistics file (`path`, or the packaged copy when None)."""
+    'r42') from the reference's statistics file (`path`, or `default_feature_stats_path()` when None)."""
     path = Path(path).expanduser() if path else default_feature_stats_path()
     key = "r" + layer[len("relu"):].replace("_", "")
     if not path.is_file():
-        raise FileNotFoundError(f"AE-PL: feature statistics file {path} not found (hyper-parameter "
-                                f"`feature_stats`; null means the packaged {FEATURE_STATS_FILE})")
+        raise FileNotFoundError(f"AE-PL: feature statistics file {path} not found: put MedIAnomaly's "
+                                f"{FEATURE_STATS_FILE} (utils/data/, MIT) there or name it with the "
+                                f"hyper-parameter `feature_stats` (README: AE-PL)")
     try:
         stats = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
@@ -165,7 +168,8 @@ class AEPL(AutoEncoderMethod):
     def input_files(cls, params: dict) -> dict[str, str | None]:
         """The files this row reads besides the data (for the workflow's job inputs): the VGG weights
         (None when the file is absent) and the feature statistics (None when not used: switched off, or
-        no weights file)."""
+        no weights file; named even when absent, so that the workflow stops on the missing file before
+        any job runs)."""
         p = {**cls.full_defaults(), **params}
         vgg = Path(p["vgg_weights"]).expanduser() if p["vgg_weights"] else default_vgg_path()
         stats = Path(p["feature_stats"]).expanduser() if p["feature_stats"] else default_feature_stats_path()
