@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..anomalies import AnatPaste as AnatPasteGenerator
 from ..device_anomalies import DeviceAnatPaste
 from .base import register
-from .selfsup import EmbeddingGaussianMethod
+from .selfsup import EmbeddingGaussianMethod, generator_from_params
 
 
 @register
@@ -20,15 +20,7 @@ class AnatPaste(EmbeddingGaussianMethod):
                 "margin": 10 / 224, "jitter": 0.1}
 
     def make_generator(self):
-        p = self.params
-        return AnatPasteGenerator(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
-                                  aspect_max=p["aspect_max"], alpha_min=p["alpha_min"], alpha_max=p["alpha_max"],
-                                  ellipse_p=p["ellipse_p"], blur_min=p["blur_min"], blur_max=p["blur_max"],
-                                  margin=p["margin"], jitter=p["jitter"])
+        return generator_from_params(AnatPasteGenerator, self.params)
 
     def make_device_generator(self):
-        p = self.params
-        return DeviceAnatPaste(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
-                               aspect_max=p["aspect_max"], alpha_min=p["alpha_min"], alpha_max=p["alpha_max"],
-                               ellipse_p=p["ellipse_p"], blur_min=p["blur_min"], blur_max=p["blur_max"],
-                               margin=p["margin"], jitter=p["jitter"])
+        return generator_from_params(DeviceAnatPaste, self.params)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ..anomalies import CutPasteAug
 from ..device_anomalies import DeviceCutPasteAug
 from .base import register
-from .selfsup import EmbeddingGaussianMethod
+from .selfsup import EmbeddingGaussianMethod, generator_from_params
 
 
 @register
@@ -19,11 +19,7 @@ class CutPaste2Stage(EmbeddingGaussianMethod):
     defaults = {"jitter": 0.1}
 
     def make_generator(self):
-        p = self.params
-        return CutPasteAug(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
-                           aspect_max=p["aspect_max"], jitter=p["jitter"])
+        return generator_from_params(CutPasteAug, self.params)
 
     def make_device_generator(self):
-        p = self.params
-        return DeviceCutPasteAug(area_min=p["area_min"], area_max=p["area_max"], aspect_min=p["aspect_min"],
-                                 aspect_max=p["aspect_max"], jitter=p["jitter"])
+        return generator_from_params(DeviceCutPasteAug, self.params)

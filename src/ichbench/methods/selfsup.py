@@ -31,6 +31,7 @@ mean of d(score)/dA_k, bilinearly upsampled to the input size; one backward pass
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -211,6 +212,12 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
 
     def score_map(self, batch):
         return torch.sigmoid(self.model(batch["x"]).float())
+
+
+def generator_from_params(cls, params: dict) -> Any:
+    """A generator dataclass (CPU or device twin) built from the row's hyper-parameters of the same names."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names})
 
 
 class EmbeddingGaussianMethod(SelfSupervisedMethod):
