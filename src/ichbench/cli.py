@@ -546,8 +546,10 @@ def main(argv=None) -> int:
     _setup_logging(args.verbose)
     from .config import ConfigError
     from .dicomio import DicomReadError
+    from .heap import keep_freed_memory
     from .labels import LabelError
 
+    keep_freed_memory()     # training and scoring steps reuse freed activations instead of faulting them in again
     try:
         args.func(args)
     except (ConfigError, DicomReadError, LabelError, FileNotFoundError, ValueError, RuntimeError) as exc:
