@@ -49,7 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .anomalies import Synthesis
+from .anomalies import AnatPasteParams, CutPasteParams, Synthesis
 
 #: fewer interior pixels than this and the reference skips a Poisson patch (seamlessClone fails)
 MIN_POISSON_PIXELS = 50
@@ -478,16 +478,10 @@ def _shifted(x, ys, xs, yd, xd):
 
 
 @dataclass(frozen=True)
-class DeviceCutPasteAug:
+class DeviceCutPasteAug(CutPasteParams):
     """Two-stage CutPaste (Li et al. 2021): a box of area_min - area_max of the image, aspect log-uniform,
     cut from a random place of the same slice, brightness/contrast-jittered over the patch, pasted at a
     random place; label = the box. (The whole-slice jitter before it is the method's, `color_jitter`.)"""
-
-    area_min: float = 0.02
-    area_max: float = 0.15
-    aspect_min: float = 0.3
-    aspect_max: float = 3.3
-    jitter: float = 0.1
 
     def __call__(self, x, gen, head_mask=None, brain_mask=None) -> Synthesis:
         n, _, hh, ww = x.shape
@@ -513,23 +507,11 @@ def gaussian_blur_each(m: torch.Tensor, sigmas: torch.Tensor, max_sigma: float) 
 
 
 @dataclass(frozen=True)
-class DeviceAnatPaste:
+class DeviceAnatPaste(AnatPasteParams):
     """AnatPaste (Sato et al. 2023) for head CT: a CutPaste box of the same slice, jittered, pasted with its
     centre on a random brain pixel through a soft mask = ellipse or rectangle inset by `margin`, blurred with
     a sigma per image from U[blur_min, blur_max] (fractions of the size), times the brain mask, times
     alpha ~ U[alpha_min, alpha_max]: x' = x + M (patch - x); label = M."""
-
-    area_min: float = 0.02
-    area_max: float = 0.15
-    aspect_min: float = 0.3
-    aspect_max: float = 3.3
-    alpha_min: float = 0.6
-    alpha_max: float = 1.0
-    ellipse_p: float = 0.5
-    blur_min: float = 0.0
-    blur_max: float = 14 / 224
-    margin: float = 10 / 224
-    jitter: float = 0.1
 
     def __call__(self, x, gen, head_mask=None, brain_mask=None) -> Synthesis:
         if brain_mask is None:
