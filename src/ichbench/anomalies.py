@@ -124,18 +124,25 @@ def _cutpaste_boxes(rng: np.random.Generator, b_n: int, size, area: tuple[float,
 
 
 @dataclass(frozen=True)
-class CutPasteAug:
-    """Two-stage CutPaste augmentation (Li et al. 2021; MedIAnomaly `CutPasteNormal`): a box of
-    area_min-area_max of the image, aspect log-uniform in [aspect_min, aspect_max], cut from a random place
-    of the same slice, its brightness and contrast jittered by `jitter` as torchvision's ColorJitter does
-    on the reference's grey images (`ichbench.colorjitter`; mean over the patch) and pasted at a random
-    place. The method jitters the whole slice before this (`image_jitter`)."""
+class CutPasteParams:
+    """Two-stage CutPaste's settings, the defaults of both `CutPasteAug` and its device twin
+    (`ichbench.device_anomalies.DeviceCutPasteAug`): box area as a fraction of the image, aspect ratio
+    bounds, brightness/contrast jitter of the patch."""
 
     area_min: float = 0.02
     area_max: float = 0.15
     aspect_min: float = 0.3
     aspect_max: float = 3.3
     jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class CutPasteAug(CutPasteParams):
+    """Two-stage CutPaste augmentation (Li et al. 2021; MedIAnomaly `CutPasteNormal`): a box of
+    area_min-area_max of the image, aspect log-uniform in [aspect_min, aspect_max], cut from a random place
+    of the same slice, its brightness and contrast jittered by `jitter` as torchvision's ColorJitter does
+    on the reference's grey images (`ichbench.colorjitter`; mean over the patch) and pasted at a random
+    place. The method jitters the whole slice before this (`image_jitter`)."""
 
     def __call__(self, x, rng, head_mask=None, brain_mask=None) -> Synthesis:
         b_n, _, hh, ww = x.shape
@@ -163,16 +170,9 @@ def gaussian_blur_each(m: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class AnatPaste:
-    """AnatPaste (Sato et al. 2023; MedIAnomaly `ssl/two_stage/anatpaste.py`) for head CT: a CutPaste box of
-    the same slice, its brightness and contrast jittered as in CutPasteAug, pasted with its centre on a
-    random brain pixel through a soft mask = an ellipse or rectangle (ellipse with probability ellipse_p)
-    inset by `margin` on each side, Gaussian-blurred with a sigma drawn per image from U[blur_min,
-    blur_max], times the brain mask, with opacity alpha ~ U(alpha_min, alpha_max):
-    x' = x + alpha M (patch - x). Lengths are fractions of the image size: the reference's blur radius
-    randint(0, 15) px and margin 10 px at 224 px are blur_max 14/224 and margin 10/224. A shape inset to
-    nothing keeps 1 px per side. Pixels outside the brain mask never change; a slice without brain is
-    returned unchanged."""
+class AnatPasteParams:
+    """AnatPaste's settings, the defaults of both `AnatPaste` and its device twin
+    (`ichbench.device_anomalies.DeviceAnatPaste`); lengths are fractions of the image size."""
 
     area_min: float = 0.02
     area_max: float = 0.15
@@ -185,6 +185,19 @@ class AnatPaste:
     blur_max: float = 14 / 224
     margin: float = 10 / 224
     jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class AnatPaste(AnatPasteParams):
+    """AnatPaste (Sato et al. 2023; MedIAnomaly `ssl/two_stage/anatpaste.py`) for head CT: a CutPaste box of
+    the same slice, its brightness and contrast jittered as in CutPasteAug, pasted with its centre on a
+    random brain pixel through a soft mask = an ellipse or rectangle (ellipse with probability ellipse_p)
+    inset by `margin` on each side, Gaussian-blurred with a sigma drawn per image from U[blur_min,
+    blur_max], times the brain mask, with opacity alpha ~ U(alpha_min, alpha_max):
+    x' = x + alpha M (patch - x). Lengths are fractions of the image size: the reference's blur radius
+    randint(0, 15) px and margin 10 px at 224 px are blur_max 14/224 and margin 10/224. A shape inset to
+    nothing keeps 1 px per side. Pixels outside the brain mask never change; a slice without brain is
+    returned unchanged."""
 
     def __call__(self, x, rng, head_mask=None, brain_mask=None) -> Synthesis:
         if brain_mask is None:

@@ -252,11 +252,16 @@ def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, s
     results.append({"row": "Table 1", "device": str(dev), "size": size, "batch": batch,
                     "table1_hours": total,
                     "error": "" if all("job_hours" in r for r in results) else "rows with errors are left out"})
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in results:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(out_csv, results, COLUMNS)
     return results
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """Write bench rows as a CSV (floats to 4 significant digits), making its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})

@@ -14,11 +14,9 @@ only mean something for the machine they were measured on.
 """
 from __future__ import annotations
 
-import csv
 import multiprocessing as mp
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 COLUMNS = ["row", "device", "size", "batch", "processes", "threads", "img_s_total", "img_s_per_process",
@@ -92,6 +90,7 @@ def run_concurrent(out_csv: str | os.PathLike, levels: list[int], *, row: str = 
                    threads: int | None = None) -> list[dict[str, Any]]:
     """Measure every level in `levels` (e.g. [1, 2, 4]) and write the CSV; returns its rows. `threads`:
     torch threads per process (default: 1 per process on a CPU, so k processes use k cores; as is on CUDA)."""
+    from .bench import write_csv
     from .train import resolve_device
 
     if not levels or any(k < 1 for k in levels):
@@ -107,13 +106,7 @@ def run_concurrent(out_csv: str | os.PathLike, levels: list[int], *, row: str = 
     base = next((r["img_s_total"] for r in rows if r["processes"] == 1 and r["img_s_total"]), None)
     for r in rows:
         r["speedup_vs_1"] = r["img_s_total"] / base if base and r["img_s_total"] is not None else None
-    out_csv = Path(out_csv)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
-    with open(out_csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
+    write_csv(out_csv, rows, COLUMNS)
     return rows
 
 

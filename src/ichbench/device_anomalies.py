@@ -49,10 +49,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .anomalies import Synthesis
-
-#: fewer interior pixels than this and the reference skips a Poisson patch (seamlessClone fails)
-MIN_POISSON_PIXELS = 50
+from .anomalies import AnatPasteParams, CutPasteParams, Synthesis
+from .one_stage_anomalies import MIN_POISSON_PIXELS, PatchPlacement, PatchRules
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,44 +243,13 @@ def _poisson_clone(dst, src, weight, hr, wr, mixed: bool, erode: int) -> torch.T
 # One-stage generators (the reference's patch_ex), batched
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class DevicePatchExample:
+class DevicePatchExample(PatchPlacement, PatchRules):
     """The reference's `patch_ex` for one setting, on a whole batch at once (see the module docstring);
-    parameters as `ichbench.one_stage_anomalies.PatchExample`."""
-
-    blend: str = "swap"                  # "swap" (CutPaste), "uniform" (FPI), "poisson" (NSA, FPI-Poisson)
-    clone: str = "mixed"
-    label: str = "binary"                # "binary", "continuous" (x a) or "logistic" (NSA-Intensity)
-    same: bool = False
-    shift: bool = True
-    resize: bool = False
-    scale_sd: float = 0.5
-    scale_min: float = 0.7
-    scale_max: float = 1.3
-    alpha_min: float = 0.05
-    alpha_max: float = 0.95
-    tol: float = 1.0
-    median_size: int = 5
-    logistic_k: float = 0.5
-    logistic_x0: float = 4.0
-    intensity_radius: int = 5
-    base: float = 0.05
-    gamma_shape: int = 2
-    gamma_scale: float = 0.03
-    min_half: float = 0.03
-    max_half: float = 0.40
-    max_patches: int = 3
-    extra_patch_p: float = 0.5
-    min_object: float = 0.7
-    min_overlap: float = 0.7
-    max_tries: int = 200
+    parameters as `ichbench.one_stage_anomalies.PatchExample`, with the patch placement's fields
+    (`PatchPlacement`) flattened in."""
 
     def __post_init__(self):
-        if self.blend not in ("swap", "uniform", "poisson"):
-            raise ValueError(f"blend must be 'swap', 'uniform' or 'poisson', not {self.blend!r}")
-        if self.label not in ("binary", "continuous", "logistic"):
-            raise ValueError(f"label must be 'binary', 'continuous' or 'logistic', not {self.label!r}")
-        if self.clone not in ("mixed", "normal"):
-            raise ValueError(f"clone must be 'mixed' or 'normal', not {self.clone!r}")
+        super().__post_init__()
         if int(self.gamma_shape) != self.gamma_shape or self.gamma_shape < 1:
             raise ValueError("gamma_shape must be a positive integer on the device (sum of exponentials)")
 
@@ -478,16 +445,10 @@ def _shifted(x, ys, xs, yd, xd):
 
 
 @dataclass(frozen=True)
-class DeviceCutPasteAug:
+class DeviceCutPasteAug(CutPasteParams):
     """Two-stage CutPaste (Li et al. 2021): a box of area_min - area_max of the image, aspect log-uniform,
     cut from a random place of the same slice, brightness/contrast-jittered over the patch, pasted at a
     random place; label = the box. (The whole-slice jitter before it is the method's, `color_jitter`.)"""
-
-    area_min: float = 0.02
-    area_max: float = 0.15
-    aspect_min: float = 0.3
-    aspect_max: float = 3.3
-    jitter: float = 0.1
 
     def __call__(self, x, gen, head_mask=None, brain_mask=None) -> Synthesis:
         n, _, hh, ww = x.shape
@@ -513,23 +474,11 @@ def gaussian_blur_each(m: torch.Tensor, sigmas: torch.Tensor, max_sigma: float) 
 
 
 @dataclass(frozen=True)
-class DeviceAnatPaste:
+class DeviceAnatPaste(AnatPasteParams):
     """AnatPaste (Sato et al. 2023) for head CT: a CutPaste box of the same slice, jittered, pasted with its
     centre on a random brain pixel through a soft mask = ellipse or rectangle inset by `margin`, blurred with
     a sigma per image from U[blur_min, blur_max] (fractions of the size), times the brain mask, times
     alpha ~ U[alpha_min, alpha_max]: x' = x + M (patch - x); label = M."""
-
-    area_min: float = 0.02
-    area_max: float = 0.15
-    aspect_min: float = 0.3
-    aspect_max: float = 3.3
-    alpha_min: float = 0.6
-    alpha_max: float = 1.0
-    ellipse_p: float = 0.5
-    blur_min: float = 0.0
-    blur_max: float = 14 / 224
-    margin: float = 10 / 224
-    jitter: float = 0.1
 
     def __call__(self, x, gen, head_mask=None, brain_mask=None) -> Synthesis:
         if brain_mask is None:

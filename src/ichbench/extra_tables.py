@@ -79,13 +79,18 @@ def localisation_table(loc_paths: Sequence[str], method_order: Sequence[str], dd
     return pd.DataFrame(rows)
 
 
-def brain_table(scores: pd.DataFrame, method_order: Sequence[str], ddof: int = 0) -> pd.DataFrame:
+def _test_scores_by_method(scores: pd.DataFrame, method_order: Sequence[str]):
+    """(method, its test-part score rows) for each method in `method_order` that has any."""
     test = scores[scores["part"] == "test"]
-    rows = []
     for m in method_order:
         t = test[test["method"] == m]
-        if t.empty:
-            continue
+        if not t.empty:
+            yield m, t
+
+
+def brain_table(scores: pd.DataFrame, method_order: Sequence[str], ddof: int = 0) -> pd.DataFrame:
+    rows = []
+    for m, t in _test_scores_by_method(scores, method_order):
         whole, brain = [], []
         for _, g in t.groupby("fold"):
             y = g["label"].to_numpy(int)
@@ -115,12 +120,8 @@ def subtype_table(scores: pd.DataFrame, manifests: Sequence[str], method_order: 
     patients["reader_ich_votes"] = pd.to_numeric(patients["reader_ich_votes"], errors="coerce").fillna(-1).astype(int)
     keep = {name: set(patients.loc[sel, "patient_id"]) for name, sel in subtypes.subsets(patients).items()}
     has_diag = (patients["subtypes"] != "").any() or (patients["reader_ich_votes"] >= 0).any()
-    test = scores[scores["part"] == "test"]
     rows = []
-    for m in method_order:
-        t = test[test["method"] == m]
-        if t.empty:
-            continue
+    for m, t in _test_scores_by_method(scores, method_order):
         for name, ids in keep.items():
             if name != "all" and not has_diag:
                 continue

@@ -57,9 +57,10 @@ MIN_POISSON_PIXELS = 50
 
 
 @dataclass(frozen=True)
-class PatchSampler:
+class PatchPlacement:
     """Patch count, size and placement rules (reference `train_med.py` constants: half-width bounds 3 % - 40 %,
-    Gamma(2, 0.03) + 0.05, 3 patches, object and overlap fractions 0.7, 200 tries)."""
+    Gamma(2, 0.03) + 0.05, 3 patches, object and overlap fractions 0.7, 200 tries); the defaults of both
+    `PatchSampler` and the device twin `ichbench.device_anomalies.DevicePatchExample`."""
 
     base: float = 0.05
     gamma_shape: float = 2.0
@@ -71,6 +72,11 @@ class PatchSampler:
     min_object: float = 0.7
     min_overlap: float = 0.7
     max_tries: int = 200
+
+
+@dataclass(frozen=True)
+class PatchSampler(PatchPlacement):
+    """The placement rules' random numbers, drawn with numpy."""
 
     def draw(self, rng: np.random.Generator, n: int, size: tuple[int, int], *, other_image: bool,
              scale_sd: float | None, alpha: tuple[float, float] | None) -> dict[str, np.ndarray]:
@@ -96,10 +102,10 @@ def _disk(radius: int) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class PatchExample:
-    """The reference's `patch_ex` for one setting; called on a batch, it makes every image independently."""
+class PatchRules:
+    """How a `patch_ex` setting blends a patch and labels the result; the defaults of both `PatchExample`
+    and the device twin `ichbench.device_anomalies.DevicePatchExample`."""
 
-    patches: PatchSampler = field(default_factory=PatchSampler)
     blend: str = "swap"                  # "swap" (CutPaste), "uniform" (FPI), "poisson" (NSA, FPI-Poisson)
     clone: str = "mixed"                 # OpenCV gradients for "poisson": mixed or normal
     label: str = "binary"                # "binary", "continuous" (x a) or "logistic" (NSA-Intensity)
@@ -116,7 +122,6 @@ class PatchExample:
     logistic_k: float = 0.5              # NSA-Intensity, per grey level
     logistic_x0: float = 4.0             # grey levels
     intensity_radius: int = 5            # disk median filter of dI
-    workers: int = 2
 
     def __post_init__(self):
         if self.blend not in ("swap", "uniform", "poisson"):
@@ -125,6 +130,14 @@ class PatchExample:
             raise ValueError(f"label must be 'binary', 'continuous' or 'logistic', not {self.label!r}")
         if self.clone not in CLONE_FLAGS:
             raise ValueError(f"clone must be one of {sorted(CLONE_FLAGS)}, not {self.clone!r}")
+
+
+@dataclass(frozen=True)
+class PatchExample(PatchRules):
+    """The reference's `patch_ex` for one setting; called on a batch, it makes every image independently."""
+
+    patches: PatchSampler = field(default_factory=PatchSampler)
+    workers: int = 2
 
     def __call__(self, x: torch.Tensor, rng: np.random.Generator, head_mask=None, brain_mask=None) -> Synthesis:
         if x.shape[1] not in (1, 3):

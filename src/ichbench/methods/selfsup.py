@@ -182,11 +182,8 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
     def device_patch_options(self) -> dict:
         """`label_options` for a `device_anomalies.DevicePatchExample` (the patch placement flattened)."""
         p = self.params
-        return {"tol": float(p["label_tol"]), "median_size": int(p["label_median"]), "base": p["patch_base"],
-                "gamma_shape": p["patch_gamma_shape"], "gamma_scale": p["patch_gamma_scale"],
-                "min_half": p["patch_min_half"], "max_half": p["patch_max_half"], "max_patches": int(p["max_patches"]),
-                "extra_patch_p": p["extra_patch_p"], "min_object": p["min_object_coverage"],
-                "min_overlap": p["min_object_overlap"], "max_tries": int(p["max_tries"])}
+        return {"tol": float(p["label_tol"]), "median_size": int(p["label_median"]),
+                **dataclasses.asdict(self.patch_sampler())}
 
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
         # the lr of epoch e is lr_min + (lr - lr_min)(1 + cos(pi e / epochs)) / 2, the closed form of the
