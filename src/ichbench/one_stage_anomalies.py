@@ -48,7 +48,6 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from scipy.ndimage import median_filter
 
 from .anomalies import CLONE_FLAGS, Synthesis, from_uint8_hwc, to_uint8_hwc
 
@@ -206,6 +205,8 @@ class PatchExample(PatchRules):
         y0, y1 = max(ys.min() - r, 0), min(ys.max() + r + 1, changed.shape[0])
         x0, x1 = max(xs.min() - r, 0), min(xs.max() + r + 1, changed.shape[1])
         c = changed[y0:y1, x0:x1]
+        from scipy.ndimage import median_filter     # here: scipy.ndimage costs every job 0.3 s to import
+
         d_i = median_filter(diff[y0:y1, x0:x1] * c, footprint=_disk(r), mode="nearest")
         label[y0:y1, x0:x1] = c / (1.0 + np.exp(-self.logistic_k * (d_i - self.logistic_x0)))
         return label
