@@ -1,10 +1,12 @@
 """End to end: the real `snakemake` on a tiny synthetic config in a temporary folder (CPU)."""
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -147,8 +149,40 @@ def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_ru
             out = tmp_path / name
             rec = train(name, _demo_params(name), manifest, out, device="cpu", seed=0, progress=False)
             assert rec["epochs"] == 1 and rec["train_slices"] > 0
-            table = score_fold(out / "model.pt", manifest, out / "s.csv", out / "m.npz",
-                               figure_cases=tiny_run / "results" / "splits" / "figure_cases.csv", device="cpu")
+            cases = tiny_run / "results" / "splits" / "figure_cases.csv"
+            table = score_fold(out / "model.pt", manifest, out / "s.csv", out / "m.npz", figure_cases=cases,
+                               device="cpu", out_loc=out / "l.json")
             assert table["score"].notna().all() and len(table) > 0, name
+            # the batch size (auto: 32 on a CPU) changes nothing scored beyond float rounding (convolution
+            # kernels may sum in another order for another batch size): batches of 3 give the same results
+            score_fold(out / "model.pt", manifest, out / "s3.csv", out / "m3.npz", figure_cases=cases,
+                       device="cpu", batch_size=3, out_loc=out / "l3.json")
+            pd.testing.assert_frame_equal(pd.read_csv(out / "s.csv"), pd.read_csv(out / "s3.csv"), rtol=1e-5)
+            loc, loc3 = (json.loads((out / f).read_text()) for f in ("l.json", "l3.json"))
+            assert loc.keys() == loc3.keys(), name
+            for k, v in loc.items():
+                assert v == pytest.approx(loc3[k], rel=1e-4, abs=1e-6, nan_ok=True) if isinstance(v, float) \
+                    else v == loc3[k], (name, k)
+            with np.load(out / "m.npz") as a, np.load(out / "m3.npz") as b:
+                assert sorted(a.files) == sorted(b.files), name
+                for k in a.files:
+                    if a[k].dtype.kind == "f":
+                        np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6, err_msg=f"{name} {k}")
+                    else:
+                        assert np.array_equal(a[k], b[k]), (name, k)
     finally:
         os.chdir(cwd)
+
+
+def test_score_batch_size_auto_and_bad_values():
+    import torch
+
+    from ichbench.score import AUTO_BATCH, resolve_batch_size
+
+    assert resolve_batch_size("auto", torch.device("cpu")) == AUTO_BATCH["cpu"] == 32
+    assert resolve_batch_size("auto", torch.device("cuda")) == AUTO_BATCH["cuda"] == 128
+    assert resolve_batch_size(" AUTO ", torch.device("mps")) == 128
+    assert resolve_batch_size("7", torch.device("cpu")) == 7 and resolve_batch_size(64, torch.device("cpu")) == 64
+    for bad in (0, -3, "many", 2.5, None):
+        with pytest.raises(ValueError, match="score batch size must be 'auto' or a whole number"):
+            resolve_batch_size(bad, torch.device("cpu"))

@@ -445,7 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out-csv", required=True, help="output CSV of slice scores")
     s.add_argument("--out-maps", required=True, help="output NPZ of the Figure 1 cases' maps")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--batch-size", type=int, default=128, help="slices per scoring batch")
+    s.add_argument("--batch-size", default="auto",
+                   help="slices per scoring batch: a whole number, or auto (128 on a GPU, 32 on a CPU)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--out-loc", help="JSON of the test slices' localisation metrics (localisation.py)")
     s.add_argument("--pixel-negative-rate", type=float, default=0.0625,

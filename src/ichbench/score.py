@@ -23,12 +23,33 @@ SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid"
                  "slice_truth", "label", "score", "slice_score_brain"]
 
 
+#: slices per scoring batch for `batch_size="auto"`, by device type. On a CPU, batches of 128 make activations
+#: beyond the C heap's 32 MiB limit (`ichbench.heap`) that are mapped afresh and faulted in for every batch:
+#: 32 scored the default run's folds 15-40 % faster (DAE 11.7 -> 7.0 s) with the same scores, maps and
+#: localisation output byte for byte; a GPU takes the larger batch.
+AUTO_BATCH = {"cuda": 128, "cpu": 32}
+
+
+def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
+    """`auto` -> AUTO_BATCH for the device type (128 for one not listed); an integer >= 1 as it is."""
+    if isinstance(batch_size, str) and batch_size.strip().lower() == "auto":
+        return AUTO_BATCH.get(device.type, 128)
+    try:
+        value = int(batch_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"score batch size must be 'auto' or a whole number >= 1, not {batch_size!r}") from None
+    if value < 1 or value != float(batch_size):
+        raise ValueError(f"score batch size must be 'auto' or a whole number >= 1, not {batch_size!r}")
+    return value
+
+
 def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, device: str = "auto",
-               batch_size: int = 128, threads: int | None = None, out_loc=None,
+               batch_size: int | str = "auto", threads: int | None = None, out_loc=None,
                pixel_negative_rate: float = 0.0625, loc_seed: int = 0) -> pd.DataFrame:
     if threads:
         torch.set_num_threads(threads)
     method, rec = load_trained(model_path, device)
+    batch_size = resolve_batch_size(batch_size, method.device)
     rows = read_manifest(manifest)
     rows = rows[rows["part"].isin(["val", "test"])].reset_index(drop=True)
     data = load_slices(rows, extra=("gt_mask",))
