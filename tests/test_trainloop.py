@@ -288,3 +288,43 @@ def test_load_trained_after_device_synthesis(data, tmp_path):
     train("FPI", small_params("FPI"), fold, tmp_path / "m", device="cpu", progress=False)
     method, rec = load_trained(tmp_path / "m" / "model.pt", device="cpu")
     assert rec["synthesis"] == "device" and method.synthesis == "device"
+
+
+
+def test_checkpoint_clock_spaces_the_checkpoints():
+    """checkpoint_every selects the epochs, checkpoint_seconds skips those too soon after the last one."""
+    now = [0.0]
+    clock = train_mod.CheckpointClock(1, 60, clock=lambda: now[0])
+    got = []
+    for epoch in range(1, 9):                 # epochs end 25 s apart: 25 50 75 100 125 150 175 200
+        now[0] = 25.0 * epoch
+        got.append(clock.due(epoch, 8))
+    # 75 s (>= 60 since the start), then 150 s (75 since 75); epoch 8 is the last: model.pt, never a checkpoint
+    assert [e for e, d in zip(range(1, 9), got) if d] == [3, 6]
+    every2 = train_mod.CheckpointClock(2, 0, clock=lambda: 0.0)
+    assert [e for e in range(1, 8) if every2.due(e, 7)] == [2, 4, 6]
+    assert not any(train_mod.CheckpointClock(0, 0).due(e, 5) for e in range(1, 6))
+
+
+def test_checkpoint_seconds_in_training(data, tmp_path, monkeypatch):
+    """Through train(): 0 s writes a checkpoint after every epoch but the last; a minimum longer than the run
+    writes none, and the model is still written."""
+    fold = write_fold(tmp_path, data)
+
+    def saved(checkpoint_seconds):
+        epochs_saved = []
+        real = train_mod._atomic_save
+
+        def spy(obj, path):
+            if path.name == "checkpoint.pt":
+                epochs_saved.append(obj["epoch"])
+            real(obj, path)
+        with monkeypatch.context() as mp:
+            mp.setattr(train_mod, "_atomic_save", spy)
+            train("AE", small_params("AE", epochs=4), fold, tmp_path / f"c{checkpoint_seconds}", device="cpu",
+                  progress=False, checkpoint_seconds=checkpoint_seconds)
+        return epochs_saved
+
+    assert saved(0) == [1, 2, 3]
+    assert saved(10**6) == []
+    assert (tmp_path / f"c{10**6}" / "model.pt").exists()

@@ -168,7 +168,8 @@ def cmd_train(a) -> None:
     from .train import train
 
     rec = train(a.method, json.loads(a.params) if a.params else {}, a.manifest, a.out, device=a.device,
-                seed=a.seed, checkpoint_every=a.checkpoint_every, threads=a.threads,
+                seed=a.seed, checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
+                threads=a.threads,
                 # a bar only on a terminal: log files get the one line per epoch, no carriage-return frames
                 progress=not a.no_progress and sys.stderr.isatty(), deterministic=a.deterministic)
     logging.info("done: %s", json.dumps({k: rec[k] for k in ("train_seconds", "slices_per_second", "device")}))
@@ -432,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu, cuda or cuda:N")
     s.add_argument("--seed", type=int, default=0, help="seed of initialisation, batches and augmentations")
     s.add_argument("--checkpoint-every", type=int, default=1, help="epochs between resumable checkpoints (0 = none)")
+    s.add_argument("--checkpoint-seconds", type=float, default=0,
+                   help="skip a due checkpoint while fewer seconds than this have passed since the last one "
+                        "(0 = write every one; the workflow's default is train.checkpoint_seconds: 60)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--no-progress", action="store_true",
                    help="no progress bar even on a terminal (never one when stderr is a file)")

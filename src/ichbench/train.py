@@ -4,7 +4,7 @@
 
 Writes `model.pt` (weights, hyper-parameters, run record; no optimiser state), `history.csv` (loss per
 epoch), `run.json` and, while running, `checkpoint.pt` (weights, optimiser and RNG states) every
-`checkpoint_every` epochs, deleted once `model.pt` is written; a rerun after a kill (time limit, pre-emption)
+`checkpoint_every` epochs (and no more often than every `checkpoint_seconds`), deleted once `model.pt` is written; a rerun after a kill (time limit, pre-emption)
 resumes from it when it was written for the same method, hyper-parameters, code, seed and training
 slices, and ends with the same weights as an uninterrupted run. `run.json` and the model's record
 carry `resumed_from_epoch` (null for a run from scratch).
@@ -21,7 +21,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -79,6 +79,24 @@ def _epoch_batches(batches: DeviceBatches, bs: int, gen: torch.Generator, drop_l
     return itertools.islice(itertools.chain.from_iterable(passes), int(steps))
 
 
+class CheckpointClock:
+    """Which epoch ends get a checkpoint: every `every`-th epoch (0: none) but the last, skipped while fewer
+    than `seconds` have passed since the last checkpoint (or since the clock was made)."""
+
+    def __init__(self, every: int, seconds: float = 0, clock: Callable[[], float] = time.monotonic):
+        self.every, self.seconds, self.clock = int(every or 0), float(seconds or 0), clock
+        self.last = clock()
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        if not self.every or epoch % self.every or epoch >= epochs:
+            return False
+        now = self.clock()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
 def epoch_means(sums: dict[str, Any]) -> dict[str, float]:
     """The epoch's summed logs as Python floats: one read from the device for all of them."""
     keys = [k for k, v in sums.items() if isinstance(v, torch.Tensor)]
@@ -93,9 +111,11 @@ def build_method(name: str, params: dict[str, Any], in_channels: int, image_size
 
 def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
           device: str = "auto", seed: int = 0, checkpoint_every: int = 1, threads: int | None = None,
-          progress: bool = True, deterministic: bool = False) -> dict[str, Any]:
+          progress: bool = True, deterministic: bool = False, checkpoint_seconds: float = 0) -> dict[str, Any]:
     """Train one method on the `train` part of a fold manifest; returns the run record.
-    `deterministic`: deterministic kernels (`ichbench.determinism`; slower on a GPU)."""
+    `deterministic`: deterministic kernels (`ichbench.determinism`; slower on a GPU).
+    Checkpoints: at the end of every `checkpoint_every`-th epoch (0: none), skipped while fewer than
+    `checkpoint_seconds` have passed since the last one (or since training started); 0 writes every one."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -160,6 +180,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     log.info("training %s on %d slices (%dx%dx%d) on %s: %d epochs, batch %d", method_name, n, c, s, s, dev,
              epochs, bs)
     t0 = time.perf_counter()
+    checkpoints = CheckpointClock(checkpoint_every, checkpoint_seconds)
     seen = 0
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, epochs):
@@ -186,7 +207,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         log.info("epoch %d/%d %s", epoch + 1, epochs,
                  " ".join(f"{k}={v:.5g}" for k, v in record.items() if k != "epoch"))
         pd.DataFrame(history).to_csv(out_dir / "history.csv", index=False)
-        if checkpoint_every and ((epoch + 1) % checkpoint_every == 0) and epoch + 1 < epochs:
+        if checkpoints.due(epoch + 1, epochs):
             _atomic_save({"method": method_name, "params": p, "fingerprint": fingerprint, "epoch": epoch + 1,
                           "state": method.state_dict(),
                           "history": history, "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),

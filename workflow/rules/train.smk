@@ -26,9 +26,11 @@ rule train:
         device=config["train"]["device"],
         seed=config["train"]["seed"],
         checkpoint_every=config["train"]["checkpoint_every"],
+        checkpoint_seconds=config["train"]["checkpoint_seconds"],
         deterministic="--deterministic" if config["train"]["deterministic"] else "",
         out=output_dir,
     shell:
         "ichbench train --method {wildcards.method} --params '{params.hyper}' "
         "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
-        "--checkpoint-every {params.checkpoint_every} --threads {threads} {params.deterministic} > {log} 2>&1"
+        "--checkpoint-every {params.checkpoint_every} --checkpoint-seconds {params.checkpoint_seconds} "
+        "--threads {threads} {params.deterministic} > {log} 2>&1"
