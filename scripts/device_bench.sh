@@ -4,7 +4,7 @@
 # trainings, and the environment, all copied to $OUT (default: results/device_bench). About 4-5 minutes on
 # one H200; on a CPU `TINY=1 scripts/device_bench.sh` runs the same steps at toy size (about 2 minutes).
 #
-#   scripts/device_bench.sh                 # python3 with torch, opencv, pandas, scikit-learn, pyyaml
+#   scripts/device_bench.sh                 # .venv/bin/python, else python3: torch, opencv, pandas, scikit-learn, pyyaml
 #   OUT=/somewhere TINY=1 scripts/device_bench.sh
 #
 # Nothing is installed: the package runs from src/ (PYTHONPATH), and `ichbench bench` needs neither
@@ -13,7 +13,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-results/device_bench}"
 mkdir -p "$OUT"
-PY="${PYTHON:-python3}"
+# the project's venv where there is one (make setup), else python3; PYTHON=... names another
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+if ! "$PY" -c "import torch, cv2, pandas" 2>/dev/null; then
+    echo "device_bench: $PY lacks torch, opencv or pandas; install requirements.txt or set PYTHON" | tee "$OUT/error.txt" >&2
+    exit 2
+fi
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ "${TINY:-0}" = 1 ]; then
     SIZE=32; BATCH=4; SECONDS_EACH=0.3; ROWS="AE CutPaste"; CONC=1,2; CONC_S=2
