@@ -82,28 +82,48 @@ def test_brain_mean_score():
 
 
 
+class NumpyAccumulator(localisation.PixelAccumulator):
+    """An independent NumPy version of `add` (boolean indexing, argmax per slice): the oracle for the
+    accumulator's torch code."""
+
+    def add(self, maps, truth):
+        import torch
+
+        maps, truth = np.asarray(maps, np.float32), np.asarray(truth, bool)
+        self.n_slices += len(maps)
+        self.pos.append(torch.from_numpy(maps[truth]))
+        negs = maps[~truth]
+        self.n_neg_total += negs.size
+        self.neg.append(torch.from_numpy(negs if self.rate >= 1 else negs[self.rng.random(negs.size) < self.rate]))
+        anomalous = truth.reshape(len(truth), -1).any(axis=1)
+        if anomalous.any():
+            top = maps[anomalous].reshape(int(anomalous.sum()), -1).argmax(axis=1)
+            self.hits_found.append(int(truth[anomalous].reshape(len(top), -1)[np.arange(len(top)), top].sum()))
+            self.n_anomalous += int(anomalous.sum())
+
+
 @pytest.mark.parametrize("rate", [1.0, 0.1])
 def test_device_accumulator_and_brain_mean_equal_the_host_ones(rate):
-    """The score job's device path (maps as tensors, in two batches) gives exactly the host path's result."""
+    """The score job's path (maps as tensors, in two batches) gives exactly a NumPy oracle's result."""
     import torch
 
     maps, truth = _maps_and_truth(n=8)
     maps[0, 4, 5] = maps[2, 11, 2] = 2.0      # slices 0 and 2: the maximum inside the truth
     maps[5, 0, 0] = 2.0                       # slice 5: outside
     truth[5, 8:12, 8:12] = True
-    host, dev = localisation.PixelAccumulator(rate, 2, 3), localisation.PixelAccumulator(rate, 2, 3)
+    host, dev = NumpyAccumulator(rate, 2, 3), localisation.PixelAccumulator(rate, 2, 3)
     for part in (slice(0, 5), slice(5, 8)):
         host.add(maps[part], truth[part])
-        dev.add_device(torch.from_numpy(maps[part]), truth[part])
+        dev.add(torch.from_numpy(maps[part]), truth[part])
     expect = host.result()
     assert expect["max_in_truth"] == pytest.approx(2 / 3)
     assert dev.result() == expect
     with pytest.raises(ValueError, match="ground truth"):
-        dev.add_device(torch.from_numpy(maps[:, :8]), truth)
+        dev.add(torch.from_numpy(maps[:, :8]), truth)
     brain = np.zeros((2, 4, 4), bool)
     brain[0, 1:3, 1:3] = True
     m = np.arange(32, dtype=np.float32).reshape(2, 4, 4)
-    out = localisation.brain_mean_device(torch.from_numpy(m), brain).numpy()
+    out = localisation.brain_mean(torch.from_numpy(m), brain).numpy()
     assert out[0] == pytest.approx(7.5) and np.isnan(out[1])
 
 # -- ICH subtypes -------------------------------------------------------------------------------

@@ -52,39 +52,22 @@ class PixelAccumulator:
             raise ValueError(f"pixel negative rate must be in (0, 1], got {negative_rate}")
         self.rate = float(negative_rate)
         self.rng = np.random.default_rng([int(seed), int(fold), 7919])
-        self.pos: list[np.ndarray] = []
-        self.neg: list[np.ndarray] = []
+        self.pos: list = []              # torch tensors of map values, on the maps' device until `result()`
+        self.neg: list = []
         self.n_slices = 0
         self.n_anomalous = 0
-        self.hits = 0
         self.n_neg_total = 0
-        self.hits_device: list = []      # per-batch hit counts still on the device (add_device)
+        self.hits_found: list = []       # per-batch hit counts, on the maps' device until `result()`
 
-    def add(self, maps: np.ndarray, truth: np.ndarray) -> None:
-        """maps (B, H, W) float, truth (B, H, W) bool: slices whose pixel truth is known."""
-        maps = np.asarray(maps, np.float32)
-        truth = np.asarray(truth, bool)
-        if maps.shape != truth.shape:
-            raise ValueError(f"anomaly maps are {maps.shape[1:]}, the ground truth {truth.shape[1:]}")
-        self.n_slices += len(maps)
-        self.pos.append(maps[truth])
-        negs = maps[~truth]
-        self.n_neg_total += negs.size
-        self.neg.append(negs if self.rate >= 1 else negs[self.rng.random(negs.size) < self.rate])
-        anomalous = truth.reshape(len(truth), -1).any(axis=1)
-        if anomalous.any():
-            flat = maps[anomalous].reshape(int(anomalous.sum()), -1)
-            top = flat.argmax(axis=1)
-            self.hits += int(truth[anomalous].reshape(len(top), -1)[np.arange(len(top)), top].sum())
-            self.n_anomalous += int(anomalous.sum())
-
-    def add_device(self, maps, truth: np.ndarray) -> None:
-        """`add` for maps that are a torch tensor (B, H, W) on any device, truth (B, H, W) bool on the host.
-        The same values and the same negative sample as `add`, but the maps stay on their device: only the
-        sampled pixel values leave it, once, in `result()`."""
+    def add(self, maps, truth: np.ndarray) -> None:
+        """maps (B, H, W): a NumPy array, or a torch tensor on any device (the score job's maps stay on theirs:
+        only the sampled pixel values leave it, once, in `result()`); truth (B, H, W) bool on the host:
+        slices whose pixel truth is known."""
         import torch
 
         truth = np.asarray(truth, bool)
+        if not isinstance(maps, torch.Tensor):
+            maps = torch.from_numpy(np.asarray(maps, np.float32))
         if tuple(maps.shape) != truth.shape:
             raise ValueError(f"anomaly maps are {tuple(maps.shape[1:])}, the ground truth {truth.shape[1:]}")
         maps = maps.detach().float()
@@ -97,39 +80,31 @@ class PixelAccumulator:
         if self.rate >= 1:
             self.neg.append(maps[~t])
         else:
+            # one draw per normal pixel in C order: the sample depends on seed, fold and data, not on the device
             sample = np.zeros(truth.shape, bool)
-            sample[~truth] = self.rng.random(n_neg) < self.rate      # the same draws, in the same order, as `add`
+            sample[~truth] = self.rng.random(n_neg) < self.rate
             self.neg.append(maps[torch.from_numpy(sample).to(dev)])
         anomalous = truth.reshape(len(truth), -1).any(axis=1)
         if anomalous.any():
             a = torch.from_numpy(np.nonzero(anomalous)[0]).to(dev)
             top = maps[a].reshape(len(a), -1).argmax(dim=1, keepdim=True)
-            self.hits_device.append(t[a].reshape(len(a), -1).gather(1, top).sum())
+            self.hits_found.append(t[a].reshape(len(a), -1).gather(1, top).sum())
             self.n_anomalous += int(anomalous.sum())
 
     def result(self) -> dict:
-        if self.hits_device:
-            self.hits += int(sum(int(h) for h in self.hits_device))
-            self.hits_device = []
-        pos = np.concatenate([_host(p) for p in self.pos]) if self.pos else np.zeros(0, np.float32)
-        neg = np.concatenate([_host(n) for n in self.neg]) if self.neg else np.zeros(0, np.float32)
+        hits = sum(int(h) for h in self.hits_found)
+        pos = np.concatenate([p.cpu().numpy() for p in self.pos]) if self.pos else np.zeros(0, np.float32)
+        neg = np.concatenate([n.cpu().numpy() for n in self.neg]) if self.neg else np.zeros(0, np.float32)
         out = {"available": True, "n_slices": self.n_slices, "n_anomalous_slices": self.n_anomalous,
                "n_truth_pixels": int(pos.size), "n_normal_pixels": int(self.n_neg_total),
                "n_normal_pixels_sampled": int(neg.size), "negative_rate": self.rate,
                "pixel_auroc": None, "dice_best": None, "dice_threshold": None,
-               "max_in_truth": self.hits / self.n_anomalous if self.n_anomalous else None}
+               "max_in_truth": hits / self.n_anomalous if self.n_anomalous else None}
         if pos.size and neg.size:
             out["pixel_auroc"] = pixel_auroc(pos, neg)
             d, t = best_dice(pos, neg, 1.0 / self.rate)
             out["dice_best"], out["dice_threshold"] = d, t
         return out
-
-
-def _host(values) -> np.ndarray:
-    """A NumPy array or a torch tensor on any device -> a float32 NumPy array."""
-    if isinstance(values, np.ndarray):
-        return values.astype(np.float32, copy=False)
-    return values.detach().float().cpu().numpy()
 
 
 def pixel_auroc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -165,20 +140,15 @@ def write(path: str | os.PathLike, result: dict, **keys) -> None:
     Path(path).write_text(json.dumps({**keys, **result}, indent=1, sort_keys=True) + "\n")
 
 
-def brain_mean_device(maps, brain: np.ndarray):
-    """`brain_mean` for maps that are a torch tensor (B, H, W) on any device: -> (B,) float64 tensor there."""
+def brain_mean(maps, brain: np.ndarray):
+    """(B, H, W) maps, (B, H, W) brain masks -> mean of each map over its brain mask (NaN where empty), in
+    float64: a NumPy array for NumPy maps, a tensor on the maps' device for a torch tensor."""
     import torch
 
-    b = torch.from_numpy(np.asarray(brain, bool)).to(maps.device)
+    host = not isinstance(maps, torch.Tensor)
+    m = torch.from_numpy(np.asarray(maps)) if host else maps
+    b = torch.from_numpy(np.asarray(brain, bool)).to(m.device)
     n = b.reshape(len(b), -1).sum(dim=1)
-    s = (maps.double() * b).reshape(len(b), -1).sum(dim=1)
-    return torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
-
-
-def brain_mean(maps: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """(B, H, W) maps, (B, H, W) brain masks -> mean of each map over its brain mask (NaN where empty)."""
-    brain = np.asarray(brain, bool)
-    n = brain.reshape(len(brain), -1).sum(axis=1)
-    s = (np.asarray(maps, np.float64) * brain).reshape(len(brain), -1).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
+    s = (m.double() * b).reshape(len(b), -1).sum(dim=1)
+    out = torch.where(n > 0, s / n.clamp(min=1), torch.full_like(s, float("nan")))
+    return out.numpy() if host else out

@@ -85,10 +85,10 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
         if pixel:
             m = m.detach().float()
             if m.ndim == 3 and tuple(m.shape[1:]) == brain_all.shape[1:]:
-                brain_parts.append(localisation.brain_mean_device(m, brain_all[ii]))
+                brain_parts.append(localisation.brain_mean(m, brain_all[ii]))
                 k = truth_known[ii]
                 if k.any() and loc_error is None:
-                    acc.add_device(m[torch.from_numpy(np.nonzero(k)[0]).to(m.device)], gt_all[ii][k])
+                    acc.add(m[torch.from_numpy(np.nonzero(k)[0]).to(m.device)], gt_all[ii][k])
             elif loc_error is None:
                 loc_error = f"maps of shape {tuple(m.shape[1:])} do not match the slices {brain_all.shape[1:]}"
         if case_maps is not None:

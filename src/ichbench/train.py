@@ -4,8 +4,8 @@
 
 Writes `model.pt` (weights, hyper-parameters, run record; no optimiser state), `history.csv` (loss per
 epoch), `run.json` and, while running, `checkpoint.pt` (weights, optimiser and RNG states) every
-`checkpoint_every` epochs (and no more often than every `checkpoint_seconds`), deleted once `model.pt` is written; a rerun after a kill (time limit, pre-emption)
-resumes from it when it was written for the same method, hyper-parameters, code, seed and training
+`checkpoint_every` epochs but at most once per `checkpoint_seconds`, deleted once `model.pt` is written; a
+rerun after a kill (time limit, pre-emption) resumes from it when it was written for the same method, hyper-parameters, code, seed and training
 slices, and ends with the same weights as an uninterrupted run. `run.json` and the model's record
 carry `resumed_from_epoch` (null for a run from scratch).
 """
