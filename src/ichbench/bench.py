@@ -134,12 +134,14 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def reference_rate(method, arrays, batch_size: int, workers: int, dev: torch.device, seconds: float) -> float:
-    """Images/s of the reference-style loop: DataLoader (CPU generation in `workers` processes) -> bare step."""
+def reference_rate(method, generator, arrays, batch_size: int, workers: int, dev: torch.device,
+                   seconds: float) -> float:
+    """Images/s of the reference-style loop: DataLoader (`generator`, the row's CPU generator, in `workers`
+    processes) -> bare step."""
     images, heads, brains = arrays
     two = method.name in TWO_STAGE
     steps = max(3, int(seconds * 4))
-    ds = _ReferenceSlices(images, heads, brains, method.generator, two, (steps + 1) * batch_size)
+    ds = _ReferenceSlices(images, heads, brains, generator, two, (steps + 1) * batch_size)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, drop_last=True,
                                          worker_init_fn=_worker_init if workers else None,
                                          pin_memory=dev.type == "cuda", persistent_workers=False)
@@ -198,16 +200,14 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
                                                        brain_mask=batch["brain_mask"]), b, dev, seconds)
         out["gen_device_vs_cpu"] = out["gen_device_img_s"] / out["gen_cpu_img_s"]
         method.load_state_dict(state)
-        cpu_generator = method.generator
+        own_generator = method.generator
         method.generator = OnDevice(dev_gen, dev, 0)        # what `synthesis: device` sets up
         out["device_gen_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
-        method.generator = cpu_generator
-        if method.synthesis == "device":      # the reference-style loop below needs the CPU generator
-            method.generator = cpu_gen
+        method.generator = own_generator
         best = max(best, out["device_gen_img_s"])
         method.load_state_dict(state)
         out["reference_workers"] = workers
-        out["reference_img_s"] = reference_rate(method, arrays, b, workers, dev, seconds)
+        out["reference_img_s"] = reference_rate(method, cpu_gen, arrays, b, workers, dev, seconds)
         out["ours_vs_reference"] = out["ours_img_s"] / out["reference_img_s"]
     if name in TWO_STAGE:
         out["job_images"] = recipe["two_stage_steps"] * recipe["two_stage_batch"]

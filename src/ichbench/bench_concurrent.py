@@ -93,8 +93,7 @@ def run_concurrent(out_csv: str | os.PathLike, levels: list[int], *, row: str = 
     from .bench import write_csv
     from .train import resolve_device
 
-    if not levels or any(k < 1 for k in levels):
-        raise ValueError(f"bench --concurrent: process counts must be positive integers, not {levels}")
+    _check_levels(levels, levels)
     dev = resolve_device(device)
     if threads is None:
         threads = 1 if dev.type == "cpu" else 0
@@ -116,6 +115,10 @@ def parse_levels(text: str) -> list[int]:
         levels = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
         raise ValueError(f"bench --concurrent: expected process counts like 1,2,4, not {text!r}") from None
+    return _check_levels(levels, text)
+
+
+def _check_levels(levels: list[int], given: Any) -> list[int]:
     if not levels or any(k < 1 for k in levels):
-        raise ValueError(f"bench --concurrent: expected positive process counts like 1,2,4, not {text!r}")
+        raise ValueError(f"bench --concurrent: expected positive process counts like 1,2,4, not {given!r}")
     return levels

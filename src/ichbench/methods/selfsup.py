@@ -127,8 +127,8 @@ class SelfSupervisedMethod(Method):
             self.torch_generator.set_state(state["torch_generator"].cpu())
 
 
-def rotate_shift(x: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator | torch.Generator, degrees: float,
-                 shift: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def rotate_shift(x: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator | torch.Generator,
+                 degrees: float, shift: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Rotate each (square) slice by U(-degrees, degrees) about its centre and shift it by an integer
     U{-shift..shift} per axis, nearest neighbour (torchvision's RandomRotation default, so the slice stays
     on the 8-bit grid), air (-1) / False where nothing comes in. The mask moves with its slice. `rng`: a numpy
