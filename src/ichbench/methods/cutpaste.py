@@ -14,9 +14,5 @@ from .selfsup import PatchSegmentationMethod
 class CutPaste(PatchSegmentationMethod):
     name = "CutPaste"
     paper = "Li et al. 2021 (CutPaste), one-stage segmentation variant of Schlueter et al. 2022"
-
-    def make_generator(self):
-        return CutPasteGenerator(**self.label_options())
-
-    def make_device_generator(self):
-        return device_cutpaste(**self.device_patch_options())
+    cpu_factory = staticmethod(CutPasteGenerator)
+    device_factory = staticmethod(device_cutpaste)

@@ -18,16 +18,12 @@ class FPI(PatchSegmentationMethod):
     name = "FPI"
     paper = "Tan et al. 2022, Detecting outliers with foreign patch interpolation"
     defaults = {"alpha_min": 0.05, "alpha_max": 0.95}
+    cpu_factory = staticmethod(FPIGenerator)
+    device_factory = staticmethod(device_fpi)
 
     def blend_options(self) -> dict:
         return {"poisson": False}
 
-    def make_generator(self):
-        p = self.params
-        return FPIGenerator(alpha_min=p["alpha_min"], alpha_max=p["alpha_max"], **self.blend_options(),
-                            **self.label_options())
-
-    def make_device_generator(self):
-        p = self.params
-        return device_fpi(alpha_min=p["alpha_min"], alpha_max=p["alpha_max"], **self.blend_options(),
-                          **self.device_patch_options())
+    def generator_settings(self) -> dict:
+        return {"alpha_min": self.params["alpha_min"], "alpha_max": self.params["alpha_max"],
+                **self.blend_options()}

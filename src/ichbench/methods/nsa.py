@@ -18,19 +18,16 @@ class NSAMethod(PatchSegmentationMethod):
 
     paper = "Schlueter et al. 2022, Natural synthetic anomalies for self-supervised anomaly detection and localization"
     defaults = {"scale_sd": 0.5, "scale_min": 0.7, "scale_max": 1.3, "clone_mode": "mixed"}
+    cpu_factory = staticmethod(NSAGenerator)
+    device_factory = staticmethod(device_nsa)
 
     def nsa_label(self) -> dict:
         raise NotImplementedError
 
-    def make_generator(self):
+    def generator_settings(self) -> dict:
         p = self.params
-        return NSAGenerator(scale_sd=p["scale_sd"], scale_min=p["scale_min"], scale_max=p["scale_max"],
-                            clone=p["clone_mode"], **self.nsa_label(), **self.label_options())
-
-    def make_device_generator(self):
-        p = self.params
-        return device_nsa(scale_sd=p["scale_sd"], scale_min=p["scale_min"], scale_max=p["scale_max"],
-                          clone=p["clone_mode"], **self.nsa_label(), **self.device_patch_options())
+        return {"scale_sd": p["scale_sd"], "scale_min": p["scale_min"], "scale_max": p["scale_max"],
+                "clone": p["clone_mode"], **self.nsa_label()}
 
 
 @register

@@ -185,6 +185,21 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
         return {"tol": float(p["label_tol"]), "median_size": int(p["label_median"]),
                 **dataclasses.asdict(self.patch_sampler())}
 
+    #: the row's generator: the NumPy/OpenCV reference (`one_stage_anomalies`) and its device twin
+    #: (`device_anomalies`), both called with `generator_settings()` plus the shared patch and label options
+    cpu_factory: Callable[..., Any]
+    device_factory: Callable[..., Any]
+
+    def generator_settings(self) -> dict:
+        """The row's own generator keyword arguments, the same for both factories."""
+        return {}
+
+    def make_generator(self):
+        return self.cpu_factory(**self.generator_settings(), **self.label_options())
+
+    def make_device_generator(self):
+        return self.device_factory(**self.generator_settings(), **self.device_patch_options())
+
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
         # the lr of epoch e is lr_min + (lr - lr_min)(1 + cos(pi e / epochs)) / 2, the closed form of the
         # reference's CosineAnnealingLR(T_max=epochs) stepped once per epoch; the base loop steps it per step
