@@ -135,28 +135,37 @@ def _demo_params(name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_run, tmp_path):
+def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_run, tmp_path, monkeypatch):
     """Every Table 1 row, through the same train/score code the rules call, on the pipeline's fold 0."""
+    from ichbench.data import DeviceBatches
     from ichbench.methods import REGISTRY
     from ichbench.score import score_fold
     from ichbench.train import train
 
     manifest = tiny_run / "results" / "splits" / "fold-0.csv"
+    n_scored = int(pd.read_csv(manifest)["part"].isin(["val", "test"]).sum())
     cwd = os.getcwd()
     os.chdir(tiny_run)                    # manifests hold paths relative to the run folder
+    sizes: list[int] = []                 # the batches the data yields (cleared before each score_fold)
+    real_batch = DeviceBatches.batch
+    monkeypatch.setattr(DeviceBatches, "batch", lambda self, idx: sizes.append(len(idx)) or real_batch(self, idx))
     try:
         for name in REGISTRY:
             out = tmp_path / name
             rec = train(name, _demo_params(name), manifest, out, device="cpu", seed=0, progress=False)
             assert rec["epochs"] == 1 and rec["train_slices"] > 0
             cases = tiny_run / "results" / "splits" / "figure_cases.csv"
+            sizes.clear()
             table = score_fold(out / "model.pt", manifest, out / "s.csv", out / "m.npz", figure_cases=cases,
                                device="cpu", out_loc=out / "l.json")
             assert table["score"].notna().all() and len(table) > 0, name
+            assert sizes and max(sizes) == min(32, n_scored) and sum(sizes) == n_scored, (name, sizes)   # auto
+            sizes.clear()
             # the batch size (auto: 32 on a CPU) changes nothing scored beyond float rounding (convolution
             # kernels may sum in another order for another batch size): batches of 3 give the same results
             score_fold(out / "model.pt", manifest, out / "s3.csv", out / "m3.npz", figure_cases=cases,
                        device="cpu", batch_size=3, out_loc=out / "l3.json")
+            assert max(sizes) == 3 and sum(sizes) == n_scored, (name, sizes)
             pd.testing.assert_frame_equal(pd.read_csv(out / "s.csv"), pd.read_csv(out / "s3.csv"), rtol=1e-5)
             loc, loc3 = (json.loads((out / f).read_text()) for f in ("l.json", "l3.json"))
             assert loc.keys() == loc3.keys(), name
