@@ -29,9 +29,10 @@ import pandas as pd
 import torch
 
 from ichbench import config as cfgmod
-from ichbench.aggregate import fold_metrics
-from ichbench.data import DeviceBatches, load_slices, read_manifest
-from ichbench.train import load_trained, train
+from ichbench.evaluation.aggregate import fold_metrics
+from ichbench.cohort.splits import read_manifest
+from ichbench.training.data import DeviceBatches, load_slices
+from ichbench.training.train import load_trained, train
 
 
 def _value(text: str):

@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench_anomalies.py --size 128 --batch 64 --threads 2 [--device cpu]
 
-Prints images/s of each generator (toy head slices, `ichbench.anomaly_figure.toy_head_slices`) and
+Prints images/s of each generator (toy head slices, `ichbench.synthetic.toy.toy_head_slices`) and
 of one training step (synthesis included) of the one-stage network (NSA's encoder-decoder) and of the
 two-stage network (CutPaste 2-stage: batch + its augmented copy). Generation keeps up with training
 where its images/s is well above the training step's. On a shared machine the wall-clock rate
@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from ichbench.anomaly_figure import GENERATORS, toy_head_slices
+from ichbench.evaluation.anomaly_figure import GENERATORS
+from ichbench.synthetic.toy import toy_head_slices
 from ichbench.methods import get_method
 
 

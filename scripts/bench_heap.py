@@ -1,4 +1,4 @@
-"""CPU time of training steps with ichbench's heap settings (`ichbench.heap`) against the C library's defaults.
+"""CPU time of training steps with ichbench's heap settings (`ichbench.training.heap`) against the C library's defaults.
 
     .venv/bin/python scripts/bench_heap.py [--row AE] [--steps 24] [--pairs 3]
 
@@ -22,8 +22,8 @@ def child(row: str, steps: int) -> None:
 
     import torch
 
-    from ichbench.anomaly_figure import toy_head_slices
-    from ichbench.heap import keep_freed_memory
+    from ichbench.synthetic.toy import toy_head_slices
+    from ichbench.training.heap import keep_freed_memory
     from ichbench.methods import REGISTRY
 
     applied = keep_freed_memory()

@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from ichbench.anomaly_figure import plot_synthetic_anomalies, toy_head_slices
+from ichbench.evaluation.anomaly_figure import plot_synthetic_anomalies
+from ichbench.synthetic.toy import toy_head_slices
 
 
 def slices_from_cache(paths: list[str], n: int):

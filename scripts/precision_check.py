@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from ichbench.anomaly_figure import toy_head_slices
+from ichbench.synthetic.toy import toy_head_slices
 from ichbench.methods import get_method
 
 

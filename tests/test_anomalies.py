@@ -1,13 +1,13 @@
-"""The synthetic-anomaly generators (ichbench.anomalies) on small head-like slices."""
+"""The synthetic-anomaly generators (ichbench.anomalies.two_stage) on small head-like slices."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from ichbench import anomalies as an
-from ichbench import one_stage_anomalies as osa
-from ichbench.anomaly_figure import toy_head_slices
+from ichbench.anomalies import two_stage as an
+from ichbench.anomalies import one_stage as osa
+from ichbench.synthetic.toy import toy_head_slices
 
 SIZE = 64
 

@@ -12,7 +12,7 @@ import pytest
 from pydicom.encaps import encapsulate
 from pydicom.uid import generate_uid
 
-from ichbench import series_select
+from ichbench.inputs import series_select
 from ichbench.cli import main
 
 NEEDLES = [b"SYNTHETIC^PATIENT", b"Synthetic General Hospital", b"19600101", b"ACC0"]

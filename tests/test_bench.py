@@ -5,7 +5,7 @@ import csv
 
 import pytest
 
-from ichbench import bench
+from ichbench.bench import throughput as bench
 from ichbench.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,7 +45,7 @@ def test_concurrent_training_processes_on_one_device(tmp_path):
     assert main(["bench", "--out", str(out), "--size", "32", "--batch", "4", "--device", "cpu",
                  "--concurrent", "1,2", "--concurrent-seconds", "0.2", "--concurrent-only"]) == 0
     assert not out.exists()                                   # --concurrent-only: no per-row table
-    from ichbench.bench_concurrent import COLUMNS
+    from ichbench.bench.concurrent import COLUMNS
     with open(tmp_path / "bench-concurrent.csv") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == COLUMNS
@@ -63,12 +63,12 @@ def test_concurrent_training_processes_on_one_device(tmp_path):
 
 @pytest.mark.parametrize("text", ["0", "1,x", ""])
 def test_concurrent_levels_must_be_positive_counts(text):
-    from ichbench.bench_concurrent import parse_levels
+    from ichbench.bench.concurrent import parse_levels
     with pytest.raises(ValueError, match="process counts"):
         parse_levels(text)
 
 
 def test_concurrent_reports_a_failing_process(tmp_path):
-    from ichbench.bench_concurrent import run_level
+    from ichbench.bench.concurrent import run_level
     r = run_level(1, row="NoSuchRow", device="cpu", size=32, batch=2, seconds=0.1, threads=1)
     assert r["img_s_total"] is None and "NoSuchRow" in r["error"]

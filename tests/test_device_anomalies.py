@@ -1,4 +1,4 @@
-"""The device generators (ichbench.device_anomalies) against OpenCV and the CPU generators.
+"""The device generators (ichbench.anomalies.device) against OpenCV and the CPU generators.
 
 Tolerances, stated once:
 - Poisson blending: on fixed cases the blended image equals `cv2.seamlessClone`'s within 0.5 grey levels mean
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from ichbench import anomalies as an
-from ichbench import device_anomalies as da
-from ichbench.anomaly_figure import toy_head_slices
+from ichbench.anomalies import two_stage as an
+from ichbench.anomalies import device as da
+from ichbench.synthetic.toy import toy_head_slices
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,10 +79,10 @@ def toy():
 
 
 def _cpu_one_stage(name):
-    """The CPU reference of the one-stage rows (MedIAnomaly's patch_ex rules, `ichbench.one_stage_anomalies`)."""
-    if importlib.util.find_spec("ichbench.one_stage_anomalies") is None:
-        pytest.skip("ichbench.one_stage_anomalies (the CPU patch_ex generators) is not in this checkout")
-    from ichbench import one_stage_anomalies as osa
+    """The CPU reference of the one-stage rows (MedIAnomaly's patch_ex rules, `ichbench.anomalies.one_stage`)."""
+    if importlib.util.find_spec("ichbench.anomalies.one_stage") is None:
+        pytest.skip("ichbench.anomalies.one_stage (the CPU patch_ex generators) is not in this checkout")
+    from ichbench.anomalies import one_stage as osa
     return {"NSA": osa.NSA("binary"), "NSA-Intensity": osa.NSA("logistic"), "FPI": osa.FPI(),
             "FPI-Poisson": osa.FPI(poisson=True), "CutPaste": osa.CutPaste()}[name]
 

@@ -3,9 +3,9 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import dicom_index, dicomio, series_select
-from ichbench.preprocess import build_index, preprocess_shard, read_index
-from ichbench.windowing import PAPER_WINDOWS
+from ichbench.inputs import dicom_index, dicomio, series_select
+from ichbench.cache.preprocess import build_index, preprocess_shard, read_index
+from ichbench.inputs.windowing import PAPER_WINDOWS
 
 
 @pytest.fixture(scope="module")

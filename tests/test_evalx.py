@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ichbench import assignment, guards, localisation, splits, subtypes
+from ichbench.cohort import assignment, guards, splits, subtypes
+from ichbench.evaluation import localisation
 from ichbench.config import ConfigError
 
 
@@ -142,7 +143,7 @@ def test_subtype_codes_and_subsets():
 
 
 def test_real_label_facts(shared_data):
-    from ichbench.labels import read_ctfsh
+    from ichbench.datasets.labels import read_ctfsh
 
     ctfsh = read_ctfsh(shared_data / "ctfsh" / "cq500_labels.csv")
     info = subtypes.scan_info(ctfsh, str(shared_data / "cq500" / "reads.csv"))
@@ -253,7 +254,7 @@ def _box(sop, x, y, w, h, label="IPH"):
 
 
 def test_box_transfer_onto_a_tilted_series():
-    from ichbench import bhx_transfer
+    from ichbench.datasets import bhx_transfer
 
     t = np.radians(20.0)
     tilted = (1, 0, 0, 0, np.cos(t), np.sin(t))                 # normal (0, -sin t, cos t)
@@ -292,7 +293,7 @@ def test_box_transfer_onto_a_tilted_series():
 
 
 def test_transferred_box_file_reads_back_with_its_record(tmp_path):
-    from ichbench import bhx, bhx_transfer
+    from ichbench.datasets import bhx, bhx_transfer
 
     moved = pd.DataFrame([{**_box("S.1", 10.5, 20.25, 30, 40), "transfer": "by patient coordinates",
                            "source_sop_uid": "O.1", "source_series_uid": "SO", "distance_mm": 0.3}])
@@ -370,8 +371,9 @@ def test_score_job_writes_brain_score_and_localisation(tiny_synthetic, tiny_cach
     import torch
 
     from ichbench.cli import main
-    from ichbench.data import DeviceBatches, load_slices, read_manifest
-    from ichbench.train import load_trained
+    from ichbench.cohort.splits import read_manifest
+    from ichbench.training.data import DeviceBatches, load_slices
+    from ichbench.training.train import load_trained
 
     assert _split(tiny_synthetic, tiny_cache, tmp_path / "s") == 0
     manifest = tmp_path / "s" / "fold-0.csv"
@@ -404,7 +406,8 @@ def test_score_job_writes_brain_score_and_localisation(tiny_synthetic, tiny_cach
 
 def test_cq500_ct0_boxes_lie_on_another_series(shared_data):
     """The issue's fact: CQ500-CT-0's six BHX boxes are on a series other than the one shipped (and chosen)."""
-    from ichbench import bhx, bhx_transfer, dicom_index
+    from ichbench.datasets import bhx, bhx_transfer
+    from ichbench.inputs import dicom_index
 
     index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     boxes = bhx.read_bhx(shared_data / "bhx" / "1_Initial_Manual_Labeling.csv")
@@ -419,8 +422,9 @@ def test_cq500_ct0_boxes_lie_on_another_series(shared_data):
 def test_box_moved_onto_the_real_tilted_cq500_series(shared_data):
     """A box on a constructed axial 5 mm series, moved onto CQ500-CT-0's real 8.5-degree-tilted 0.625 mm series:
     on each reached slice the box centre is the orthogonal projection of the source centre."""
-    from ichbench import bhx_transfer, dicom_index
-    from ichbench.geometry import slice_normal
+    from ichbench.datasets import bhx_transfer
+    from ichbench.inputs import dicom_index
+    from ichbench.inputs.geometry import slice_normal
 
     index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     pid, study = index["patient_id"].iloc[0], index["study_uid"].iloc[0]

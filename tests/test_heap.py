@@ -1,4 +1,4 @@
-"""The heap settings of `ichbench.heap`: applied on glibc, opt-out by environment, and what they are for
+"""The heap settings of `ichbench.training.heap`: applied on glibc, opt-out by environment, and what they are for
 (training steps that stop faulting their freed activations back in)."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ GLIBC = platform.libc_ver()[0] == "glibc"
 
 CHILD = r"""
 import json, resource, torch
-from ichbench.heap import keep_freed_memory
-from ichbench.anomaly_figure import toy_head_slices
+from ichbench.training.heap import keep_freed_memory
+from ichbench.synthetic.toy import toy_head_slices
 from ichbench.methods import REGISTRY
 applied = keep_freed_memory()
 torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def _child(heap_env: str | None) -> dict:
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt settings are glibc's")
 def test_settings_applied_and_opt_out():
-    from ichbench.heap import MMAP_THRESHOLD, TRIM_THRESHOLD
+    from ichbench.training.heap import MMAP_THRESHOLD, TRIM_THRESHOLD
 
     ours, default = _child(None), _child("default")
     assert ours["applied"] == {"mmap_threshold": MMAP_THRESHOLD, "trim_threshold": TRIM_THRESHOLD}
@@ -56,7 +56,8 @@ def test_settings_applied_and_opt_out():
 
 def test_cli_applies_settings(monkeypatch):
     """Every `ichbench` command goes through main(), which applies the settings before the command runs."""
-    from ichbench import cli, heap
+    from ichbench import cli
+    from ichbench.training import heap
 
     calls = []
     monkeypatch.setattr(heap, "keep_freed_memory", lambda: calls.append(1) or {})

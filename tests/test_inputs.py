@@ -10,12 +10,12 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from ichbench import dicom_index, dicomio, nifti
-from ichbench.confounds import confound_table, confounds_markdown
-from ichbench.inputcheck import hu_problem, mask_truth, square_padding
-from ichbench.preprocess import SERIES_COLUMNS, build_index, cache_series, preprocess_shard
-from ichbench.splits import collect_slices
-from ichbench.windowing import PAPER_WINDOWS
+from ichbench.inputs import dicom_index, dicomio, nifti
+from ichbench.evaluation.confounds import confound_table, confounds_markdown
+from ichbench.inputs.inputcheck import hu_problem, mask_truth, square_padding
+from ichbench.cache.preprocess import SERIES_COLUMNS, build_index, cache_series, preprocess_shard
+from ichbench.cohort.splits import collect_slices
+from ichbench.inputs.windowing import PAPER_WINDOWS
 
 
 def head(rows: int, cols: int, radius: float, n: int = 2) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_one_pixel_box_counts_too(tmp_path):
 
 
 def test_pixel_truth_wins_over_the_slice_label_file(tmp_path):
-    from ichbench.splits import apply_slice_labels
+    from ichbench.cohort.splits import apply_slice_labels
 
     slices = pd.DataFrame({"sop_uid": ["a", "b", "c"], "slice_truth": [1, 0, -1]})
     labels = pd.DataFrame({"sop_uid": ["a", "b", "c"], "hemorrhage": [0, 0, 1]})
@@ -257,7 +257,7 @@ def test_real_ct_is_hu_and_its_brain_window_is_not(shared_data):
 
 
 def test_real_bhx_boxes_give_full_resolution_area(shared_data, tmp_path):
-    from ichbench import bhx
+    from ichbench.datasets import bhx
 
     index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-1")
     series = dicomio.load_series(index)

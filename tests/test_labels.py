@@ -1,6 +1,6 @@
 import pytest
 
-from ichbench.labels import LabelError, read_ctfsh, read_reads_majority, scan_labels
+from ichbench.datasets.labels import LabelError, read_ctfsh, read_reads_majority, scan_labels
 
 
 def test_ctfsh_counts(shared_data):
@@ -45,7 +45,7 @@ def test_ctfsh_name_forms(tmp_path):
 def test_scan_table_and_labels_from_masks(tmp_path):
     import pandas as pd
 
-    from ichbench.labels import labels_from_slices, read_scan_table
+    from ichbench.datasets.labels import labels_from_slices, read_scan_table
 
     p = tmp_path / "t.csv"
     p.write_text("scan_id,label\na,0\nb,1\n")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.covariance import LedoitWolf
 
-from ichbench.anomaly_figure import toy_head_slices
+from ichbench.synthetic.toy import toy_head_slices
 from ichbench.methods import REGISTRY, get_method
 from ichbench.methods.selfsup import EmbeddingGaussianMethod, PatchSegmentationMethod, mahalanobis
 
@@ -161,7 +161,7 @@ def test_score_before_fit_end_fails(data):
 @pytest.mark.parametrize("name", ["CutPaste", "AnatPaste"])
 def test_shared_training_loop(name, data, tmp_path):
     """train.py end to end on an NPZ cache of 8 slices: model.pt, then scoring from it."""
-    from ichbench.train import load_trained, train
+    from ichbench.training.train import load_trained, train
 
     q = np.clip(np.rint((data["x"].numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
     np.savez(tmp_path / "s.npz", images=q, head_mask=data["head_mask"].numpy(), brain_mask=data["brain_mask"].numpy())

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from ichbench import nifti
+from ichbench.inputs import nifti
 from ichbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

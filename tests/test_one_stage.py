@@ -11,8 +11,8 @@ import torch
 from skimage.filters import median as sk_median
 from skimage.morphology import disk
 
-from ichbench import one_stage_anomalies as osa
-from ichbench.anomaly_figure import toy_head_slices
+from ichbench.anomalies import one_stage as osa
+from ichbench.synthetic.toy import toy_head_slices
 from ichbench.methods import get_method
 from ichbench.methods.selfsup import rotate_shift
 from ichbench.nets.resnet import ResNetEncoderDecoder

@@ -1,7 +1,6 @@
 """End to end: the real `snakemake` on a tiny synthetic config in a temporary folder (CPU)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,10 +136,10 @@ def _demo_params(name: str) -> dict:
 @pytest.mark.slow
 def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_run, tmp_path, monkeypatch):
     """Every Table 1 row, through the same train/score code the rules call, on the pipeline's fold 0."""
-    from ichbench.data import DeviceBatches
+    from ichbench.training.data import DeviceBatches
     from ichbench.methods import REGISTRY
-    from ichbench.score import score_fold
-    from ichbench.train import train
+    from ichbench.training.score import score_fold
+    from ichbench.training.train import train
 
     manifest = tiny_run / "results" / "splits" / "fold-0.csv"
     n_scored = int(pd.read_csv(manifest)["part"].isin(["val", "test"]).sum())
@@ -186,7 +185,7 @@ def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_ru
 def test_score_batch_size_auto_and_bad_values():
     import torch
 
-    from ichbench.score import AUTO_BATCH, resolve_batch_size
+    from ichbench.training.score import AUTO_BATCH, resolve_batch_size
 
     assert resolve_batch_size("auto", torch.device("cpu")) == AUTO_BATCH["cpu"] == 32
     assert resolve_batch_size("auto", torch.device("cuda")) == AUTO_BATCH["cuda"] == 128

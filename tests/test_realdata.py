@@ -6,12 +6,13 @@ import pandas as pd
 import pydicom
 import pytest
 
-from ichbench import bhx, dicom_index, dicomio, series_select
-from ichbench.geometry import spacing_summary
+from ichbench.datasets import bhx
+from ichbench.inputs import dicom_index, dicomio, series_select
+from ichbench.inputs.geometry import spacing_summary
 from ichbench.cli import main
-from ichbench.labels import read_ctfsh, read_reads_majority
-from ichbench.preprocess import preprocess_shard, read_index
-from ichbench.windowing import PAPER_WINDOWS
+from ichbench.datasets.labels import read_ctfsh, read_reads_majority
+from ichbench.cache.preprocess import preprocess_shard, read_index
+from ichbench.inputs.windowing import PAPER_WINDOWS
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_bhx_boxes_on_the_cq500_slice(shared_data, tmp_path):
     assert len(hits[sop]) == 3
     assert sorted(hits[sop]["label_name"]) == ["Intraparenchymal", "Intraventricular", "Subarachnoid"]
     # rasterised into the cache: the slice gets ground truth from the boxes
-    from ichbench.preprocess import write_index
+    from ichbench.cache.preprocess import write_index
 
     write_index(index, tmp_path / "index.csv")
     cand = series_select.select_series(series_select.describe_series(index), min_slices=1)

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichbench.splits import assign_folds, build_cohort, make_manifests, slice_label
+from ichbench.cohort.splits import assign_folds, build_cohort, make_manifests, slice_label
 
 
 def _cohort(n_normal=23, n_path=31, slices=5):
@@ -90,7 +90,7 @@ def test_cohort_reports_missing_and_unlabelled_scans():
 
 
 def test_undecided_labels_are_reported_and_summary_has_totals():
-    from ichbench.splits import cohort_summary
+    from ichbench.cohort.splits import cohort_summary
 
     c = _cohort(3, 3)
     labels = pd.DataFrame({"scan_id": ["P0", "P1", "P2", "P3", "P4", "P5"], "label": [0, 0, 0, 1, 1, np.nan]})

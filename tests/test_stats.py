@@ -1,4 +1,4 @@
-"""Table 1 statistics (ichbench.stats) on constructed cases whose answers are known."""
+"""Table 1 statistics (ichbench.evaluation.stats) on constructed cases whose answers are known."""
 from pathlib import Path
 
 import numpy as np
@@ -7,8 +7,8 @@ import pytest
 from scipy.stats import norm
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from ichbench import stats
-from ichbench.aggregate import table1
+from ichbench.evaluation import stats
+from ichbench.evaluation.aggregate import table1
 
 
 def test_curve_metrics_match_sklearn_on_repeated_units_with_ties():

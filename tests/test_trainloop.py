@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-import ichbench.train as train_mod
-from ichbench.anomaly_figure import toy_head_slices
+import ichbench.training.train as train_mod
+from ichbench.synthetic.toy import toy_head_slices
 from ichbench.methods import REGISTRY, get_method
 from ichbench.methods.dae import coarse_noise
-from ichbench.train import load_trained, train
+from ichbench.training.train import load_trained, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

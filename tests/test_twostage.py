@@ -13,13 +13,14 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from ichbench import anomalies as an
-from ichbench import colorjitter, config
-from ichbench.anomaly_figure import toy_head_slices
-from ichbench.data import DeviceBatches, SliceSet
+from ichbench.anomalies import two_stage as an
+from ichbench import config
+from ichbench.anomalies import colorjitter
+from ichbench.synthetic.toy import toy_head_slices
+from ichbench.training.data import DeviceBatches, SliceSet
 from ichbench.methods import get_method
 from ichbench.methods.base import Method
-from ichbench.train import _epoch_batches, train
+from ichbench.training.train import _epoch_batches, train
 
 SIZE = 64
 TWO_STAGE = ("CutPaste-2stage", "AnatPaste")
@@ -380,7 +381,7 @@ def test_the_train_rule_passes_the_switch():
 
 # -- docs/DEVIATIONS.md and Table 1's notes ------------------------------------------------------------------
 def test_every_row_has_a_deviations_section_and_table1_points_there():
-    from ichbench import deviations
+    from ichbench.evaluation import deviations
     from ichbench.methods import REGISTRY
 
     doc = (config.ROOT / deviations.DOC).read_text()
@@ -397,7 +398,7 @@ def test_every_row_has_a_deviations_section_and_table1_points_there():
 
 
 def test_table1_notes_column_points_at_the_deviations(tmp_path):
-    from ichbench.aggregate import table1
+    from ichbench.evaluation.aggregate import table1
 
     rng = np.random.default_rng(0)
     scores = pd.DataFrame({"method": "AnatPaste", "fold": 0, "part": "test", "label": [0, 1] * 10,

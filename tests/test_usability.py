@@ -145,7 +145,7 @@ def trained_ae(tmp_path_factory):
 def test_model_file_holds_weights_and_record_only(trained_ae):
     import torch
 
-    from ichbench.train import load_trained
+    from ichbench.training.train import load_trained
 
     out, _ = trained_ae
     blob = torch.load(out / "model.pt", weights_only=False)
@@ -159,6 +159,25 @@ def test_model_file_holds_weights_and_record_only(trained_ae):
     assert not (out / "checkpoint.pt").exists()        # deleted once the model is written
     method, rec = load_trained(out / "model.pt", device="cpu")
     assert rec["method"] == "AE"
+
+
+def test_model_file_names_no_ichbench_class(trained_ae):
+    """model.pt pickles only tensors and plain values: no class of the package, so files written before a module
+    moves between rooms (as in the house's reorganisation) still load after it."""
+    import pickletools
+    import zipfile
+
+    out, _ = trained_ae
+    with zipfile.ZipFile(out / "model.pt") as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    globals_ = set()
+    ops = list(pickletools.genops(pkl))
+    for i, (op, arg, _) in enumerate(ops):
+        if op.name == "GLOBAL":
+            globals_.add(arg.split(" ")[0])
+        elif op.name == "STACK_GLOBAL":
+            globals_.add(str(ops[i - 2][1]))
+    assert globals_ and not [g for g in globals_ if g.startswith("ichbench")], globals_
 
 
 def test_run_record_names_code_and_platform_but_no_person_or_host(trained_ae):

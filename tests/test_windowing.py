@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ichbench.windowing import (PAPER_WINDOWS, Window, apply_windows, dequantise, hu_to_cache, quantise, resize,
+from ichbench.inputs.windowing import (PAPER_WINDOWS, Window, apply_windows, dequantise, hu_to_cache, quantise, resize,
                                 resize_mask, to_hu)
 
 

@@ -1,3 +1,7 @@
+"""`python -m ichbench`: the command line.
+
+May import: cli.
+"""
 import sys
 
 from .cli import main

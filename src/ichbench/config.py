@@ -7,6 +7,8 @@ So `recipe: paper` or `recipe: demo` switches the training recipe of every row a
 under `methods:` always wins. One exception: a row with its own reference recipe (the two-stage rows:
 SGD lr 0.03, 100 epochs of 256 steps) lists those keys in its class's `own_recipe`, and `all` does not
 change them; a recipe changes them only by naming the row (`recipes.<recipe>.<row>`).
+
+May import: errors, methods.
 """
 from __future__ import annotations
 
@@ -17,12 +19,11 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
-
-class ConfigError(ValueError):
-    pass
 
 
 def _fill_defaults(schema: dict, instance: dict) -> None:

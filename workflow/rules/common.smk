@@ -11,10 +11,10 @@ SRC = os.path.join(workflow.basedir, "src")
 sys.path.insert(0, SRC)
 
 from ichbench import config as ichconfig  # noqa: E402
-from ichbench.digest import code_digest  # noqa: E402
+from ichbench.training.digest import code_digest  # noqa: E402
 
 ichconfig.check_methods(config)
-from ichbench import guards  # noqa: E402
+from ichbench.cohort import guards  # noqa: E402
 
 guards.check_label_paths(config)
 

@@ -1,5 +1,8 @@
 """The Table 1 rows. Importing this package imports every module in it, and each module registers
-its rows with `@register`: adding a method is one new module here plus one entry in config.yaml."""
+its rows with `@register`: adding a method is one new module here plus one entry in config.yaml.
+
+May import: errors, inputs, anomalies, nets.
+"""
 import importlib
 import pkgutil
 

@@ -5,8 +5,8 @@ brain mask, opacity U[0.6, 1.0]; Gaussian on embeddings and Mahalanobis score as
 """
 from __future__ import annotations
 
-from ..anomalies import AnatPaste as AnatPasteGenerator
-from ..device_anomalies import DeviceAnatPaste
+from ..anomalies.device import DeviceAnatPaste
+from ..anomalies.two_stage import AnatPaste as AnatPasteGenerator
 from .base import register
 from .selfsup import EmbeddingGaussianMethod, generator_from_params
 

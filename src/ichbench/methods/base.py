@@ -2,7 +2,7 @@
 
 A method owns its network (`self.model`), its training objective (`training_step`) and its anomaly
 score (`score`: one slice score per image plus a pixel map for Figure 1). The shared training loop
-(`ichbench.train`) feeds it batches and never needs to know which row it is training.
+(`ichbench.training.train`) feeds it batches and never needs to know which row it is training.
 
 A batch is a dict of tensors on the method's device:
     x           float (B, C, S, S) in [-1, 1]    the windowed slices

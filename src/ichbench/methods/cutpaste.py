@@ -4,8 +4,8 @@ segments the pixels that changed (more than 1 grey level, 5 x 5 median-filtered)
 """
 from __future__ import annotations
 
-from ..device_anomalies import device_cutpaste
-from ..one_stage_anomalies import CutPaste as CutPasteGenerator
+from ..anomalies.device import device_cutpaste
+from ..anomalies.one_stage import CutPaste as CutPasteGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
 

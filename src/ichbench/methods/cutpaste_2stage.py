@@ -5,8 +5,8 @@ embeddings of the training slices scores by Mahalanobis distance.
 """
 from __future__ import annotations
 
-from ..anomalies import CutPasteAug
-from ..device_anomalies import DeviceCutPasteAug
+from ..anomalies.device import DeviceCutPasteAug
+from ..anomalies.two_stage import CutPasteAug
 from .base import register
 from .selfsup import EmbeddingGaussianMethod, generator_from_params
 

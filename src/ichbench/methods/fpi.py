@@ -7,8 +7,8 @@ patches (the reference's `FPI` setting); the network regresses a on the pixels t
 """
 from __future__ import annotations
 
-from ..device_anomalies import device_fpi
-from ..one_stage_anomalies import FPI as FPIGenerator
+from ..anomalies.device import device_fpi
+from ..anomalies.one_stage import FPI as FPIGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
 

@@ -3,12 +3,12 @@
 A patch of another training slice, rescaled and moved, is Poisson-blended into the slice (OpenCV
 mixed-gradient `seamlessClone`, the reference's `Shift-M` setting); the reference's ResNet-18
 encoder-decoder learns to segment the pixels that changed by more than 1 grey level of 0-255 (mean over
-the channels), median-filtered over 5 x 5 pixels (`ichbench.one_stage_anomalies`).
+the channels), median-filtered over 5 x 5 pixels (`ichbench.anomalies.one_stage`).
 """
 from __future__ import annotations
 
-from ..device_anomalies import device_nsa
-from ..one_stage_anomalies import NSA as NSAGenerator
+from ..anomalies.device import device_nsa
+from ..anomalies.one_stage import NSA as NSAGenerator
 from .base import register
 from .selfsup import PatchSegmentationMethod
 

@@ -8,7 +8,7 @@ x0 = 4 / 127.5; the generator works in grey levels and converts them back.
 """
 from __future__ import annotations
 
-from ..anomalies import GREY_LEVEL
+from ..anomalies.two_stage import GREY_LEVEL
 from .base import register
 from .nsa import NSAMethod
 

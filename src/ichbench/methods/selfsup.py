@@ -8,7 +8,7 @@ checkpoints carry it and a resumed run draws the same anomalies as an uninterrup
 PatchSegmentationMethod (one-stage rows: NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste; reference
 MedIAnomaly `ssl/one_stage/train_med.py`): the reference's ResNet-18 encoder-decoder (`resnet18_enc_dec`)
 trained with pixel-wise binary cross-entropy (on logits: the reference's sigmoid + BCELoss in one stable
-op) against the pseudo-label map of a synthetic anomaly (`ichbench.one_stage_anomalies`); each training
+op) against the pseudo-label map of a synthetic anomaly (`ichbench.anomalies.one_stage`); each training
 slice is first rotated by U(-3, 3) degrees and shifted by up to `shift_pixels` (`rotate_shift`, the
 reference's RandomRotation(3) + random crop); Adam, lr cosine-annealed to lr_min once per epoch
 (CosineAnnealingLR(T_max=epochs) stepped per epoch); anomaly map = sigmoid of the output, slice score
@@ -16,7 +16,7 @@ reference's RandomRotation(3) + random crop); Adam, lr cosine-annealed to lr_min
 
 EmbeddingGaussianMethod (two-stage rows: CutPaste 2-stage, AnatPaste; Li et al. 2021; MedIAnomaly
 `ssl/two_stage`): every training slice is brightness/contrast-jittered (`image_jitter`, the reference's
-whole-image ColorJitter(0.1), see `ichbench.colorjitter`), then augmented; ResNet-18 + projection head
+whole-image ColorJitter(0.1), see `ichbench.anomalies.colorjitter`), then augmented; ResNet-18 + projection head
 [512, 128] + linear classifier learn to tell the jittered batch from its augmented copy (cross-entropy).
 The reference's recipe is the rows' own: SGD lr 0.03, momentum 0.9, weight decay 3e-5; 100 "epochs" of 256
 update steps at batch 64 (`steps_per_epoch`: an epoch is a number of steps, as in Li et al., not a pass
@@ -39,11 +39,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import device_anomalies
-from ..anomalies import Synthesis
-from ..colorjitter import color_jitter
+from ..anomalies import device as device_anomalies
+from ..anomalies.colorjitter import color_jitter
+from ..anomalies.one_stage import PatchSampler
+from ..anomalies.two_stage import Synthesis
 from ..nets.resnet import ResNetEncoderDecoder, ResNetProjectionClassifier
-from ..one_stage_anomalies import PatchSampler
 from .base import Method
 
 #: hyper-parameters of the patch placement (one_stage_anomalies.PatchSampler), shared by the one-stage rows

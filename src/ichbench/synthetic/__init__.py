@@ -17,7 +17,10 @@ Layout written under ``out_dir`` (see :func:`generate`)::
     README.txt
 
 Modules: config (SyntheticConfig), cohort (generate, label files), patient (draw order, slice
-rendering), head and anatomy (normal head), lesions (hemorrhages, trauma), series and dicom (files).
+rendering), head and anatomy (normal head), lesions (hemorrhages, trauma), series and dicom (files);
+toy (head-like slices in memory, for tests and benchmarks).
+
+May import: errors, inputs.
 """
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ import pandas as pd
 
 from . import dicomio, rejections
 from .geometry import stack_tilt_deg
-from .series_select import scan_choices
 from .inputcheck import mask_truth
+from .series_select import scan_choices
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import os
 
 import pandas as pd
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .data import read_manifest
+from ..cohort.splits import read_manifest
 
 #: statistic -> what it is (the table's wording).
 STATISTICS = {

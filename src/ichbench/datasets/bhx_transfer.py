@@ -29,8 +29,8 @@ import logging
 import numpy as np
 import pandas as pd
 
+from ..inputs.geometry import slice_normal
 from . import bhx
-from .geometry import slice_normal
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-PROJECT = Path(__file__).resolve().parents[2]
+PROJECT = Path(__file__).resolve().parents[3]   # src/ichbench/training/ -> the project
 NOT_GIT = "not a git checkout"
 
 

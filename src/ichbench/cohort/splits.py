@@ -150,6 +150,12 @@ def patient_table(cohort: pd.DataFrame) -> pd.DataFrame:
     return cohort.groupby("patient_id", as_index=False)["scan_label"].first()
 
 
+def read_manifest(path) -> pd.DataFrame:
+    """A fold manifest written by `make_manifests`, with its ID columns read as text."""
+    return pd.read_csv(path, dtype={"patient_id": str, "study_uid": str, "series_uid": str, "sop_uid": str,
+                                    "npz": str, "part": str})
+
+
 def make_manifests(cohort: pd.DataFrame, protocol: str, n_folds: int, val_fraction: float,
                    seed: int, parts: pd.DataFrame | None = None) -> list[pd.DataFrame]:
     """Per-fold manifests (MANIFEST_COLUMNS, plus the scan's diagnosis columns where the cohort has

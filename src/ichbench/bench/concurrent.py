@@ -29,10 +29,10 @@ def _worker(rank: int, row: str, device: str, size: int, batch: int, seconds: fl
     try:
         import torch
 
-        from .anomaly_figure import toy_head_slices
-        from .bench import BENCH_OVERRIDES, bare_step
-        from .methods import get_method
-        from .train import resolve_device
+        from ..methods import get_method
+        from ..synthetic.toy import toy_head_slices
+        from ..training.train import resolve_device
+        from .throughput import BENCH_OVERRIDES, bare_step
 
         if threads:
             torch.set_num_threads(threads)
@@ -90,8 +90,8 @@ def run_concurrent(out_csv: str | os.PathLike, levels: list[int], *, row: str = 
                    threads: int | None = None) -> list[dict[str, Any]]:
     """Measure every level in `levels` (e.g. [1, 2, 4]) and write the CSV; returns its rows. `threads`:
     torch threads per process (default: 1 per process on a CPU, so k processes use k cores; as is on CUDA)."""
-    from .bench import write_csv
-    from .train import resolve_device
+    from ..training.train import resolve_device
+    from .throughput import write_csv
 
     _check_levels(levels, levels)
     dev = resolve_device(device)

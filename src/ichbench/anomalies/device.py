@@ -2,11 +2,11 @@
 
 The seven generators of the self-supervised rows as batched torch code on any device (CPU, CUDA), with
 the pseudo-label rules of the reference (MedIAnomaly `patch_ex`, see docs METHODS.md) and a batched
-Poisson solver, so that a GPU never waits for NumPy/OpenCV:
+Poisson solver (`device_ops`), so that a GPU never waits for NumPy/OpenCV:
 
     gen = torch.Generator(device=x.device).manual_seed(0)
     syn = device_nsa()(x, gen, head_mask=head)   # x (B, C, S, S) in [-1, 1] on the 8-bit grid
-    syn.x, syn.label, syn.region                 # as `ichbench.anomalies.Synthesis`
+    syn.x, syn.label, syn.region                 # as `ichbench.anomalies.two_stage.Synthesis`
 
 | factory | row | reference setting |
 |---|---|---|
@@ -24,19 +24,13 @@ NSA-Intensity x sigmoid(k (dI - x0)) with dI the disk (radius 5) median of |x' -
 (border 'nearest'). Work runs on the 8-bit codes (0-255 floats) of the slices, so the reference's
 thresholds apply as they are.
 
-Poisson blending (`poisson_clone`) reproduces `cv2.seamlessClone` on each patch's region of interest:
-guidance field = forward differences of the source (mixed: per pixel and channel, OpenCV's rule keeps
-the source gradient where |gx - gy| of the source exceeds that of the destination), weighted by the mask
-value w / 255 against the destination's; Dirichlet boundary = the ROI's 1-pixel ring; the interior is
-solved exactly by a discrete sine transform. Patches of different sizes are padded to a common size: each
-sample's DST matrix is its own n x n sine basis in the top-left block and the identity elsewhere, so one
-batched matrix product solves every patch at once.
-
 Placement follows the reference (half-size from Gamma, centre tries, first valid try kept) with every try
 evaluated at once through integral images. Two simplifications, both documented for the statistics test:
 the destination test is "the destination's object covers more than min_overlap of the box" (the reference:
 more than min_overlap of the resized source object lands on the destination object), and the resized
 source object's own coverage check is taken from the source box before resizing.
+
+The tensor primitives and the Poisson solver are in `device_ops`.
 
 Randomness: every number is drawn from the torch.Generator passed in (it must live on x's device), in a
 fixed order that does not depend on the data: the same seed on the same device gives the same anomalies.
@@ -49,194 +43,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .anomalies import AnatPasteParams, CutPasteParams, Synthesis
-from .one_stage_anomalies import MIN_POISSON_PIXELS, PatchPlacement, PatchRules
-
-
-# ---------------------------------------------------------------------------------------------
-# Small batched helpers
-# ---------------------------------------------------------------------------------------------
-def to_codes(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] slices -> 8-bit codes as float32 (0..255)."""
-    return torch.round((x.float() + 1.0) * 127.5).clamp(0, 255)
-
-
-def from_codes(q: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return (q / 127.5 - 1.0).to(like.dtype)
-
-
-def _uniform(gen, shape, lo, hi, device) -> torch.Tensor:
-    return torch.rand(shape, generator=gen, device=device) * (hi - lo) + lo
-
-
-def integral(mask: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) -> (B, H + 1, W + 1) summed-area table (float32: exact below 2^24 pixels)."""
-    return F.pad(mask.float().cumsum(1).cumsum(2), (1, 0, 1, 0))
-
-
-def box_sum(ii: torch.Tensor, img: torch.Tensor, y0, y1, x0, x1) -> torch.Tensor:
-    """Sums over boxes [y0, y1) x [x0, x1) of image img (index tensors of one shape)."""
-    w1 = ii.shape[2]
-    flat = ii.flatten(1)
-    g = lambda y, x: flat[img, y * w1 + x]  # noqa: E731
-    return g(y1, x1) - g(y0, x1) - g(y1, x0) + g(y0, x0)
-
-
-def _first(valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) bool -> (index of the first True (0 if none), any True)."""
-    t = valid.shape[1]
-    idx = torch.where(valid, torch.arange(t, device=valid.device), t).amin(1)
-    return idx.clamp(max=t - 1), idx < t
-
-
-def _pick(a: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return a.gather(1, idx[:, None])[:, 0]
-
-
-def _in_box(y0, y1, x0, x1, size, device) -> torch.Tensor:
-    """(B, H, W) bool masks of the boxes [y0, y1) x [x0, x1)."""
-    r = torch.arange(size[0], device=device)[None, :, None]
-    c = torch.arange(size[1], device=device)[None, None, :]
-    v = lambda a: a[:, None, None]  # noqa: E731
-    return (r >= v(y0)) & (r < v(y1)) & (c >= v(x0)) & (c < v(x1))
-
-
-def _gather_rc(img: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """img (B, C, H, W), rows (B, R), cols (B, K) clamped indices -> (B, C, R, K)."""
-    b, c, hh, ww = img.shape
-    rows, cols = rows.clamp(0, hh - 1), cols.clamp(0, ww - 1)
-    out = img.gather(2, rows[:, None, :, None].expand(b, c, rows.shape[1], ww))
-    return out.gather(3, cols[:, None, None, :].expand(b, c, rows.shape[1], cols.shape[1]))
-
-
-def resample_boxes(img: torch.Tensor, sy0, sh, sx0, sw, dy0, dh, dx0, dw) -> torch.Tensor:
-    """For every pixel, the value of img's source box [sy0, sy0+sh) x [sx0, sx0+sw) resized bilinearly to
-    dh x dw and placed at (dy0, dx0) (pixel-centre mapping and edge clamping as cv2.resize INTER_LINEAR);
-    values outside the destination box are meaningless. img (B, C, H, W) float; sizes (B,) long."""
-    _, _, hh, ww = img.shape
-    dev = img.device
-
-    def axis(n, s0, sn, d0, dn):
-        p = torch.arange(n, device=dev, dtype=torch.float32)[None]
-        s = (p - d0[:, None] + 0.5) * (sn / dn.clamp_min(1)).float()[:, None] - 0.5
-        s = s.clamp(min=0.0)
-        i0 = s.floor()
-        f = s - i0
-        i0 = i0.long()
-        last = (sn - 1)[:, None]
-        i1 = torch.minimum(i0 + 1, last)
-        i0 = torch.minimum(i0, last)
-        return s0[:, None] + i0, s0[:, None] + i1, f
-
-    r0, r1, fy = axis(hh, sy0, sh, dy0, dh)
-    c0, c1, fx = axis(ww, sx0, sw, dx0, dw)
-    fy, fx = fy[:, None, :, None], fx[:, None, None, :]
-    top = _gather_rc(img, r0, c0) * (1 - fx) + _gather_rc(img, r0, c1) * fx
-    bot = _gather_rc(img, r1, c0) * (1 - fx) + _gather_rc(img, r1, c1) * fx
-    return top * (1 - fy) + bot * fy
-
-
-def median5_binary(mask: torch.Tensor, size: int = 5) -> torch.Tensor:
-    """Median of a (B, H, W) bool mask over size x size windows, border replicated (cv2.medianBlur)."""
-    if size <= 1:
-        return mask
-    p = size // 2
-    m = F.pad(mask[:, None].float(), (p, p, p, p), mode="replicate")
-    return F.avg_pool2d(m, size, stride=1)[:, 0] * (size * size) > (size * size) / 2
-
-
-def disk_median(a: torch.Tensor, radius: int, chunk_bytes: int = 1 << 26) -> torch.Tensor:
-    """Median over a disk of `radius` of (B, H, W) floats, border 'nearest' (scipy median_filter)."""
-    k = 2 * radius + 1
-    r = torch.arange(-radius, radius + 1)     # the disk's offsets on the host: nonzero() on a device syncs
-    disk = ((r[:, None] ** 2 + r[None, :] ** 2) <= radius ** 2).flatten().nonzero()[:, 0].to(a.device)
-    b, hh, ww = a.shape
-    per = max(1, chunk_bytes // (len(disk) * hh * ww * 4))
-    out = []
-    for i in range(0, b, per):  # chunks of the batch bound the unfolded memory
-        p = F.pad(a[i:i + per, None], (radius,) * 4, mode="replicate")
-        cols = F.unfold(p, k)[:, disk]                       # (b, |disk|, H * W)
-        out.append(cols.median(1).values.view(-1, hh, ww))
-    return torch.cat(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Poisson blending (cv2.seamlessClone on a rectangular region of interest), batched
-# ---------------------------------------------------------------------------------------------
-def _dst_basis(n: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample orthonormal DST-I matrices (B, size, size) of order n (identity past n) and the
-    eigenvalues (B, size) of the 1-D Dirichlet Laplacian (-1 past n, where the right-hand side is 0)."""
-    dev = n.device
-    wide = torch.float32 if dev.type == "mps" else torch.float64     # MPS has no float64
-    j = torch.arange(size, device=dev, dtype=wide)
-    nn_ = n.to(wide)[:, None, None]
-    inside = (j[None, :, None] < nn_) & (j[None, None, :] < nn_)
-    s = torch.sqrt(2.0 / (nn_ + 1)) * torch.sin(math.pi * (j[None, :, None] + 1) * (j[None, None, :] + 1) / (nn_ + 1))
-    eye = torch.eye(size, device=dev, dtype=wide).expand_as(s)
-    basis = torch.where(inside, s, eye)
-    lam = torch.where(j[None] < n.to(wide)[:, None],
-                      2.0 * torch.cos(math.pi * (j[None] + 1) / (n.to(wide)[:, None] + 1)) - 2.0,
-                      torch.full_like(j[None], -1.0))
-    return basis.float(), lam.float()
-
-
-def poisson_clone(dst: torch.Tensor, src: torch.Tensor, weight: torch.Tensor, hr: torch.Tensor,
-                  wr: torch.Tensor, mixed: bool = True, erode: int = 3) -> torch.Tensor:
-    """Blend padded regions of interest as cv2.seamlessClone does with a constant mask on the ROI.
-
-    dst, src: (B, C, Hm, Wm) 8-bit codes as floats, each sample's ROI the top-left hr[b] x wr[b] block;
-    weight: (B,) mask value / 255, on the ROI less `erode` pixels at its edge (OpenCV erodes the mask; there
-    the destination's gradients guide). Returns (B, C, Hm, Wm): the ROI's ring kept from dst, its interior
-    the solution of the Poisson equation (float; OpenCV truncates it to uint8); past the ROI dst's values."""
-    with torch.autocast(dst.device.type, enabled=False):     # the solve needs float32 even inside autocast
-        return _poisson_clone(dst.float(), src.float(), weight, hr, wr, mixed, erode)
-
-
-def _poisson_clone(dst, src, weight, hr, wr, mixed: bool, erode: int) -> torch.Tensor:
-    b, c, hm, wm = dst.shape
-    dev = dst.device
-
-    def grads(a):
-        gx = torch.zeros_like(a)
-        gy = torch.zeros_like(a)
-        gx[..., :, :-1] = a[..., :, 1:] - a[..., :, :-1]
-        gy[..., :-1, :] = a[..., 1:, :] - a[..., :-1, :]
-        return gx, gy
-
-    dgx, dgy = grads(dst)
-    sgx, sgy = grads(src)
-    rr = torch.arange(hm, device=dev)[None, :, None]
-    cc = torch.arange(wm, device=dev)[None, None, :]
-    h_, w_ = hr.view(b, 1, 1), wr.view(b, 1, 1)
-    # OpenCV erodes the ROI's mask 3 times with a 3 x 3 kernel, reading the zero ring around the ROI
-    core = (rr >= erode) & (rr < h_ - erode) & (cc >= erode) & (cc < w_ - erode)
-    w = (weight.float().view(b, 1, 1) * core)[:, None]
-    if mixed:
-        use_src = (sgx - sgy).abs() > (dgx - dgy).abs()
-        gx = torch.where(use_src, sgx * w, dgx * w) + dgx * (1 - w)
-        gy = torch.where(use_src, sgy * w, dgy * w) + dgy * (1 - w)
-    else:
-        gx = sgx * w + dgx * (1 - w)
-        gy = sgy * w + dgy * (1 - w)
-    lap = torch.zeros_like(dst)
-    lap[..., :, 1:] += gx[..., :, 1:] - gx[..., :, :-1]
-    lap[..., 1:, :] += gy[..., 1:, :] - gy[..., :-1, :]
-    # interior (1 .. hr-2, 1 .. wr-2); the ring's values move to the right-hand side
-    interior = ((rr >= 1) & (rr < h_ - 1) & (cc >= 1) & (cc < w_ - 1))[:, None]
-    ring = ((rr < h_) & (cc < w_))[:, None] & ~interior
-    bound = torch.where(ring, dst, torch.zeros_like(dst))
-    pb = F.pad(bound, (1, 1, 1, 1))
-    bound_lap = pb[..., :-2, 1:-1] + pb[..., 2:, 1:-1] + pb[..., 1:-1, :-2] + pb[..., 1:-1, 2:] - 4 * bound
-    rhs = torch.where(interior, lap - bound_lap, torch.zeros_like(dst))[..., 1:, 1:]
-    n_y, n_x = (hr - 2).clamp_min(0), (wr - 2).clamp_min(0)
-    sy, ly = _dst_basis(n_y, hm - 1)
-    sx, lx = _dst_basis(n_x, wm - 1)
-    sy4, sx4 = sy[:, None], sx[:, None]
-    f_hat = sy4 @ rhs @ sx4                                  # the bases are symmetric and orthonormal
-    u_hat = f_hat / (ly[:, None, :, None] + lx[:, None, None, :])
-    u = sy4 @ u_hat @ sx4
-    u = F.pad(u, (1, 0, 1, 0))
-    return torch.where(interior, u, dst)
+from .device_ops import (box_sum, disk_median, first_true, from_codes, gather_rc, in_box, integral, median5_binary,
+                         pick_rows, poisson_clone, resample_boxes, to_codes, uniform_between)
+from .one_stage import MIN_POISSON_PIXELS, PatchPlacement, PatchRules
+from .two_stage import AnatPasteParams, CutPasteParams, Synthesis
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +55,7 @@ def _poisson_clone(dst, src, weight, hr, wr, mixed: bool, erode: int) -> torch.T
 @dataclass(frozen=True)
 class DevicePatchExample(PatchPlacement, PatchRules):
     """The reference's `patch_ex` for one setting, on a whole batch at once (see the module docstring);
-    parameters as `ichbench.one_stage_anomalies.PatchExample`, with the patch placement's fields
+    parameters as `ichbench.anomalies.one_stage.PatchExample`, with the patch placement's fields
     (`PatchPlacement`) flattened in."""
 
     def __post_init__(self):
@@ -260,7 +70,7 @@ class DevicePatchExample(PatchPlacement, PatchRules):
         other = not self.same and n > 1
         d = {"src": ((torch.arange(n, device=device) + torch.randint(1, max(n, 2), (n,), generator=gen, device=device))
                      % n if other else torch.arange(n, device=device)),
-             "alpha": _uniform(gen, (n,), self.alpha_min, self.alpha_max, device),
+             "alpha": uniform_between(gen, (n,), self.alpha_min, self.alpha_max, device),
              "active": torch.cat([torch.ones((n, 1), dtype=torch.bool, device=device),
                                   torch.rand((n, p - 1), generator=gen, device=device) < self.extra_patch_p], 1)}
         u = torch.rand((int(self.gamma_shape), n, p, 2), generator=gen, device=device)
@@ -297,8 +107,8 @@ class DevicePatchExample(PatchPlacement, PatchRules):
             x1 = (cx + half_x[:, None]).clamp_max(ww)
             area = ((y1 - y0) * (x1 - x0)).clamp_min(1)
             cov = box_sum(ii, src[:, None].expand_as(y0), y0, y1, x0, x1) / area
-            t_src, found = _first(cov > self.min_object)
-            sy0, sy1, sx0, sx1 = (_pick(a, t_src) for a in (y0, y1, x0, x1))
+            t_src, found = first_true(cov > self.min_object)
+            sy0, sy1, sx0, sx1 = (pick_rows(a, t_src) for a in (y0, y1, x0, x1))
             sh, sw = sy1 - sy0, sx1 - sx0
             if self.resize:
                 f = d["scale"][:, k].clamp(self.scale_min, self.scale_max)
@@ -320,15 +130,15 @@ class DevicePatchExample(PatchPlacement, PatchRules):
                 dy0, dx0 = dy0.clamp(0, hh - 1), dx0.clamp(0, ww - 1)
                 dy1, dx1 = (dy0 + h[:, None]).clamp_max(hh), (dx0 + w[:, None]).clamp_max(ww)
                 dcov = box_sum(ii, rows[:, None].expand_as(dy0), dy0, dy1, dx0, dx1) / (h * w).clamp_min(1)[:, None]
-                t_dst, found_d = _first(dcov > self.min_overlap)
+                t_dst, found_d = first_true(dcov > self.min_overlap)
                 ok &= found_d
-                dy0, dx0 = _pick(dy0, t_dst), _pick(dx0, t_dst)
+                dy0, dx0 = pick_rows(dy0, t_dst), pick_rows(dx0, t_dst)
             else:
                 dy0, dx0 = sy0, sx0
             dy1, dx1 = dy0 + h, dx0 + w
             if self.blend == "poisson":
                 ok &= (h - 2) * (w - 2) >= MIN_POISSON_PIXELS
-            box = _in_box(dy0, dy1, dx0, dx1, (hh, ww), dev) & ok[:, None, None]
+            box = in_box(dy0, dy1, dx0, dx1, (hh, ww), dev) & ok[:, None, None]
             # the patch (and the source object) resampled onto the destination box
             stack = torch.cat([q0[src], obj[src][:, None].float()], 1)
             warped = resample_boxes(stack, sy0, sh, sx0, sw, dy0, h, dx0, w)
@@ -361,8 +171,8 @@ class DevicePatchExample(PatchPlacement, PatchRules):
         hm = max(1, min(hh, 2 * round(self.max_half * hh)) - 2)
         wm = max(1, min(ww, 2 * round(self.max_half * ww)) - 2)
         ar, ac = torch.arange(hm, device=dev)[None], torch.arange(wm, device=dev)[None]
-        dst_roi = _gather_rc(cur, ry[:, None] + ar, rx[:, None] + ac)
-        src_roi = _gather_rc(patch_img, y0[:, None] + 1 + ar, x0[:, None] + 1 + ac)
+        dst_roi = gather_rc(cur, ry[:, None] + ar, rx[:, None] + ac)
+        src_roi = gather_rc(patch_img, y0[:, None] + 1 + ar, x0[:, None] + 1 + ac)
         weight = (torch.ceil(alpha * 255) if self.label == "continuous" else torch.full_like(alpha, 255.0)) / 255.0
         out_roi = poisson_clone(dst_roi, src_roi, weight, hr, wr, mixed=self.clone == "mixed")
         out_roi = out_roi.floor().clamp(0, 255)        # OpenCV truncates, no rounding
@@ -371,7 +181,7 @@ class DevicePatchExample(PatchPlacement, PatchRules):
         lc = torch.arange(ww, device=dev)[None] - rx[:, None]
         inside = ((lr >= 0) & (lr < hr[:, None]))[:, :, None] & ((lc >= 0) & (lc < wr[:, None]))[:, None, :]
         inside &= ok[:, None, None]
-        vals = _gather_rc(F.pad(out_roi, (0, 1, 0, 1)), lr.clamp(0, hm), lc.clamp(0, wm))
+        vals = gather_rc(F.pad(out_roi, (0, 1, 0, 1)), lr.clamp(0, hm), lc.clamp(0, wm))
         return torch.where(inside[:, None], vals, cur)
 
     def _label(self, q0: torch.Tensor, q1: torch.Tensor, mask: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -412,8 +222,8 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float, region:
     if strength <= 0:
         return x
     n, dev = x.shape[0], x.device
-    b = _uniform(gen, (n,), max(0.0, 1 - strength), 1 + strength, dev).view(n, 1, 1, 1)
-    c = _uniform(gen, (n,), max(0.0, 1 - strength), 1 + strength, dev).view(n, 1, 1, 1)
+    b = uniform_between(gen, (n,), max(0.0, 1 - strength), 1 + strength, dev).view(n, 1, 1, 1)
+    c = uniform_between(gen, (n,), max(0.0, 1 - strength), 1 + strength, dev).view(n, 1, 1, 1)
     first = (torch.rand((n,), generator=gen, device=dev) < 0.5).view(n, 1, 1, 1)
     wgt = torch.ones_like(x[:, :1], dtype=torch.float32) if region is None else region[:, None].float()
 
@@ -428,8 +238,8 @@ def color_jitter(x: torch.Tensor, gen: torch.Generator, strength: float, region:
 
 def _cutpaste_boxes(gen, n, size, area, aspect, device):
     hh, ww = size
-    a = _uniform(gen, (n,), area[0], area[1], device) * hh * ww
-    r = torch.exp(_uniform(gen, (n,), math.log(aspect[0]), math.log(aspect[1]), device))
+    a = uniform_between(gen, (n,), area[0], area[1], device) * hh * ww
+    r = torch.exp(uniform_between(gen, (n,), math.log(aspect[0]), math.log(aspect[1]), device))
     h = torch.sqrt(a / r).round().long().clamp(1, hh)
     w = torch.sqrt(a * r).round().long().clamp(1, ww)
     u = torch.rand((4, n), generator=gen, device=device)
@@ -441,7 +251,7 @@ def _cutpaste_boxes(gen, n, size, area, aspect, device):
 def _shifted(x, ys, xs, yd, xd):
     hh, ww = x.shape[-2:]
     ar, ac = torch.arange(hh, device=x.device)[None], torch.arange(ww, device=x.device)[None]
-    return _gather_rc(x, ar - yd[:, None] + ys[:, None], ac - xd[:, None] + xs[:, None])
+    return gather_rc(x, ar - yd[:, None] + ys[:, None], ac - xd[:, None] + xs[:, None])
 
 
 @dataclass(frozen=True)
@@ -455,7 +265,7 @@ class DeviceCutPasteAug(CutPasteParams):
         dev = x.device
         h, w, ys, xs, yd, xd = _cutpaste_boxes(gen, n, (hh, ww), (self.area_min, self.area_max),
                                                (self.aspect_min, self.aspect_max), dev)
-        box = _in_box(yd, yd + h, xd, xd + w, (hh, ww), dev)
+        box = in_box(yd, yd + h, xd, xd + w, (hh, ww), dev)
         patch = color_jitter(_shifted(x, ys, xs, yd, xd), gen, self.jitter, region=box)
         out = torch.where(box[:, None], patch.to(x.dtype), x)
         return Synthesis(out, box[:, None].to(x.dtype), box)
@@ -494,8 +304,8 @@ class DeviceAnatPaste(AnatPasteParams):
         yd = torch.minimum((cy - h // 2).clamp_min(0), hh - h)
         xd = torch.minimum((cx - w // 2).clamp_min(0), ww - w)
         ellipse = (torch.rand((n,), generator=gen, device=dev) < self.ellipse_p)[:, None, None]
-        alpha = _uniform(gen, (n,), self.alpha_min, self.alpha_max, dev)[:, None, None]
-        sigma = _uniform(gen, (n,), self.blur_min, self.blur_max, dev) * min(hh, ww)
+        alpha = uniform_between(gen, (n,), self.alpha_min, self.alpha_max, dev)[:, None, None]
+        sigma = uniform_between(gen, (n,), self.blur_min, self.blur_max, dev) * min(hh, ww)
         mg = self.margin * min(hh, ww)
         hs, ws = (h - 2 * mg).clamp_min(2.0), (w - 2 * mg).clamp_min(2.0)
         ys0, xs0 = yd + (h - hs) / 2, xd + (w - ws) / 2
@@ -506,7 +316,7 @@ class DeviceAnatPaste(AnatPasteParams):
         shape = torch.where(ellipse, dy ** 2 + dx ** 2 <= 1.0, (dy.abs() <= 1.0) & (dx.abs() <= 1.0)).float()
         m = gaussian_blur_each(shape, sigma, self.blur_max * min(hh, ww)) * brain.view(n, hh, ww).float() * alpha
         patch = color_jitter(_shifted(x, ys, xs, yd, xd), gen, self.jitter,
-                             region=_in_box(yd, yd + h, xd, xd + w, (hh, ww), dev))
+                             region=in_box(yd, yd + h, xd, xd + w, (hh, ww), dev))
         out = x + m[:, None].to(x.dtype) * (patch - x)
         return Synthesis(out, m[:, None].to(x.dtype), m > 0)
 

@@ -5,26 +5,29 @@ import hashlib
 import inspect
 from pathlib import Path
 
-from .methods import get_method
+from ..methods import get_method
 
-# The shared training loop, read as a file rather than imported: ichbench.train itself uses the digest.
+# The shared training loop, read as a file rather than imported: ichbench.training.train itself uses the digest.
 TRAIN_LOOP = Path(__file__).with_name("train.py")
 
 
 def _source_modules(cls: type) -> set:
-    """Modules whose source a method's behaviour depends on: those of its class hierarchy and the
-    ichbench modules, classes and functions those modules import (one level deep)."""
+    """Modules whose source a method's behaviour depends on: those of its class hierarchy and, transitively,
+    the ichbench modules, classes and functions they import (so that a helper split out of a module the row
+    uses, e.g. the device generators' `device_ops`, still reruns the row when it is edited)."""
     found = set()
     for klass in cls.__mro__:
         mod = inspect.getmodule(klass)
-        if mod is None or not mod.__name__.startswith("ichbench"):
-            continue
-        found.add(mod)
-        for value in vars(mod).values():
+        if mod is not None and mod.__name__.startswith("ichbench"):
+            found.add(mod)
+    todo = list(found)
+    while todo:
+        for value in vars(todo.pop()).values():
             dep = value if inspect.ismodule(value) else inspect.getmodule(value) if (
                 inspect.isclass(value) or inspect.isfunction(value)) else None
-            if dep is not None and dep.__name__.startswith("ichbench"):
+            if dep is not None and dep.__name__.startswith("ichbench") and dep not in found:
                 found.add(dep)
+                todo.append(dep)
     return found
 
 
@@ -32,7 +35,7 @@ def code_digest(name: str) -> str:
     """Digest of the source a method's results depend on (its modules, the networks they import and
     the shared training loop)."""
     sources = {mod.__name__: inspect.getsource(mod) for mod in _source_modules(get_method(name))}
-    sources["ichbench.train"] = TRAIN_LOOP.read_text()
+    sources["ichbench.training.train"] = TRAIN_LOOP.read_text()
     h = hashlib.sha256()
     for mod_name in sorted(sources):
         h.update(mod_name.encode())

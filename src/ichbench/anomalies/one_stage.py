@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 import torch
 
-from .anomalies import CLONE_FLAGS, Synthesis, from_uint8_hwc, to_uint8_hwc
+from .two_stage import CLONE_FLAGS, Synthesis, from_uint8_hwc, to_uint8_hwc
 
 #: fewer positive mask pixels than this and the reference skips a Poisson patch (seamlessClone fails)
 MIN_POISSON_PIXELS = 50
@@ -59,7 +59,7 @@ MIN_POISSON_PIXELS = 50
 class PatchPlacement:
     """Patch count, size and placement rules (reference `train_med.py` constants: half-width bounds 3 % - 40 %,
     Gamma(2, 0.03) + 0.05, 3 patches, object and overlap fractions 0.7, 200 tries); the defaults of both
-    `PatchSampler` and the device twin `ichbench.device_anomalies.DevicePatchExample`."""
+    `PatchSampler` and the device twin `ichbench.anomalies.device.DevicePatchExample`."""
 
     base: float = 0.05
     gamma_shape: float = 2.0
@@ -103,7 +103,7 @@ def _disk(radius: int) -> np.ndarray:
 @dataclass(frozen=True)
 class PatchRules:
     """How a `patch_ex` setting blends a patch and labels the result; the defaults of both `PatchExample`
-    and the device twin `ichbench.device_anomalies.DevicePatchExample`."""
+    and the device twin `ichbench.anomalies.device.DevicePatchExample`."""
 
     blend: str = "swap"                  # "swap" (CutPaste), "uniform" (FPI), "poisson" (NSA, FPI-Poisson)
     clone: str = "mixed"                 # OpenCV gradients for "poisson": mixed or normal

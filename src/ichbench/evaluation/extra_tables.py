@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from . import subtypes
+from ..cohort import subtypes
 
 
 def _auc_ap(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:

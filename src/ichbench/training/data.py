@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .windowing import dequantise
+from ..inputs.windowing import dequantise
 
 MASK_KEYS = ("head_mask", "brain_mask")
 
@@ -23,11 +23,6 @@ class SliceSet:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-
-def read_manifest(path) -> pd.DataFrame:
-    return pd.read_csv(path, dtype={"patient_id": str, "study_uid": str, "series_uid": str, "sop_uid": str,
-                                    "npz": str, "part": str})
 
 
 def load_slices(rows: pd.DataFrame, extra: tuple[str, ...] = ()) -> SliceSet:

@@ -8,15 +8,15 @@ localisation metrics of all test slices with pixel truth (localisation.py).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from . import localisation
-from .data import DeviceBatches, load_slices, read_manifest
+from ..cohort.splits import read_manifest
+from ..evaluation import localisation
+from .data import DeviceBatches, load_slices
 from .train import load_trained
 
 SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid", "slice_index", "scan_label",
@@ -24,7 +24,7 @@ SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid"
 
 
 #: slices per scoring batch for `batch_size="auto"`, by device type. On a CPU, batches of 128 make activations
-#: beyond the C heap's 32 MiB limit (`ichbench.heap`) that are mapped afresh and faulted in for every batch:
+#: beyond the C heap's 32 MiB limit (`ichbench.training.heap`) that are mapped afresh and faulted in for every batch:
 #: 32 scored the default run's folds 15-40 % faster (DAE 11.7 -> 7.0 s) with the same scores, maps and
 #: localisation output byte for byte; a GPU takes the larger batch.
 AUTO_BATCH = {"cuda": 128, "cpu": 32}

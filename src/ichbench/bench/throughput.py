@@ -3,7 +3,7 @@
     ichbench bench --out results/bench.csv                        # 128 x 128, batch 64, the machine's device
     ichbench bench --size 64 --batch 16 --seconds 2 --out b.csv   # a small CPU run
 
-For every registered row, on toy head slices already in memory on the device (`anomaly_figure.toy_head_slices`):
+For every registered row, on toy head slices already in memory on the device (`synthetic.toy.toy_head_slices`):
 - `ours_img_s`: the row's own `training_step` (what `ichbench train` calls each step), images (input slices)
   per second;
 - `bare_img_s`: a bare loop on the same network, batch, device and precision: zero_grad, the row's own
@@ -13,7 +13,7 @@ For every registered row, on toy head slices already in memory on the device (`a
 - self-supervised rows: `reference_img_s`, the reference's way (MedIAnomaly): a DataLoader with
   `workers` worker processes, each making one synthetic anomaly per slice on the CPU with this package's
   CPU generator, feeding the bare step; `device_gen_img_s`, our training step with the device generator
-  (`ichbench.device_anomalies`) swapped in for the CPU one through the method's `generator` attribute;
+  (`ichbench.anomalies.device`) swapped in for the CPU one through the method's `generator` attribute;
 - `gen_cpu_img_s` / `gen_device_img_s`: the generator alone, CPU path (numpy/OpenCV, on CPU tensors) and
   device path (batched torch on the device);
 - `job_images`, `job_hours`: one paper-recipe training job (slices x epochs images; two-stage rows: steps x
@@ -36,10 +36,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import anomalies as an
-from .anomaly_figure import toy_head_slices
-from .device_anomalies import DEVICE_GENERATORS, OnDevice
-from .methods import REGISTRY
+from ..anomalies import two_stage as an
+from ..anomalies.device import DEVICE_GENERATORS, OnDevice
+from ..methods import REGISTRY
+from ..synthetic.toy import toy_head_slices
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, s
               slices: int = 19_000, epochs: int = 250, two_stage_steps: int = 25_600,
               two_stage_batch: int = 64) -> list[dict[str, Any]]:
     """Benchmark the rows (all registered by default) and write the CSV; returns its rows."""
-    from .train import resolve_device
+    from ..training.train import resolve_device
 
     dev = resolve_device(device)
     names = rows or list(REGISTRY)

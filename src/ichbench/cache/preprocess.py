@@ -47,11 +47,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import bhx, dicom_index, dicomio, rejections, series_select
-from .geometry import spacing_summary
-from .inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
-from .masks import masks_for_volume
-from .windowing import Window, apply_windows, quantise, resize, resize_mask
+from ..datasets import bhx
+from ..inputs import dicom_index, dicomio, rejections, series_select
+from ..inputs.geometry import spacing_summary
+from ..inputs.inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
+from ..inputs.masks import masks_for_volume
+from ..inputs.windowing import Window, apply_windows, quantise, resize, resize_mask
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
     left_out = dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")
     try:
         if kind == "nifti":
-            from .nifti import load_volume
+            from ..inputs.nifti import load_volume
 
             series, gt = load_volume(item)
         else:

@@ -14,7 +14,7 @@ support of AnatPaste's soft mask); outside it the output equals the input bit fo
 | `AnatPaste` | AnatPaste | Sato et al. 2023: pasted inside the brain through an ellipse/rectangle mask, blurred with a width drawn per image, times the brain mask |
 
 The one-stage rows' generators (NSA, NSA-Intensity, FPI, FPI-Poisson, CutPaste) follow MedIAnomaly's
-`patch_ex` and live in `ichbench.one_stage_anomalies`; this module keeps what they share (`Synthesis`,
+`patch_ex` and live in `ichbench.anomalies.one_stage`; this module keeps what they share (`Synthesis`,
 the 8-bit conversions, OpenCV's clone flags).
 
 Scales. The reference works on 8-bit images; here slices are float in [-1, 1], where one grey level of
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..inputs.windowing import dequantise, quantise
 from .colorjitter import color_jitter
-from .windowing import dequantise, quantise
 
 #: one grey level of an 8-bit image on the [-1, 1] scale
 GREY_LEVEL = 1.0 / 127.5
@@ -126,7 +126,7 @@ def _cutpaste_boxes(rng: np.random.Generator, b_n: int, size, area: tuple[float,
 @dataclass(frozen=True)
 class CutPasteParams:
     """Two-stage CutPaste's settings, the defaults of both `CutPasteAug` and its device twin
-    (`ichbench.device_anomalies.DeviceCutPasteAug`): box area as a fraction of the image, aspect ratio
+    (`ichbench.anomalies.device.DeviceCutPasteAug`): box area as a fraction of the image, aspect ratio
     bounds, brightness/contrast jitter of the patch."""
 
     area_min: float = 0.02
@@ -141,7 +141,7 @@ class CutPasteAug(CutPasteParams):
     """Two-stage CutPaste augmentation (Li et al. 2021; MedIAnomaly `CutPasteNormal`): a box of
     area_min-area_max of the image, aspect log-uniform in [aspect_min, aspect_max], cut from a random place
     of the same slice, its brightness and contrast jittered by `jitter` as torchvision's ColorJitter does
-    on the reference's grey images (`ichbench.colorjitter`; mean over the patch) and pasted at a random
+    on the reference's grey images (`ichbench.anomalies.colorjitter`; mean over the patch) and pasted at a random
     place. The method jitters the whole slice before this (`image_jitter`)."""
 
     def __call__(self, x, rng, head_mask=None, brain_mask=None) -> Synthesis:
@@ -172,7 +172,7 @@ def gaussian_blur_each(m: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
 @dataclass(frozen=True)
 class AnatPasteParams:
     """AnatPaste's settings, the defaults of both `AnatPaste` and its device twin
-    (`ichbench.device_anomalies.DeviceAnatPaste`); lengths are fractions of the image size."""
+    (`ichbench.anomalies.device.DeviceAnatPaste`); lengths are fractions of the image size."""
 
     area_min: float = 0.02
     area_max: float = 0.15

@@ -28,10 +28,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from .data import DeviceBatches, load_slices, read_manifest
+from ..cohort.splits import read_manifest
+from ..methods import get_method
+from .data import DeviceBatches, load_slices
 from .determinism import set_deterministic
 from .digest import code_digest
-from .methods import get_method
 from .runinfo import environment_record
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
           device: str = "auto", seed: int = 0, checkpoint_every: int = 1, threads: int | None = None,
           progress: bool = True, deterministic: bool = False, checkpoint_seconds: float = 0) -> dict[str, Any]:
     """Train one method on the `train` part of a fold manifest; returns the run record.
-    `deterministic`: deterministic kernels (`ichbench.determinism`; slower on a GPU).
+    `deterministic`: deterministic kernels (`ichbench.training.determinism`; slower on a GPU).
     Checkpoints: at the end of every `checkpoint_every`-th epoch (0: none), skipped while fewer than
     `checkpoint_seconds` have passed since the last one (or since training started); 0 writes every one."""
     out_dir = Path(out_dir)

@@ -1,0 +1,6 @@
+"""Throughput benchmarks: every row's training loop against a bare PyTorch loop, generators CPU against device, concurrent jobs per device.
+
+Measures, never used by a pipeline job.
+
+May import: errors, inputs, synthetic, anomalies, nets, methods, training.
+"""

@@ -1,0 +1,85 @@
+"""Command line: every pipeline stage as a subcommand, usable without Snakemake.
+
+    python -m ichbench synth --out data/synthetic
+    python -m ichbench index --dicom-dir data/synthetic/dicom --out results/data
+    python -m ichbench index --nifti-dir data/ct --nifti-masks-dir data/masks --out results/data   # NIfTI input
+    python -m ichbench preprocess --data results/data --out results/data/cache/shard-0
+    python -m ichbench split --shards results/data/cache/shard-0 --labels data/synthetic/cq500_labels.csv ...
+    python -m ichbench train --method AE --manifest results/splits/fold-0.csv --out results/models/AE/fold-0
+    python -m ichbench score --model results/models/AE/fold-0/model.pt --manifest results/splits/fold-0.csv ...
+    python -m ichbench table --scores results/scores/*/fold-*.csv --maps ... --out results/table1.csv
+    python -m ichbench figure --maps ... --cases results/splits/figure_cases.csv --out results/figure1.png
+    python -m ichbench stats-figures --scores ... --ci results/table1_ci.csv --out-forest ... --out-roc ...
+    python -m ichbench extra-tables --scores ... --loc ... --manifests ... --out-loc results/localisation.csv ...
+    python -m ichbench bhx-transfer --index results/data/index.csv --series results/data/series_candidates.csv ...
+    python -m ichbench confounds --manifests results/splits/fold-*.csv --out results/confounds.csv ...
+    python -m ichbench methods            # the registered Table 1 rows
+    python -m ichbench bench --out results/bench.csv   # throughput of every row, projected Table 1 time
+
+`snakemake` runs exactly these commands (see workflow/rules/). One module per group of subcommands
+(data, runs, results, tools), each a thin parser over the rooms' functions.
+
+May import: every room.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import data, results, runs, tools
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and shows every option's default."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ichbench")
+    except PackageNotFoundError:                      # run from src/ without installation
+        return __import__("ichbench").__version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ichbench", description=__doc__, formatter_class=_HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging, and a full traceback instead of a one-line error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, func) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        s.set_defaults(func=func)
+        return s
+
+    for group in (data, runs, results, tools):
+        group.add_commands(command)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    from ..datasets.labels import LabelError
+    from ..errors import ConfigError
+    from ..inputs.dicomio import DicomReadError
+    from ..training.heap import keep_freed_memory
+
+    keep_freed_memory()     # training and scoring steps reuse freed activations instead of faulting them in again
+    try:
+        args.func(args)
+    except (ConfigError, DicomReadError, LabelError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        if args.verbose:
+            raise
+        print(f"ichbench {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+

@@ -1,0 +1,170 @@
+"""Subcommands that turn score tables into Table 1, the extra tables and the figures."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+
+def cmd_table(a) -> None:
+    import pandas as pd
+
+    from ..evaluation import stats
+    from ..evaluation.aggregate import context_markdown, read_maps, read_scores, stats_markdown, table1, table1_markdown
+
+    _, records = read_maps(a.maps)
+    methods = json.loads(a.methods)
+    scores = read_scores(a.scores)
+    table, long = table1(scores, records, methods, a.protocol, ddof=a.ddof)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    table.insert(1, "row", table["method"].map(display))
+    table.to_csv(a.out, index=False, float_format="%.4f")
+    long.to_csv(a.out_long, index=False, float_format="%.4f")
+    sets = stats.unit_sets(scores, a.protocol, a.scan_aggregation, a.scan_top_k)
+    ci, comparisons = stats.analyse(scores, methods, a.protocol, n_boot=a.bootstrap, seed=a.seed,
+                                    scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k, sets=sets)
+    if a.out_ci:
+        ci.insert(1, "row", ci["method"].map(display))
+        ci.to_csv(a.out_ci, index=False, float_format="%.4f")
+    if a.out_comparisons:
+        comparisons.to_csv(a.out_comparisons, index=False, float_format="%.6g")
+    cohort = pd.read_csv(a.cohort) if a.cohort and Path(a.cohort).exists() else None
+    context = context_markdown(a.protocol, a.label_source, a.ddof, sets, cohort)
+    Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset,
+                                              context=context, extra=stats_markdown(ci, comparisons, display)))
+    print(table[["row", "AUC", "AP"]].to_string(index=False))
+
+
+def cmd_stats_figures(a) -> None:
+    import pandas as pd
+
+    from ..evaluation.aggregate import read_scores
+    from ..evaluation.stats_figures import forest_plot, roc_curves
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    forest_plot(pd.read_csv(a.ci, dtype={"folds_used": str, "folds_one_class": str}), methods, a.out_forest,
+                display=display)
+    roc_curves(read_scores(a.scores), methods, a.out_roc, display=display)
+
+
+def cmd_extra_tables(a) -> None:
+    from ..evaluation import extra_tables as xt
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    scores = xt.read_scores(a.scores)
+    loc = xt.localisation_table(a.loc, methods, a.ddof)
+    brain = xt.brain_table(scores, methods, a.ddof)
+    sub = xt.subtype_table(scores, a.manifests, methods, a.ddof)
+    for t, path in ((loc, a.out_loc), (brain, a.out_brain), (sub, a.out_subtypes)):
+        if not t.empty:
+            t.insert(1, "row", t["method"].map(display))
+        t.to_csv(path, index=False, float_format="%.4f")
+    show = [t.assign(method=t["row"]) if not t.empty else t for t in (loc, brain, sub)]
+    Path(a.out_md).write_text(xt.markdown(*show, a.protocol, a.ddof))
+    logging.info("extra tables: %s, %s, %s, %s", a.out_loc, a.out_brain, a.out_subtypes, a.out_md)
+
+
+def _method_cls(name):
+    from ..methods import get_method
+
+    return get_method(name)
+
+
+def cmd_confounds(a) -> None:
+    from ..evaluation.confounds import confound_table, confounds_markdown
+
+    table = confound_table(a.manifests)
+    table.to_csv(a.out, index=False, float_format="%.4f")
+    Path(a.out_md).write_text(confounds_markdown(table, a.table1))
+
+
+def cmd_figure(a) -> None:
+    import pandas as pd
+
+    from ..evaluation.aggregate import figure1, read_maps
+
+    maps, _ = read_maps(a.maps)
+    cases = pd.read_csv(a.cases, dtype={"sop_uid": str, "patient_id": str})
+    figure1(cases, maps, json.loads(a.methods), a.out, percentile=a.percentile)
+
+
+def cmd_anomaly_figure(a) -> None:
+    import numpy as np
+
+    from ..cohort.splits import read_manifest
+    from ..evaluation.anomaly_figure import plot_synthetic_anomalies
+    from ..training.data import load_slices
+
+    rows = read_manifest(a.manifest)
+    data = load_slices(rows[rows["part"] == "train"])
+    brain = data.masks["brain_mask"].reshape(len(data), -1).sum(1)
+    order = np.argsort(-brain, kind="stable")           # slices with the most brain, not neighbours
+    pick = np.sort(order[:: max(1, len(order) // (4 * a.n))][: a.n])
+    plot_synthetic_anomalies(data.images[pick], data.masks["head_mask"][pick], data.masks["brain_mask"][pick],
+                             a.out, seed=a.seed)
+
+
+def add_commands(command) -> None:
+    """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
+    s = command("table", "Table 1 from score tables", cmd_table)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs of every method x fold")
+    s.add_argument("--maps", nargs="+", required=True, help="maps NPZs (their records give epochs and notes)")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--protocol", default="paper", help="label protocol of the run (paper or slice)")
+    s.add_argument("--n-folds", type=int, default=5, help="number of folds (for the caption)")
+    s.add_argument("--dataset", default="", help="dataset name for the caption")
+    s.add_argument("--ddof", type=int, default=0, help="delta degrees of freedom of the std over folds")
+    s.add_argument("--out", required=True, help="output table1.csv")
+    s.add_argument("--out-long", required=True, help="output per-fold long table")
+    s.add_argument("--out-md", required=True, help="output Markdown table")
+    s.add_argument("--out-ci", default="", help="CSV of the bootstrap CIs (table1_ci.csv)")
+    s.add_argument("--out-comparisons", default="", help="CSV of the paired row comparisons")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
+    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
+                   help="slice scores -> scan score for the scan-level metrics")
+    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    s.add_argument("--cohort", default="", help="cohort.csv of the split (patients and slices per class)")
+    s.add_argument("--label-source", default="", help="how the scan labels were made (for table1.md)")
+
+    s = command("stats-figures", "forest plot of every row's AUC with its CI; ROC curves per row", cmd_stats_figures)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")
+    s.add_argument("--ci", required=True, help="table1_ci.csv of `ichbench table`")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--out-forest", required=True, help="output forest plot (PNG)")
+    s.add_argument("--out-roc", required=True, help="output ROC curves (PNG)")
+
+    s = command("extra-tables", "localisation, brain-masked score and ICH subtype tables", cmd_extra_tables)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")
+    s.add_argument("--loc", nargs="+", required=True, help="the score rule's fold-K.loc.json files")
+    s.add_argument("--manifests", nargs="+", required=True, help="fold manifests (diagnosis columns)")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--protocol", default="paper", help="label protocol of the run (paper or slice)")
+    s.add_argument("--ddof", type=int, default=0, help="delta degrees of freedom of the std over folds")
+    s.add_argument("--out-loc", required=True, help="output localisation.csv")
+    s.add_argument("--out-brain", required=True, help="output table_brain.csv (brain-masked slice score)")
+    s.add_argument("--out-subtypes", required=True, help="output table_subtypes.csv")
+    s.add_argument("--out-md", required=True, help="output Markdown of the three tables")
+
+    s = command("confounds", "how well trivial image statistics alone separate the classes", cmd_confounds)
+    s.add_argument("--manifests", nargs="+", required=True, help="the fold manifests (fold-K.csv)")
+    s.add_argument("--table1", help="Table 1 CSV, to compare the statistics with the rows' AUCs")
+    s.add_argument("--out", required=True, help="output confounds.csv")
+    s.add_argument("--out-md", required=True, help="output confounds.md")
+
+    s = command("figure", "Figure 1 from the score rule's maps", cmd_figure)
+    s.add_argument("--maps", nargs="+", required=True, help="maps NPZs written by `score`")
+    s.add_argument("--cases", required=True, help="figure_cases.csv written by `split`")
+    s.add_argument("--methods", required=True, help="JSON list of methods (columns)")
+    s.add_argument("--percentile", type=float, default=99.0,
+                   help="percentile of a method's map values mapped to the top of the colour scale")
+    s.add_argument("--out", required=True, help="output image (PNG)")
+
+    s = command("anomaly-figure", "picture of every synthetic-anomaly generator on training slices",
+                cmd_anomaly_figure)
+    s.add_argument("--manifest", required=True, help="a fold manifest; its training slices are used")
+    s.add_argument("--n", type=int, default=3, help="number of slices (rows)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generators")
+    s.add_argument("--out", required=True, help="output image (PNG)")

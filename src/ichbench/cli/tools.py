@@ -1,0 +1,77 @@
+"""Subcommands for looking inside: the registered rows, their resolved parameters, the throughput bench."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+
+def cmd_methods(a) -> None:
+    from ..methods import REGISTRY
+    from ..training.digest import code_digest
+
+    for name, cls in REGISTRY.items():
+        print(f"{name:18s} {cls.group:16s} {code_digest(name)}  {cls.paper}")
+
+
+def cmd_params(a) -> None:
+    from .. import config
+
+    cfg = config.load(a.config, *a.configfile)
+    for m in config.selected_rows(cfg):
+        print(m, config.params_json(cfg, m))
+
+
+def cmd_bench(a) -> None:
+    from ..bench.throughput import run_bench
+
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+    levels = None
+    if a.concurrent:
+        from ..bench.concurrent import parse_levels
+
+        levels = parse_levels(a.concurrent)
+    if not a.concurrent_only:
+        rows = run_bench(a.out, size=a.size, batch=a.batch, seconds=a.seconds, device=a.device,
+                         rows=a.rows or None, workers=a.workers)
+        logging.info("bench written to %s; projected paper-recipe Table 1: %.2f h on %s", a.out,
+                     rows[-1]["table1_hours"], rows[-1]["device"])
+    if levels:
+        from ..bench.concurrent import run_concurrent
+
+        out = Path(a.out).with_name(Path(a.out).stem + "-concurrent.csv")
+        got = run_concurrent(out, levels, row=a.concurrent_row, device=a.device, size=a.size, batch=a.batch,
+                             seconds=a.concurrent_seconds)
+        logging.info("concurrent training written to %s: %s", out,
+                     ", ".join(f"{r['processes']} x: {r['img_s_total'] or 0:.1f} img/s" for r in got))
+
+
+def add_commands(command) -> None:
+    """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
+    command("methods", "list the registered methods and their code digests", cmd_methods)
+
+    s = command("bench", "training images/s of every row vs a bare loop, generators CPU vs device, "
+                         "projected paper-recipe Table 1 time (CSV)", cmd_bench)
+    s.add_argument("--out", default="results/bench.csv", help="CSV to write")
+    s.add_argument("--size", type=int, default=128, help="slice size (the paper's 128; smaller on a CPU)")
+    s.add_argument("--batch", type=int, default=64, help="batch size of every timed loop")
+    s.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers of the reference-style loop (default: all CPUs)")
+    s.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: leave as is)")
+    s.add_argument("--concurrent", default="",
+                   help="also time this many training processes at once on the device, e.g. 1,2,4 (the "
+                        "concurrent row's bare loop each; aggregate images/s into <out>-concurrent.csv)")
+    s.add_argument("--concurrent-seconds", type=float, default=10.0, help="timed seconds per --concurrent level")
+    s.add_argument("--concurrent-row", default="AE", help="the row the --concurrent processes train")
+    s.add_argument("--concurrent-only", action="store_true", help="only the --concurrent measurement")
+    s.add_argument("rows", nargs="*", help="rows to time (default: all registered)")
+
+    s = command("params", "print each row's resolved hyper-parameters, as the workflow passes them", cmd_params)
+    s.add_argument("--config", default="config.yaml", help="the workflow's config file (Snakefile `configfile:`)")
+    s.add_argument("--configfile", nargs="+", default=[],
+                   help="further config files merged on top in order, as `snakemake --configfile` does "
+                        "(mappings merge, lists replace)")
