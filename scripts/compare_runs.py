@@ -56,7 +56,7 @@ def same_array(x: np.ndarray, y: np.ndarray) -> bool:
         if isinstance(rx, dict) and isinstance(ry, dict):
             return ({k: v for k, v in rx.items() if k not in VOLATILE}
                     == {k: v for k, v in ry.items() if k not in VOLATILE})
-    return x.dtype == y.dtype and np.array_equal(x, y)
+    return x.dtype == y.dtype and np.array_equal(x, y, equal_nan=x.dtype.kind in "fc")
 
 
 def same(path_a: Path, path_b: Path) -> bool:
