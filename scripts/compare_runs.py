@@ -11,7 +11,6 @@ and exits 1 if there is one.
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+
+from ichbench.training.modelfile import load_model_file
 
 #: Run-record fields that name the code version or the wall clock, not the result.
 VOLATILE = {"code_digest", "git_commit", "git_modified", "train_seconds", "slices_per_second"}
@@ -62,7 +63,7 @@ def same_array(x: np.ndarray, y: np.ndarray) -> bool:
 def same(path_a: Path, path_b: Path) -> bool:
     name = path_a.name
     if name == "model.pt":
-        load = lambda p: torch.load(io.BytesIO(p.read_bytes()), map_location="cpu", weights_only=False)["state"]
+        load = lambda p: load_model_file(p)["state"]
         return same_tree(load(path_a), load(path_b))
     if name == "history.csv":
         drop = lambda p: pd.read_csv(p).drop(columns=["seconds"], errors="ignore")

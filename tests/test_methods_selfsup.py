@@ -104,7 +104,7 @@ def test_training_lowers_the_loss_then_scores(name, data):
     buf = io.BytesIO()
     torch.save({"state": m.state_dict()}, buf)
     buf.seek(0)
-    state = torch.load(buf, weights_only=False)["state"]
+    state = torch.load(buf, weights_only=True)["state"]
     m2 = make(name, seed=99)
     m2.configure_schedulers(steps_per_epoch=2, epochs=4)
     m2.load_state_dict(state)

@@ -146,6 +146,21 @@ def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_ru
     cwd = os.getcwd()
     os.chdir(tiny_run)                    # manifests hold paths relative to the run folder
     sizes: list[int] = []                 # the batches the data yields (cleared before each score_fold)
+    # every checkpoint.pt and model.pt a row writes opens with the safe loader (a checkpoint after every
+    # epoch, the last included, so that each row writes one)
+    from ichbench.training import train as train_module
+    from ichbench.training.modelfile import load_model_file
+
+    opened: list[str] = []
+    real_save = train_module._atomic_save
+
+    def save_and_open(obj, path):
+        real_save(obj, path)
+        load_model_file(path)
+        opened.append(path.name)
+
+    monkeypatch.setattr(train_module, "_atomic_save", save_and_open)
+    monkeypatch.setattr(train_module.CheckpointClock, "due", lambda self, epoch, epochs: True)
     real_batch = DeviceBatches.batch
     monkeypatch.setattr(DeviceBatches, "batch", lambda self, idx: sizes.append(len(idx)) or real_batch(self, idx))
     try:
@@ -153,6 +168,8 @@ def test_every_registered_method_trains_and_scores_on_the_synthetic_fold(tiny_ru
             out = tmp_path / name
             rec = train(name, _demo_params(name), manifest, out, device="cpu", seed=0, progress=False)
             assert rec["epochs"] == 1 and rec["train_slices"] > 0
+            assert opened == ["checkpoint.pt", "model.pt"], (name, opened)
+            opened.clear()
             cases = tiny_run / "results" / "splits" / "figure_cases.csv"
             sizes.clear()
             table = score_fold(out / "model.pt", manifest, out / "s.csv", out / "m.npz", figure_cases=cases,

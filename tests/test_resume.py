@@ -70,11 +70,11 @@ def kill_part_way(project, cmd: list[str], out: Path, min_epochs: int, log: Path
     finally:
         proc.wait()
     assert not (out / "model.pt").exists()
-    return torch.load(ckpt, weights_only=False)["epoch"]
+    return torch.load(ckpt, weights_only=True)["epoch"]
 
 
 def load(out: Path) -> dict:
-    return torch.load(out / "model.pt", weights_only=False)
+    return torch.load(out / "model.pt", weights_only=True)
 
 
 def assert_same_tensors(a, b, where=""):

@@ -218,8 +218,8 @@ def test_results_equal_the_local_run(slurm_run):
         s_slurm = pd.read_csv(work / f"results/scores/AE/fold-{k}.csv")
         diff = (s_local["score"] - s_slurm["score"]).abs().max()
         pd.testing.assert_frame_equal(s_local, s_slurm, check_exact=True, obj=f"scores fold {k} (max |d| {diff})")
-        m_local = torch.load(local / f"results/models/AE/fold-{k}/model.pt", weights_only=False)["state"]["model"]
-        m_slurm = torch.load(work / f"results/models/AE/fold-{k}/model.pt", weights_only=False)["state"]["model"]
+        m_local = torch.load(local / f"results/models/AE/fold-{k}/model.pt", weights_only=True)["state"]["model"]
+        m_slurm = torch.load(work / f"results/models/AE/fold-{k}/model.pt", weights_only=True)["state"]["model"]
         assert all(torch.equal(m_local[n], m_slurm[n]) for n in m_local), f"weights of fold {k}"
         with np.load(local / f"results/scores/AE/fold-{k}.maps.npz") as a, \
                 np.load(work / f"results/scores/AE/fold-{k}.maps.npz") as b:

@@ -175,13 +175,13 @@ def test_device_synthesis_trains_and_resumes_exactly(name, data, tmp_path, monke
     fold = write_fold(tmp_path, data)
     params = small_params(name, epochs=2)
     train_killed_after_first_checkpoint(name, params, fold, tmp_path / "killed", monkeypatch)
-    ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["extra"]["torch_generator"].dtype == torch.uint8      # the device RNG is saved
     resumed = train(name, params, fold, tmp_path / "killed", device="cpu", progress=False, seed=3)
     straight = train(name, params, fold, tmp_path / "straight", device="cpu", progress=False, seed=3)
     assert resumed["resumed_from_epoch"] == 1 and straight["resumed_from_epoch"] is None
-    a = torch.load(tmp_path / "killed" / "model.pt", weights_only=False)["state"]
-    b = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["state"]
+    a = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state"]
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert torch.equal(a["extra"]["torch_generator"], b["extra"]["torch_generator"])
@@ -197,8 +197,8 @@ def test_a_different_device_seed_draws_different_anomalies(data, tmp_path):
     params = small_params("CutPaste", epochs=1)
     train("CutPaste", params, fold, tmp_path / "a", device="cpu", progress=False, seed=0)
     train("CutPaste", {**params, "synth_seed": 1}, fold, tmp_path / "b", device="cpu", progress=False, seed=0)
-    ga = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state"]["extra"]["torch_generator"]
-    gb = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state"]["extra"]["torch_generator"]
+    ga = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state"]["extra"]["torch_generator"]
+    gb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state"]["extra"]["torch_generator"]
     assert not torch.equal(ga, gb)
 
 

@@ -364,8 +364,8 @@ def test_run_json_records_precision_steps_and_determinism(data, tmp_path, restor
                    "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
     assert torch.are_deterministic_algorithms_enabled() and os.environ["CUBLAS_WORKSPACE_CONFIG"]
     # CPU training is deterministic either way: the same weights
-    a = torch.load(tmp_path / "a" / "model.pt", weights_only=False)["state"]["model"]
-    b = torch.load(tmp_path / "b" / "model.pt", weights_only=False)["state"]["model"]
+    a = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state"]["model"]
+    b = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state"]["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -148,7 +148,7 @@ def test_model_file_holds_weights_and_record_only(trained_ae):
     from ichbench.training.train import load_trained
 
     out, _ = trained_ae
-    blob = torch.load(out / "model.pt", weights_only=False)
+    blob = torch.load(out / "model.pt", weights_only=True)
     assert set(blob) == {"record", "state"}
     assert "optimizers" not in blob["state"] and "schedulers" not in blob["state"]
     n_params = sum(v.numel() for v in blob["state"]["model"].values())

@@ -1,4 +1,4 @@
-"""Running a row on a fold: the shared training loop, scoring, slice batches, determinism, heap settings, code digests and the run record.
+"""Running a row on a fold: training loop, scoring, slice batches, determinism, heap, code digests, run record, safe model files.
 
 The engine between the Table 1 rows (methods) and the files a job writes; it knows no particular row.
 

@@ -33,6 +33,7 @@ from ..methods import get_method
 from .data import DeviceBatches, load_slices
 from .determinism import set_deterministic
 from .digest import code_digest
+from .modelfile import load_model_file
 from .runinfo import environment_record
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     history: list[dict[str, Any]] = []
     start_epoch, resumed_from = 0, None
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        ckpt = load_model_file(ckpt_path, map_location=dev, what="checkpoint")
         if ckpt.get("fingerprint") == fingerprint and 0 < ckpt.get("epoch", 0) < epochs:
             method.load_state_dict(ckpt["state"])
             start_epoch, resumed_from = ckpt["epoch"], ckpt["epoch"]
@@ -219,7 +220,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     record = {
         "method": method_name, "group": cls.group, "params": p, "code_digest": code_digest(method_name),
         "epochs": epochs, "train_slices": n, "image_shape": [c, s, s], "device": str(dev),
-        "torch": torch.__version__, "python": platform.python_version(), **environment_record(dev), "seed": seed,
+        "torch": str(torch.__version__), "python": platform.python_version(), **environment_record(dev), "seed": seed,
         "resumed_from_epoch": resumed_from, "train_seconds": round(elapsed, 2),
         "slices_per_second": round(seen / elapsed, 1) if elapsed > 0 else None,
         "notes": method.notes,
@@ -240,7 +241,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
 def load_trained(model_path: str | os.PathLike, device: str = "auto"):
     """-> (method ready for scoring, run record)."""
     dev = resolve_device(device)
-    blob = torch.load(model_path, map_location=dev, weights_only=False)
+    blob = load_model_file(model_path, map_location=dev)
     rec = blob["record"]
     c, s, _ = rec["image_shape"]
     method = build_method(rec["method"], rec["params"], c, s, dev)
