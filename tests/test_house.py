@@ -161,3 +161,14 @@ def test_paths_from_the_package_find_the_project():
     assert (runinfo.PROJECT / "pyproject.toml").is_file()
     assert config.SCHEMA.is_file()
     assert digest.TRAIN_LOOP.is_file()
+
+
+def test_a_rows_code_digest_follows_its_imports_all_the_way_down():
+    """A helper two imports away from a row (the Poisson solver in device_ops: NSA -> selfsup -> device ->
+    device_ops) is part of the row's digest, so editing it reruns the row; a row that never imports it is not."""
+    from ichbench.methods import get_method
+    from ichbench.training.digest import _source_modules
+
+    names = lambda row: {m.__name__ for m in _source_modules(get_method(row))}   # noqa: E731
+    assert {"ichbench.anomalies.device", "ichbench.anomalies.device_ops", "ichbench.methods.selfsup"} <= names("NSA")
+    assert names("AE") == {"ichbench.methods.ae", "ichbench.methods.base", "ichbench.nets.autoencoder"}

@@ -6,6 +6,7 @@ Runs on the shared tiny run (tests/test_incremental.py)."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,7 @@ def test_a_model_file_written_before_the_safe_loader_still_opens(project, tmp_pa
     blob["record"]["torch"] = torch.__version__                       # a TorchVersion, as the old files had
     old = tmp_path / "old.pt"
     torch.save(blob, old)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError, match="TorchVersion"):
         torch.load(old, weights_only=True)                           # the plain safe loader refuses it ...
     method, rec = load_trained(old, device="cpu")                     # ... ours opens it
     assert rec["method"] == "AE"
