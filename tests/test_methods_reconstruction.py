@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from ichbench.methods import REGISTRY
+from ichbench.methods import REGISTRY, get_method
 
 CPU = torch.device("cpu")
 SIZE = 32
@@ -364,3 +364,48 @@ def test_ceae_erases_one_square():
     rows, cols = erased.any(dim=2), erased.any(dim=1)
     assert (rows.sum(1) == 20).all() and (cols.sum(1) == 20).all()
     assert torch.equal(out[:, 0], out[:, 2]) and (x == 0).all()
+
+
+def test_dae_reference_noise_on_ct_is_shifted_and_unmasked(monkeypatch):
+    """`reference_noise_shift: true, noise_mask: none` = the reference on CT: (n - 0.5) * 2 over the whole
+    image, air included; the default masks zero-mean noise with the head mask."""
+    from ichbench.methods import dae
+
+    torch.manual_seed(0)
+    x = torch.zeros(2, 3, 32, 32) - 1
+    head = torch.zeros(2, 32, 32, dtype=torch.bool)
+    head[:, 8:24, 8:24] = True
+    seen = []
+    real = dae.coarse_noise
+
+    def spy(*a, **k):
+        n = real(*a, **k)
+        seen.append(n)
+        return n
+
+    monkeypatch.setattr(dae, "coarse_noise", spy)
+    for params in ({}, {"reference_noise_shift": True, "noise_mask": "none"}):
+        m = get_method("DAE")({"unet_width": 4, "unet_levels": 2, **params}, in_channels=3, image_size=32,
+                              device=torch.device("cpu"))
+        m.loss({"x": x, "head_mask": head})
+    ours, ref = seen
+    air = ~head[:, None].expand_as(ours)
+    assert (ours[air] == 0).all() and abs(float(ours[~air].mean())) < 0.1
+    assert (ref[air] != 0).all() and abs(float(ref.mean()) + 1.0) < 0.1       # mean -1 everywhere
+    with pytest.raises(ValueError, match="noise_mask"):
+        get_method("DAE")({"noise_mask": "brain"}, in_channels=3, image_size=32, device=torch.device("cpu"))
+
+
+def test_constrained_ae_second_pass_updates_the_decoder_half_batchnorm_as_the_reference():
+    """The reference's second `bottle_neck` call computes its decoding half too: that BatchNorm1d's running
+    statistics see two batches per step (x's latent, then x^'s), the encoding half's as well."""
+    torch.manual_seed(0)
+    m = get_method("ConstrainedAE")({}, in_channels=3, image_size=32, device=torch.device("cpu"))
+    calls = {}
+    for name, mod in m.model.bottleneck.named_modules():
+        if isinstance(mod, nn.BatchNorm1d):
+            mod.register_forward_hook(lambda mod, i, o, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    assert len(calls) == 0 and sum(isinstance(x, nn.BatchNorm1d) for x in m.model.bottleneck.modules()) == 2
+    m.model.train()
+    m.loss({"x": torch.rand(4, 3, 32, 32) * 2 - 1})
+    assert sorted(calls.values()) == [2, 2], calls

@@ -217,8 +217,9 @@ def test_device_pairs_keep_unchanged_copies_with_weight_zero(data):
     torch.manual_seed(0)
     m = get_method("AnatPaste")(small_params("AnatPaste"), in_channels=3, image_size=SIZE,
                                 device=torch.device("cpu"))
-    batch = {"x": data["x"][:4], "brain_mask": data["brain_mask"][:4].clone()}
-    batch["brain_mask"][1] = False                      # no brain: AnatPaste pastes nothing on slice 1
+    batch = {"x": data["x"][:4].clone(), "brain_mask": data["brain_mask"][:4].clone()}
+    batch["x"][1] = -1.0                                # all air: whatever is pasted, air lands on air
+    batch["brain_mask"][1] = False
     pairs = m.pairs(batch)
     assert pairs["x"].shape[0] == 8 and pairs["y"].tolist() == [0] * 4 + [1] * 4
     assert pairs["weight"].tolist() == [1, 1, 1, 1, 1, 0, 1, 1]

@@ -407,3 +407,92 @@ def test_table1_notes_column_points_at_the_deviations(tmp_path):
     rec = {"group": "self-supervised", "epochs": 100, "notes": [], "params": {"steps_per_epoch": 256}}
     table, _ = table1([str(tmp_path / "s.csv")], {"AnatPaste": rec}, ["AnatPaste"], "paper")
     assert table["notes"].tolist() == ["epoch = 256 steps; differences: docs/DEVIATIONS.md#anatpaste"]
+
+
+# -- the reference's first-3000 loader (issue 22) -----------------------------------------------------------
+def test_first_n_passes_cover_only_the_first_slices():
+    images = np.zeros((6, 3, 8, 8), np.uint8)
+    images[:, 0, 0, 0] = np.arange(6)
+    batches = DeviceBatches(SliceSet(images, {}, pd.DataFrame({"i": range(6)})), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    got = list(_epoch_batches(batches, 2, gen, drop_last=True, steps=9, first_n=4))
+    ids = [torch.round((b["x"][:, 0, 0, 0] + 1) * 127.5).long().tolist() for b in got]
+    assert len(got) == 9 and set(sum(ids, [])) == {0, 1, 2, 3}
+    for k in range(0, 8, 2):                     # each pass of the 4 is a permutation of them
+        assert sorted(ids[k] + ids[k + 1]) == [0, 1, 2, 3]
+
+
+def test_train_first_n_steps_on_the_first_slices_and_fits_the_gaussian_on_all(data, tmp_path, monkeypatch):
+    from ichbench.methods.selfsup import EmbeddingGaussianMethod
+
+    fold = _fold(tmp_path, data)
+    stored = np.load(tmp_path / "s.npz")["images"]
+    seen, fitted = [], []
+    real_step, real_fit = EmbeddingGaussianMethod.training_step, EmbeddingGaussianMethod.fit_end
+
+    def step(self, batch, k):
+        seen.append(batch["x"].clone())
+        return real_step(self, batch, k)
+
+    def fit(self, train_batches):
+        fitted.append(sum(b["x"].shape[0] for b in train_batches()))
+        return real_fit(self, train_batches)
+
+    monkeypatch.setattr(EmbeddingGaussianMethod, "training_step", step)
+    monkeypatch.setattr(EmbeddingGaussianMethod, "fit_end", fit)
+    params = {"batch_size": 2, "epochs": 1, "steps_per_epoch": 6, "train_first_n": 3}
+    rec = train("CutPaste-2stage", params, fold, tmp_path / "a", device="cpu", progress=False)
+    from ichbench.inputs.windowing import dequantise
+
+    codes = dequantise(torch.from_numpy(stored))
+    for x in seen:
+        for img in x:
+            hits = [i for i in range(len(codes)) if torch.equal(codes[i], img)]
+            assert hits and hits[0] < 3, "an update step saw a slice after the first 3"
+    assert fitted == [len(stored)]
+    assert any("first 3 of 8" in n for n in rec["notes"])
+
+
+# -- AnatPaste's halo and empty anatomy (issue 22) ----------------------------------------------------------
+def _flat_paste(gen_cls, halo, brain):
+    x = torch.full((4, 3, SIZE, SIZE), 0.5)
+    kw = dict(area_min=0.1, area_max=0.1, aspect_min=1.0, aspect_max=1.0, alpha_min=1.0, alpha_max=1.0,
+              ellipse_p=0.0, blur_min=0.1, blur_max=0.1, margin=0.0, jitter=0.0, halo=halo)
+    g = gen_cls(**kw)
+    rng = np.random.default_rng(0) if gen_cls is an.AnatPaste else torch.Generator().manual_seed(0)
+    return x, g(x, rng, brain_mask=brain)
+
+
+@pytest.mark.parametrize("device_twin", [False, True], ids=["cpu", "device"])
+def test_anatpaste_halo_is_black_outside_the_patch_as_the_reference(device_twin):
+    from ichbench.anomalies.device import DeviceAnatPaste
+
+    cls = DeviceAnatPaste if device_twin else an.AnatPaste
+    brain = torch.ones(4, SIZE, SIZE, dtype=torch.bool)
+    x, syn = _flat_paste(cls, "black", brain)
+    # a flat slice: the patch equals what it covers, so only the black layer past the box can change pixels
+    changed = (syn.x != x).any(1)
+    assert changed.any() and (syn.x <= x + 1e-6).all()
+    dark = (syn.x - x).mean(1)
+    torch.testing.assert_close(dark[changed], syn.label[:, 0][changed] * -1.5)   # x + m (-1 - x), x = 0.5
+    lab = syn.label[:, 0]
+    inside = lab >= 0.999 * lab.amax((1, 2), keepdim=True)           # the box's centre: the patch, unchanged
+    assert inside.any() and not changed[inside].any()
+    x, plain = _flat_paste(cls, "image", brain)
+    assert torch.equal(plain.x, x)                                    # blended toward the moved flat slice
+    with pytest.raises(ValueError, match="halo"):
+        cls(halo="grey")
+
+
+@pytest.mark.parametrize("device_twin", [False, True], ids=["cpu", "device"])
+def test_anatpaste_without_anatomy_pastes_anywhere(device_twin, data):
+    from ichbench.anomalies.device import DeviceAnatPaste
+
+    x = data["x"][:4]
+    none = torch.zeros(4, SIZE, SIZE, dtype=torch.bool)
+    if device_twin:
+        syn = DeviceAnatPaste()(x, torch.Generator().manual_seed(0), brain_mask=none)
+    else:
+        syn = an.AnatPaste()(x, np.random.default_rng(0), brain_mask=none)
+    assert syn.region.any(dim=(1, 2)).all(), "a slice without brain got no paste (the reference pastes anywhere)"
+    assert ((syn.x != x).any(1) & ~syn.region).sum() == 0

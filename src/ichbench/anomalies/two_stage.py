@@ -185,6 +185,32 @@ class AnatPasteParams:
     blur_max: float = 14 / 224
     margin: float = 10 / 224
     jitter: float = 0.1
+    halo: str = "black"
+
+    def __post_init__(self):
+        if self.halo not in HALOS:
+            raise ValueError(f"AnatPaste: halo must be one of {HALOS}, not {self.halo!r}")
+
+
+#: what AnatPaste's blurred mask blends toward where it reaches past the pasted box: `black` = the reference's
+#: pasted layer, black (-1 in every window) outside the patch, so strong blurs leave a dark rim; `image` = the
+#: shifted slice continues under the blur's tail (no rim)
+HALOS = ("black", "image")
+
+
+def anatomy_or_everywhere(brain: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) bool -> the same, with an image without any anatomy pixel replaced by all True: the
+    reference pastes anywhere (and blends unmasked) when its anatomy mask is empty."""
+    empty = ~brain.flatten(1).any(1)
+    return brain | empty[:, None, None]
+
+
+def pasted_layer(shifted_patch: torch.Tensor, box: torch.Tensor, halo: str) -> torch.Tensor:
+    """The layer AnatPaste blends in: the (jittered, moved) patch inside its box and, outside it, black
+    (`halo: black`, the reference's) or the moved slice (`halo: image`)."""
+    if halo == "image":
+        return shifted_patch
+    return torch.where(box[:, None], shifted_patch, torch.full_like(shifted_patch, -1.0))
 
 
 @dataclass(frozen=True)
@@ -196,8 +222,10 @@ class AnatPaste(AnatPasteParams):
     blur_max], times the brain mask, with opacity alpha ~ U(alpha_min, alpha_max):
     x' = x + alpha M (patch - x). Lengths are fractions of the image size: the reference's blur radius
     randint(0, 15) px and margin 10 px at 224 px are blur_max 14/224 and margin 10/224. A shape inset to
-    nothing keeps 1 px per side. Pixels outside the brain mask never change; a slice without brain is
-    returned unchanged."""
+    nothing keeps 1 px per side. Where the blurred mask reaches past the box, the pasted layer is black
+    (`halo: black`, the reference's: a dark rim under strong blurs) or the moved slice (`halo: image`).
+    Pixels outside the brain mask never change; on a slice without brain the centre is any pixel and the
+    mask is not cut by the brain (the reference's rule for an empty anatomy mask)."""
 
     def __call__(self, x, rng, head_mask=None, brain_mask=None) -> Synthesis:
         if brain_mask is None:
@@ -207,7 +235,8 @@ class AnatPaste(AnatPasteParams):
         h, w, ys, xs, _, _ = _cutpaste_boxes(rng, b_n, (hh, ww), (self.area_min, self.area_max),
                                              (self.aspect_min, self.aspect_max))
         # destination centre: a brain pixel drawn uniformly (the k-th set pixel, k ~ U[0, count))
-        brain = _object_mask(brain_mask, x).reshape(b_n, -1)
+        anatomy = anatomy_or_everywhere(torch.as_tensor(_object_mask(brain_mask, x)))
+        brain = anatomy.numpy().reshape(b_n, -1)
         k = np.floor(rng.random(b_n) * brain.sum(1)).astype(np.int64)
         centre = (np.cumsum(brain, 1) > k[:, None]).argmax(1)
         cy, cx = np.divmod(centre, ww)
@@ -228,8 +257,8 @@ class AnatPaste(AnatPasteParams):
         ell = dy ** 2 + dx ** 2 <= 1.0
         rect = (dy.abs() <= 1.0) & (dx.abs() <= 1.0)
         shape = torch.where(ellipse, ell, rect).float()
-        m = gaussian_blur_each(shape, sigma) * brain_mask.to(dev).float() * alpha
-        patch = color_jitter(shifted(x, ys, xs, yd, xd), rng, self.jitter,
-                             region=box_masks(yd, xd, h, w, (hh, ww), dev))
+        m = gaussian_blur_each(shape, sigma) * anatomy.to(dev).float() * alpha
+        box = box_masks(yd, xd, h, w, (hh, ww), dev)
+        patch = pasted_layer(color_jitter(shifted(x, ys, xs, yd, xd), rng, self.jitter, region=box), box, self.halo)
         out = x + m[:, None].to(x.dtype) * (patch.to(x.dtype) - x)
         return Synthesis(out, m[:, None].to(x.dtype), m > 0)

@@ -7,9 +7,11 @@ Noise n: Gaussian with std `noise_std` (0.2) drawn at `noise_res` x `noise_res` 
 and channel (or one field shared by the channels with `noise_shared_channels`), bilinearly upsampled
 to the image size with `align_corners=True` (as the reference), rolled (translated with wrap-around) by
 one random shift per batch in each direction, and set to zero outside the head mask
-(`needs = ("head_mask",)`; the reference masks only its MRI sets, by x > min x). All draws use the torch
+(`needs = ("head_mask",)`; `noise_mask: none` leaves it over the whole image). All draws use the torch
 global RNG. The reference code's leftover `n = (n - 0.5) * 2` line can be reproduced with
-`reference_noise_shift: true` (off by default). The reference trains with batch 16 (a recipe value).
+`reference_noise_shift: true` (off by default). The reference masks only its brain-MRI sets (x > min x),
+so on CT it runs as `reference_noise_shift: true, noise_mask: none`: shifted noise over the whole image,
+air included. The reference trains with batch 16 (a recipe value).
 The UNet (`nets.unet`) is the reference's at `unet_width` 64 and `unet_levels` 5.
 """
 from __future__ import annotations
@@ -48,7 +50,12 @@ class DAE(Method):
     paper = "Kascenas et al. 2022, denoising autoencoder"
     needs = ("head_mask",)
     defaults = {"noise_std": 0.2, "noise_res": 16, "noise_shared_channels": False,
-                "reference_noise_shift": False, "unet_width": 64, "unet_levels": 5}
+                "reference_noise_shift": False, "noise_mask": "head", "unet_width": 64, "unet_levels": 5}
+
+    def __init__(self, params, in_channels, image_size, device):
+        super().__init__(params, in_channels, image_size, device)
+        if self.params["noise_mask"] not in ("head", "none"):
+            raise ValueError(f"DAE: noise_mask must be 'head' or 'none', not {self.params['noise_mask']!r}")
 
     def build(self) -> torch.nn.Module:
         p = self.params
@@ -57,7 +64,8 @@ class DAE(Method):
     def loss(self, batch):
         x = batch["x"]
         p = self.params
-        n = coarse_noise(x, p["noise_std"], p["noise_res"], batch["head_mask"],
+        mask = batch["head_mask"] if p["noise_mask"] == "head" else None
+        n = coarse_noise(x, p["noise_std"], p["noise_res"], mask,
                          p["noise_shared_channels"], p["reference_noise_shift"])
         return torch.mean((x - self.model(x + n).float()) ** 2), {}
 

@@ -24,6 +24,8 @@ over the data); the learning rate follows one cosine from lr to lr_min over the 
 as the reference's CosineAnnealingWarmRestarts(T_0 = epochs) stepped with the index of the epoch just done
 (so epochs 1 and 2 both run at lr). These keys are in `own_recipe`: a recipe's `all` does not change them
 (`ichbench.config.method_params`), only a recipe entry or `methods:` entry naming the row.
+The update steps draw from every training slice; `train_first_n: 3000` draws them from the first 3000 in
+manifest order only, as the reference's `Repeat(train_data, 3000)` loader does (its item i is slice i mod n).
 After training, a Gaussian (mean and Ledoit-Wolf covariance) is fitted to the L2-normalised 512-d
 embeddings of the training slices; the slice score is the Mahalanobis distance to it. Figure map: Grad-CAM
 of that distance on the last ResNet stage (`cam_layer`), i.e. ReLU(sum_k w_k A_k) with w_k the spatial
@@ -238,7 +240,7 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
     defaults = {"lr": 0.03, "momentum": 0.9, "weight_decay": 3e-5, "lr_min": 0.0, "epochs": 100,
                 "steps_per_epoch": 256, "batch_size": 64, "head_layers": [512, 128], "image_jitter": 0.1,
                 "area_min": 0.02, "area_max": 0.15, "aspect_min": 0.3, "aspect_max": 3.3,
-                "cam_layer": "layer4"}
+                "cam_layer": "layer4", "train_first_n": None}
     #: the reference's own recipe: kept when a recipe sets these keys under `all`
     own_recipe = ("lr", "momentum", "weight_decay", "lr_min", "epochs", "steps_per_epoch")
 

@@ -74,8 +74,9 @@ class DeviceBatches:
         return out
 
     def epoch(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
-              drop_last: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self)
+              drop_last: bool = False, first_n: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass in batches; `first_n`: a pass over the first n slices only (in SliceSet order)."""
+        n = len(self) if not first_n else min(len(self), int(first_n))
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         order = order.to(self.images.device)   # one copy per epoch, not one (synchronising) copy per batch
         stop = n - (n % batch_size) if (drop_last and n >= batch_size) else n

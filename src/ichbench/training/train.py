@@ -72,12 +72,14 @@ def _data_digest(data, rows: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-def _epoch_batches(batches: DeviceBatches, bs: int, gen: torch.Generator, drop_last: bool, steps: int | None):
+def _epoch_batches(batches: DeviceBatches, bs: int, gen: torch.Generator, drop_last: bool, steps: int | None,
+                   first_n: int | None = None):
     """One epoch's batches: a pass over the data, or, for a method with `steps_per_epoch` (an epoch of
-    that many update steps, as in Li et al. 2021), as many as that from consecutive shuffled passes."""
+    that many update steps, as in Li et al. 2021), as many as that from consecutive shuffled passes.
+    `first_n`: the passes cover only the first n training slices (the two-stage rows' `train_first_n`)."""
     if not steps:
-        return batches.epoch(bs, gen, drop_last=drop_last)
-    passes = (batches.epoch(bs, gen, drop_last=drop_last) for _ in itertools.count())
+        return batches.epoch(bs, gen, drop_last=drop_last, first_n=first_n)
+    passes = (batches.epoch(bs, gen, drop_last=drop_last, first_n=first_n) for _ in itertools.count())
     return itertools.islice(itertools.chain.from_iterable(passes), int(steps))
 
 
@@ -148,9 +150,15 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     batches = DeviceBatches(data, dev, mask_keys=cls.needs)
     p = method.params
     epochs, bs = int(p["epochs"]), int(p["batch_size"])
-    drop_last = n > bs
+    # train_first_n (two-stage rows, the reference's Repeat(train_data, 3000)): update steps draw from the
+    # first n training slices in manifest order only; fit_end still sees them all
+    first_n = int(p["train_first_n"]) if p.get("train_first_n") else None
+    pool = min(n, first_n) if first_n else n
+    if first_n and n > first_n:
+        method.notes.append(f"update steps on the first {first_n} of {n} training slices (train_first_n)")
+    drop_last = pool > bs
     fixed_steps = p.get("steps_per_epoch")
-    steps_per_epoch = int(fixed_steps) if fixed_steps else (n // bs if drop_last else 1)
+    steps_per_epoch = int(fixed_steps) if fixed_steps else (pool // bs if drop_last else 1)
     method.configure_schedulers(steps_per_epoch, epochs)
 
     ckpt_path = out_dir / "checkpoint.pt"
@@ -189,7 +197,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         te = time.perf_counter()
         sums: dict[str, Any] = {}
         count = 0
-        bar = tqdm(_epoch_batches(batches, bs, gen, drop_last, fixed_steps), total=steps_per_epoch,
+        bar = tqdm(_epoch_batches(batches, bs, gen, drop_last, fixed_steps, first_n), total=steps_per_epoch,
                    file=sys.stderr,
                    desc=f"{method_name} epoch {epoch + 1}/{epochs}", disable=not progress, mininterval=5)
         for batch in bar:
