@@ -31,7 +31,8 @@ from test_pipeline import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NARROW_AE = {"latent_dim": 16, "width": 8, "hidden": 64}
-AGGREGATION = {("table1", ()), ("confounds", ()), ("figure1", ()), ("stats_figures", ()), ("runtimes", ()), ("extra_tables", ())}
+AGGREGATION = {("table1", ()), ("confounds", ()), ("figure1", ()), ("stats_figures", ()), ("runtimes", ()),
+               ("extra_tables", ()), ("strata", ()), ("errors", ())}
 
 
 @dataclass

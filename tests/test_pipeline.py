@@ -63,6 +63,11 @@ def test_pipeline_produces_table_and_figure(tiny_run):
     assert auc["mean"] == pytest.approx(long[(long["part"] == "test") & (long["protocol"] == "paper")
                                              & (long["metric"] == "AUC")]["value"].mean(), abs=1e-3)
     assert (tiny_run / "results" / "comparisons.csv").exists()     # one row: no comparison, only the header
+    ops = pd.read_csv(tiny_run / "results" / "operating_points.csv")
+    assert {"spec95 (validation)", "youden (validation)", "oracle spec95 (test labels)"} <= set(ops["rule"])
+    assert "## Operating points fixed on the validation part" in md and "## Strata" in md
+    assert (tiny_run / "results" / "strata.csv").exists()
+    assert set(pd.read_csv(tiny_run / "results" / "operating_points_per_fold.csv")["fold"]) == {0, 1, 2}
     for png in ("forest_auc.png", "roc_curves.png"):
         assert (tiny_run / "results" / "figures" / png).stat().st_size > 5_000
     png = tiny_run / "results" / "figure1.png"

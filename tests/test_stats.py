@@ -264,7 +264,7 @@ def test_table_command_writes_cis_comparisons_and_an_honest_markdown(tmp_path):
     ci = pd.read_csv(out["ci.csv"])
     assert set(ci["level"]) == {"slice", "scan (mean)"} and (ci["n_boot"] == 100).all()
     cmp = pd.read_csv(out["cmp.csv"])
-    assert set(cmp["family"]) == {"vs best", "vs AE"}
+    assert set(cmp["family"]) == {"vs best", "vs AE", "ranking"}
     rc = main(["stats-figures", "--scores", *scores_paths, "--ci", out["ci.csv"], "--methods", '["AE", "VAE"]',
                "--out-forest", out["f.png"], "--out-roc", out["r.png"]])
     assert rc in (0, None)

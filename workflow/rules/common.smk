@@ -200,7 +200,7 @@ def method_files_state(wildcards):
 
 
 def score_files(kind):
-    ext = {"scores": "csv", "maps": "maps.npz", "loc": "loc.json"}[kind]
+    ext = {"scores": "csv", "maps": "maps.npz", "loc": "loc.json", "errors": "errors.npz"}[kind]
     return expand("results/scores/{method}/fold-{fold}.{ext}", method=METHODS, fold=FOLDS, ext=ext)
 
 
@@ -246,12 +246,15 @@ def scan_id_format(wildcards):
 
 
 def final_targets():
-    """Table 1, the confound table and Figure 1; the synthetic-anomaly picture when a self-supervised row is configured."""
+    """Table 1, the confound table, Figure 1, each row's error cases and the strata; the synthetic-anomaly picture
+    when a self-supervised row is configured."""
     from ichbench.methods import get_method
 
     targets = ["results/table1.csv", "results/table1.md", "results/figure1.png"]
     targets += ["results/confounds.csv", "results/tables_extra.md"]
     targets += ["results/figures/forest_auc.png", "results/figures/roc_curves.png"]
+    targets += expand("results/errors/{method}.{ext}", method=METHODS, ext=["csv", "png"])
+    targets += ["results/strata.csv", "results/strata.md", "results/figures/sensitivity_by_size.png"]
     if any(get_method(m).group == "self-supervised" for m in METHODS):
         targets.append("results/figures/synthetic_anomalies.png")
     return targets

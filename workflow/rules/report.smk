@@ -6,12 +6,15 @@ rule table1:
         scores=score_files("scores"),
         maps=score_files("maps"),
         cohort="results/data/cohort.csv",
+        strata="results/strata.md",
     output:
         table=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
         per_fold="results/table1_per_fold.csv",
         markdown=report("results/table1.md", caption="../report/table1_md.rst", category="Table 1"),
         ci=report("results/table1_ci.csv", caption="../report/table1_ci.rst", category="Table 1"),
         comparisons=report("results/comparisons.csv", caption="../report/comparisons.rst", category="Table 1"),
+        operating=report("results/operating_points.csv", caption="../report/operating_points.rst", category="Table 1"),
+        operating_folds="results/operating_points_per_fold.csv",
     log:
         "logs/report/table1.log",
     benchmark:
@@ -33,13 +36,16 @@ rule table1:
         seed=config["table"]["seed"],
         scan_aggregation=config["table"]["scan_aggregation"],
         scan_top_k=config["table"]["scan_top_k"],
+        targets=" ".join(str(q) for q in config["evaluation"]["target_specificity"]),
     shell:
         "ichbench table --scores {input.scores} --maps {input.maps} --methods '{params.methods}' "
         "--protocol {params.protocol} --n-folds {params.n_folds} --dataset {params.dataset} "
         "--ddof {params.ddof} --out {output.table} --out-long {output.per_fold} --out-md {output.markdown} "
         "--out-ci {output.ci} --out-comparisons {output.comparisons} --cohort {input.cohort} "
         "--label-source {params.label_source} --bootstrap {params.bootstrap} --seed {params.seed} "
-        "--scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} > {log} 2>&1"
+        "--scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} "
+        "--out-operating {output.operating} --out-operating-folds {output.operating_folds} "
+        "--target-specificity {params.targets} --include-md {input.strata} > {log} 2>&1"
 
 
 rule stats_figures:
@@ -177,7 +183,8 @@ rule runtimes:
         + expand("benchmarks/data/preprocess/shard-{shard}.tsv", shard=SHARDS)
         + expand("benchmarks/{step}/{method}/fold-{fold}.tsv", step=["train", "score"], method=METHODS, fold=FOLDS)
         + ["benchmarks/report/confounds.tsv"]
-        + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv", "benchmarks/report/stats_figures.tsv"],
+        + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv", "benchmarks/report/stats_figures.tsv"]
+        + ["benchmarks/report/strata.tsv", "benchmarks/report/errors.tsv"],
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
     log:
@@ -187,3 +194,70 @@ rule runtimes:
         CONDA_ENV
     script:
         "../report/runtimes.py"
+
+
+rule errors:
+    input:
+        scores=score_files("scores"),
+        errors=score_files("errors"),
+        manifests=expand("results/splits/fold-{fold}.csv", fold=FOLDS),
+    output:
+        tables=expand("results/errors/{method}.csv", method=METHODS),
+        figures=expand("results/errors/{method}.png", method=METHODS),
+    log:
+        "logs/report/errors.log",
+    benchmark:
+        "benchmarks/report/errors.tsv"
+    localrule: True
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        methods=json.dumps(METHODS),
+        n=config["evaluation"]["error_cases"],
+    shell:
+        "ichbench errors --scores {input.scores} --errors-npz {input.errors} --manifests {input.manifests} "
+        "--methods '{params.methods}' --out-dir results/errors --n {params.n} > {log} 2>&1"
+
+
+rule strata:
+    input:
+        scores=score_files("scores"),
+        manifests=expand("results/splits/fold-{fold}.csv", fold=FOLDS),
+        shards=expand("results/data/cache/shard-{shard}", shard=SHARDS),
+        series=["results/data/series_selected.csv", "results/data/index.csv"],
+    output:
+        table=report("results/strata.csv", caption="../report/strata.rst", category="Strata"),
+        markdown="results/strata.md",
+        figure=report(
+            "results/figures/sensitivity_by_size.png", caption="../report/sensitivity_by_size.rst", category="Strata"
+        ),
+    log:
+        "logs/report/strata.log",
+    benchmark:
+        "benchmarks/report/strata.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        methods=json.dumps(METHODS),
+        targets=" ".join(str(q) for q in config["evaluation"]["target_specificity"]),
+        size_bins=" ".join(str(b) for b in config["evaluation"]["size_bins_mm2"]),
+        volume_bins=" ".join(str(b) for b in config["evaluation"]["volume_bins_ml"]),
+        min_units=config["evaluation"]["min_units"],
+        bootstrap=config["table"]["bootstrap"],
+        seed=config["table"]["seed"],
+        scan_aggregation=config["table"]["scan_aggregation"],
+        scan_top_k=config["table"]["scan_top_k"],
+    shell:
+        "ichbench strata --scores {input.scores} --manifests {input.manifests} --series {input.series} "
+        "--methods '{params.methods}' --target-specificity {params.targets} --size-bins {params.size_bins} "
+        "--volume-bins {params.volume_bins} --min-units {params.min_units} --bootstrap {params.bootstrap} "
+        "--seed {params.seed} --scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} "
+        "--out {output.table} --out-md {output.markdown} --out-figure {output.figure} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# Per method x fold: slice scores of validation and test, and the maps of the Figure 1 cases.
+# Per method x fold: slice scores of validation and test, the maps of the Figure 1 cases and of the fold's worst misses.
 
 
 rule score:
@@ -11,6 +11,7 @@ rule score:
         scores="results/scores/{method}/fold-{fold}.csv",
         maps="results/scores/{method}/fold-{fold}.maps.npz",
         loc="results/scores/{method}/fold-{fold}.loc.json",
+        errors="results/scores/{method}/fold-{fold}.errors.npz",
     log:
         "logs/score/{method}/fold-{fold}.log",
     benchmark:
@@ -27,9 +28,13 @@ rule score:
         device=config["train"]["device"],
         batch_size=config["train"]["score_batch_size"],
         negative_rate=config["evaluation"]["pixel_negative_rate"],
+        pixel_specificity=config["evaluation"]["pixel_specificity"],
         loc_seed=config["evaluation"]["seed"],
+        error_cases=config["evaluation"]["error_cases"],
     shell:
         "ichbench score --model {input.model} --manifest {input.manifest} "
         "--figure-cases {input.figure_cases} --out-csv {output.scores} --out-maps {output.maps} "
         "--device {params.device} --batch-size {params.batch_size} --threads {threads} "
-        "--out-loc {output.loc} --pixel-negative-rate {params.negative_rate} --loc-seed {params.loc_seed} > {log} 2>&1"
+        "--out-loc {output.loc} --pixel-negative-rate {params.negative_rate} --loc-seed {params.loc_seed} "
+        "--out-errors {output.errors} --error-cases {params.error_cases} "
+        "--pixel-specificity {params.pixel_specificity} > {log} 2>&1"

@@ -9,7 +9,7 @@ from pathlib import Path
 def cmd_table(a) -> None:
     import pandas as pd
 
-    from ..evaluation import stats
+    from ..evaluation import operating, stats
     from ..evaluation.aggregate import context_markdown, read_maps, read_scores, stats_markdown, table1, table1_markdown
 
     _, records = read_maps(a.maps)
@@ -28,10 +28,19 @@ def cmd_table(a) -> None:
         ci.to_csv(a.out_ci, index=False, float_format="%.4f")
     if a.out_comparisons:
         comparisons.to_csv(a.out_comparisons, index=False, float_format="%.6g")
+    ops, ops_folds = operating.all_operating_points(
+        scores, a.protocol, methods, scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k,
+        targets=tuple(a.target_specificity), n_boot=a.bootstrap, seed=a.seed)
+    for frame, path in ((ops, a.out_operating), (ops_folds, a.out_operating_folds)):
+        if path:
+            frame.to_csv(path, index=False, float_format="%.6g")
     cohort = pd.read_csv(a.cohort) if a.cohort and Path(a.cohort).exists() else None
     context = context_markdown(a.protocol, a.label_source, a.ddof, sets, cohort)
+    extra = stats_markdown(ci, comparisons, display) + "\n" + operating.operating_markdown(ops, display)
+    for md in a.include_md:
+        extra += "\n" + Path(md).read_text()
     Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset,
-                                              context=context, extra=stats_markdown(ci, comparisons, display)))
+                                              context=context, extra=extra))
     print(table[["row", "AUC", "AP"]].to_string(index=False))
 
 
@@ -64,6 +73,45 @@ def cmd_extra_tables(a) -> None:
     show = [t.assign(method=t["row"]) if not t.empty else t for t in (loc, brain, sub)]
     Path(a.out_md).write_text(xt.markdown(*show, a.protocol, a.ddof))
     logging.info("extra tables: %s, %s, %s, %s", a.out_loc, a.out_brain, a.out_subtypes, a.out_md)
+
+
+def cmd_strata(a) -> None:
+    from ..evaluation import strata
+    from ..evaluation.extra_tables import read_scores
+    from ..evaluation.strata_report import size_figure, strata_markdown
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    table = strata.strata_table(read_scores(a.scores), a.manifests, a.series or None, methods,
+                                targets=tuple(a.target_specificity), size_bins_mm2=a.size_bins,
+                                volume_bins_ml=a.volume_bins, min_units=a.min_units, n_boot=a.bootstrap, seed=a.seed,
+                                scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k)
+    table.insert(1, "row", table["method"].map(display))
+    table.to_csv(a.out, index=False, float_format="%.4f")
+    shown = table.assign(method=table["row"])
+    markdown = strata_markdown(shown, a.min_units)
+    Path(a.out_md).write_text(markdown)
+    if a.out_figure:
+        Path(a.out_figure).parent.mkdir(parents=True, exist_ok=True)
+        size_figure(shown, a.out_figure)
+    block = markdown.split("**bleed size")[1:2]                  # the first bleed size table, for the log
+    print(("**bleed size" + block[0].split("\n\n**")[0] if block else markdown).rstrip())
+    logging.info("strata: %d rows in %s, %s, %s", len(table), a.out, a.out_md, a.out_figure)
+
+
+def cmd_errors(a) -> None:
+    import pandas as pd
+
+    from ..cohort.splits import read_manifest
+    from ..evaluation import errors
+    from ..evaluation.aggregate import read_scores
+
+    methods = json.loads(a.methods)
+    display = {m: getattr(_method_cls(m), "display", m) for m in methods}
+    manifests = pd.concat([read_manifest(p) for p in a.manifests], ignore_index=True)
+    cases = errors.write_errors(read_scores(a.scores), manifests, errors.read_error_maps(a.errors_npz), methods,
+                                a.out_dir, n=a.n, display=display)
+    logging.info("error cases: %d rows, %d cases in %s", len(methods), len(cases), a.out_dir)
 
 
 def _method_cls(name):
@@ -126,6 +174,11 @@ def add_commands(command) -> None:
     s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
                    help="slice scores -> scan score for the scan-level metrics")
     s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    s.add_argument("--include-md", nargs="*", default=[], help="Markdown sections appended to table1.md (strata.md)")
+    s.add_argument("--out-operating", default="", help="CSV of the thresholds fixed on validation, applied to test")
+    s.add_argument("--out-operating-folds", default="", help="the same per fold, with the thresholds")
+    s.add_argument("--target-specificity", type=float, nargs="+", default=[0.90, 0.95, 0.99],
+                   help="specificities (0-1) of the validation-normal thresholds")
     s.add_argument("--cohort", default="", help="cohort.csv of the split (patients and slices per class)")
     s.add_argument("--label-source", default="", help="how the scan labels were made (for table1.md)")
 
@@ -147,6 +200,40 @@ def add_commands(command) -> None:
     s.add_argument("--out-brain", required=True, help="output table_brain.csv (brain-masked slice score)")
     s.add_argument("--out-subtypes", required=True, help="output table_subtypes.csv")
     s.add_argument("--out-md", required=True, help="output Markdown of the three tables")
+
+    s = command("strata", "slice AUC and validation-threshold sensitivity by bleed size, position, acquisition, "
+                "subtype; scan AUC by bleed volume", cmd_strata)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")
+    s.add_argument("--manifests", nargs="+", required=True, help="fold manifests (npz of each series, subtypes)")
+    s.add_argument("--series", nargs="*", default=[],
+                   help="header tables keyed by series_uid (series_selected.csv, index.csv): kernel, manufacturer, "
+                        "model, orientation, dataset where they have them")
+    s.add_argument("--methods", required=True, help="JSON list of methods in table order")
+    s.add_argument("--target-specificity", type=float, nargs="+", default=[0.90, 0.95, 0.99],
+                   help="specificities whose thresholds are set on each fold's validation normals")
+    s.add_argument("--size-bins", type=float, nargs="+", default=[0, 100, 500, 2000],
+                   help="bleed area bin edges per slice in mm^2 (the last bin is open)")
+    s.add_argument("--volume-bins", type=float, nargs="+", default=[0, 5, 30],
+                   help="bleed volume bin edges per scan in ml (the last bin is open)")
+    s.add_argument("--min-units", type=int, default=10,
+                   help="strata with fewer anomalous units are shown as too few, without a value")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (Table 1's: the same draws)")
+    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
+                   help="slice scores -> scan score for the scan-level strata")
+    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    s.add_argument("--out", required=True, help="output strata.csv")
+    s.add_argument("--out-md", required=True, help="output Markdown section (strata.md)")
+    s.add_argument("--out-figure", default="", help="output PNG: sensitivity at spec95 against bleed size")
+
+    s = command("errors", "each row's worst false negatives and false positives at the validation threshold",
+                cmd_errors)
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")
+    s.add_argument("--errors-npz", nargs="+", required=True, help="the score rule's fold-K.errors.npz (their maps)")
+    s.add_argument("--manifests", nargs="+", required=True, help="fold manifests (cached slices, subtypes)")
+    s.add_argument("--methods", required=True, help="JSON list of methods")
+    s.add_argument("--out-dir", required=True, help="folder of <method>.csv and <method>.png")
+    s.add_argument("--n", type=int, default=5, help="cases of each kind per row, pooled over folds")
 
     s = command("confounds", "how well trivial image statistics alone separate the classes", cmd_confounds)
     s.add_argument("--manifests", nargs="+", required=True, help="the fold manifests (fold-K.csv)")

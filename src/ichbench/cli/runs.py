@@ -22,7 +22,9 @@ def cmd_score(a) -> None:
 
     t = score_fold(a.model, a.manifest, a.out_csv, a.out_maps, figure_cases=a.figure_cases, device=a.device,
                    batch_size=a.batch_size, threads=a.threads, out_loc=a.out_loc,
-                   pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed)
+                   out_errors=a.out_errors, error_cases=a.error_cases,
+                   pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed,
+                   pixel_specificity=a.pixel_specificity)
     logging.info("scored %d slices", len(t))
 
 
@@ -56,6 +58,11 @@ def add_commands(command) -> None:
                    help="slices per scoring batch: a whole number, or auto (128 on a GPU, 32 on a CPU)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--out-loc", help="JSON of the test slices' localisation metrics (localisation.py)")
+    s.add_argument("--out-errors", help="NPZ of the maps of the fold's worst misses at its validation threshold")
+    s.add_argument("--error-cases", type=int, default=5,
+                   help="false negatives and false positives (each) whose maps --out-errors keeps")
+    s.add_argument("--pixel-specificity", type=float, default=0.999,
+                   help="pixel threshold = this quantile of the validation normal slices' map pixels")
     s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
                    help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
     s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")

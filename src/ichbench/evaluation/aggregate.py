@@ -241,6 +241,17 @@ def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[st
                 folds += f" (one class: {r.loc['AUC', 'folds_one_class']})"
             lines.append(f"| {display.get(m, m)} | {cell['AUC']} | {cell['AP']} | {cell['sens@90spec']} | "
                          f"{cell['sens@95spec']} | {pooled} | {folds} |")
+    ranks = comparisons[comparisons["family"] == "ranking"] if "family" in comparisons else comparisons.iloc[:0]
+    comparisons = comparisons[comparisons["family"] != "ranking"] if "family" in comparisons else comparisons
+    if not ranks.empty:
+        lines += ["", "## Ranking stability", "",
+                  "Per bootstrap draw (the same draws), the rows ranked by mean AUC (1 = best): share of draws in "
+                  "which a row ranks first, its median rank and 95 % interval.", "",
+                  "| evaluation | method | rank | ranks first | median rank [95 % interval] |", "|---|---|---|---|---|"]
+        for _, r in ranks.iterrows():
+            lines.append(f"| {evaluation_name(r['level'], r['protocol'])} | {display.get(r['method'], r['method'])} | "
+                         f"{int(r['rank'])} | {100 * r['p_first']:.0f} % | "
+                         f"{r['rank_median']:g} [{r['rank_low']:g}, {r['rank_high']:g}] |")
     if not comparisons.empty:
         lines += ["", "## Paired comparisons of AUC (mean over folds)", "",
                   "Difference row - reference on the same test patients: the same bootstrap draws for both rows "

@@ -66,7 +66,9 @@ def localisation_table(loc_paths: Sequence[str], method_order: Sequence[str], dd
         avail = [d for d in ds if d.get("available")]
         row = {"method": m, "available": bool(avail),
                "reason": "" if avail else (ds[0].get("reason", "") if ds else "")}
-        for key, name in (("pixel_auroc", "pixel_AUROC"), ("dice_best", "Dice_best"), ("max_in_truth", "max_in_truth")):
+        for key, name in (("pixel_auroc", "pixel_AUROC"), ("dice_best", "Dice_best"), ("max_in_truth", "max_in_truth"),
+                          ("dice_val", "Dice_val"), ("iou_val", "IoU_val"),
+                          ("test_pixel_specificity_val", "test_pixel_specificity_val")):
             mean, std, n = _summary([d.get(key) for d in avail], ddof)
             row[name] = _fmt(mean, std, 100.0)
             row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_folds"] = mean, std, n
@@ -144,13 +146,19 @@ def markdown(loc: pd.DataFrame, brain: pd.DataFrame, sub: pd.DataFrame, protocol
              f"In %, mean +- std (ddof {ddof}) over the folds whose test part allows the metric; label protocol `{protocol}`.",
              "", "## Localisation (test slices with pixel ground truth)", "",
              "Pixel AUROC: all ground-truth pixels and a seeded uniform sample of the other pixels "
-             "(share in `negative_rate`). Dice: pooled over the test slices, at the best threshold (oracle). "
+             "(share in `negative_rate`). Dice (best): pooled over the test slices, at the best threshold "
+             "(oracle: chosen on the test truth, an upper bound). Dice / IoU (validation threshold): at the "
+             "threshold fixed before the test, the validation normal slices' map-pixel quantile "
+             "`evaluation.pixel_specificity` (test pixel specificity at it beside them). "
              "Max in truth: share of anomalous slices whose map maximum lies in the ground truth (a BHX box "
              "where the truth is boxes). n/a: the row's slice score is not the mean of a pixel map, or no "
              "test slice has pixel truth.", "",
-             "| method | pixel AUROC | Dice (best threshold) | max in truth | anomalous slices |", "|---|---|---|---|---|"]
+             "| method | pixel AUROC | Dice (best threshold, oracle) | Dice (validation threshold) | "
+             "IoU (validation threshold) | test pixel specificity | max in truth | anomalous slices |",
+             "|---|---|---|---|---|---|---|---|"]
     for _, r in loc.iterrows():
-        lines.append(f"| {r['method']} | {r['pixel_AUROC']} | {r['Dice_best']} | {r['max_in_truth']} | "
+        lines.append(f"| {r['method']} | {r['pixel_AUROC']} | {r['Dice_best']} | {r.get('Dice_val', 'n/a')} | "
+                     f"{r.get('IoU_val', 'n/a')} | {r.get('test_pixel_specificity_val', 'n/a')} | {r['max_in_truth']} | "
                      f"{r['anomalous_slices_with_truth'] if r['available'] else 'n/a'} |")
     lines += ["", "## Brain-masked slice score", "",
               "Slice score = mean of the map over the brain mask, beside the paper's whole-image mean "

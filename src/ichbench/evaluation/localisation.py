@@ -11,6 +11,10 @@ pathological series with ground truth (`has_gt`): the cached `gt_mask`, i.e. mas
   fixed threshold reaches). The sampled normal pixels count 1 / negative_rate times each.
 - `max_in_truth`: share of the anomalous slices (ground truth present on the slice) whose map maximum
   lies inside the ground truth; with BHX boxes the share whose map maximum lies in a box.
+- `dice_val`, `iou_val`: Dice and IoU on those test pixels at a threshold fixed before the test: the
+  `pixel_specificity` quantile (e.g. 0.999) of the validation normal slices' map pixels (sampled at the
+  same `negative_rate`, own seed); a pixel is anomalous when its value is above it. `pixel_threshold_val`
+  is that threshold and `test_pixel_specificity_val` the specificity it gives on the test normal pixels.
 
 Rows whose slice score is not the mean of their map (GANomaly: latent distance; two-stage rows: a
 Gaussian on embeddings, with a Grad-CAM map) have no pixel scores: their metrics are n/a.
@@ -47,11 +51,16 @@ def has_gt_per_row(rows: pd.DataFrame) -> np.ndarray:
 class PixelAccumulator:
     """Collects the map values of slices with pixel truth, batch by batch, for `result()`."""
 
-    def __init__(self, negative_rate: float = 0.0625, seed: int = 0, fold: int = 0):
+    def __init__(self, negative_rate: float = 0.0625, seed: int = 0, fold: int = 0, pixel_specificity: float = 0.999):
         if not 0 < negative_rate <= 1:
             raise ValueError(f"pixel negative rate must be in (0, 1], got {negative_rate}")
+        if not 0 < pixel_specificity < 1:
+            raise ValueError(f"pixel specificity must be in (0, 1), got {pixel_specificity}")
         self.rate = float(negative_rate)
         self.rng = np.random.default_rng([int(seed), int(fold), 7919])
+        self.val_rng = np.random.default_rng([int(seed), int(fold), 7927])
+        self.pixel_specificity = float(pixel_specificity)
+        self.val_neg: list = []          # sampled map pixels of validation normal slices
         self.pos: list = []              # torch tensors of map values, on the maps' device until `result()`
         self.neg: list = []
         self.n_slices = 0
@@ -91,6 +100,20 @@ class PixelAccumulator:
             self.hits_found.append(t[a].reshape(len(a), -1).gather(1, top).sum())
             self.n_anomalous += int(anomalous.sum())
 
+    def add_validation_normals(self, maps) -> None:
+        """maps (B, H, W) of validation slices of normal scans: a seeded sample of their pixels (`negative_rate`)
+        sets the fixed pixel threshold."""
+        import torch
+
+        if not isinstance(maps, torch.Tensor):
+            maps = torch.from_numpy(np.asarray(maps, np.float32))
+        maps = maps.detach().float().reshape(-1)
+        if self.rate >= 1:
+            self.val_neg.append(maps)
+        else:
+            keep = torch.from_numpy(self.val_rng.random(maps.numel()) < self.rate).to(maps.device)
+            self.val_neg.append(maps[keep])
+
     def result(self) -> dict:
         hits = sum(int(h) for h in self.hits_found)
         pos = np.concatenate([p.cpu().numpy() for p in self.pos]) if self.pos else np.zeros(0, np.float32)
@@ -104,6 +127,13 @@ class PixelAccumulator:
             out["pixel_auroc"] = pixel_auroc(pos, neg)
             d, t = best_dice(pos, neg, 1.0 / self.rate)
             out["dice_best"], out["dice_threshold"] = d, t
+        val = np.concatenate([v.cpu().numpy() for v in self.val_neg]) if self.val_neg else np.zeros(0, np.float32)
+        out.update({"pixel_specificity_target": self.pixel_specificity, "n_val_normal_pixels_sampled": int(val.size),
+                    "pixel_threshold_val": None, "dice_val": None, "iou_val": None, "test_pixel_specificity_val": None})
+        if val.size and pos.size:
+            thr = float(np.quantile(val.astype(np.float64), self.pixel_specificity, method="higher"))
+            d, iou, spec = fixed_threshold_overlap(pos, neg, thr, 1.0 / self.rate)
+            out.update({"pixel_threshold_val": thr, "dice_val": d, "iou_val": iou, "test_pixel_specificity_val": spec})
         return out
 
 
@@ -129,6 +159,17 @@ def best_dice(pos: np.ndarray, neg: np.ndarray, neg_weight: float = 1.0) -> tupl
     dice = 2 * tp / (tp + fp + len(pos))
     k = int(np.argmax(dice))
     return float(dice[k]), float(thr[k])
+
+
+def fixed_threshold_overlap(pos: np.ndarray, neg: np.ndarray, thr: float, neg_weight: float = 1.0):
+    """-> (Dice, IoU, specificity on the normal pixels) of `map > thr` against the truth, pooled; normal pixels
+    weigh `neg_weight` each (None where undefined)."""
+    tp = float((pos > thr).sum())
+    fn = float(len(pos)) - tp
+    fp = float((neg > thr).sum()) * neg_weight
+    spec = 1.0 - float((neg > thr).mean()) if len(neg) else None
+    denom = 2 * tp + fp + fn
+    return (2 * tp / denom if denom else None, tp / (tp + fp + fn) if denom else None, spec)
 
 
 def unavailable(reason: str) -> dict:

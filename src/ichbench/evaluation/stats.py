@@ -8,6 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .ranking import ranking_rows
+
 #: Specificities at which the sensitivity is reported.
 SPECIFICITIES = (0.90, 0.95)
 METRICS = ("AUC", "AP", "sens@90spec", "sens@95spec")
@@ -76,11 +78,11 @@ def _metrics(tp: np.ndarray, fp: np.ndarray, specificities: Sequence[float] = SP
 # --- units: what a metric ranks ------------------------------------------------------------------------------
 
 
-def slice_units(scores: pd.DataFrame, from_truth: bool = False) -> pd.DataFrame:
-    """Test slices with their label `y`: the `label` column (the configured protocol, as the split wrote
-    it), or with `from_truth` the slice protocol rebuilt from the slice truth (normal scans 0, anomalous
+def slice_units(scores: pd.DataFrame, from_truth: bool = False, part: str = "test") -> pd.DataFrame:
+    """Slices of a part (test) with their label `y`: the `label` column (the configured protocol, as the split
+    wrote it), or with `from_truth` the slice protocol rebuilt from the slice truth (normal scans 0, anomalous
     scans their slice truth, slices of unknown truth left out)."""
-    t = scores[scores["part"] == "test"]
+    t = scores[scores["part"] == part]
     if from_truth:
         t = t[(t["scan_label"] == 0) | (t["slice_truth"] >= 0)]
         t = t.assign(y=np.where(t["scan_label"] == 0, 0, t["slice_truth"]).astype(int))
@@ -89,12 +91,12 @@ def slice_units(scores: pd.DataFrame, from_truth: bool = False) -> pd.DataFrame:
     return t[["method", "fold", "patient_id", "series_uid", "sop_uid", "scan_label", "y", "score"]]
 
 
-def scan_units(scores: pd.DataFrame, how: str = "max", top_k: int = 3) -> pd.DataFrame:
-    """Test scans: slice scores aggregated per scan (`mean`, `max`, or `topk`: mean of the `top_k` highest;
-    a scan with fewer slices takes all), label = the scan label."""
+def scan_units(scores: pd.DataFrame, how: str = "max", top_k: int = 3, part: str = "test") -> pd.DataFrame:
+    """Scans of a part (test): slice scores aggregated per scan (`mean`, `max`, or `topk`: mean of the `top_k`
+    highest; a scan with fewer slices takes all), label = the scan label."""
     if how not in SCAN_AGGREGATIONS:
         raise ValueError(f"table.scan_aggregation: {how!r} is not one of {', '.join(SCAN_AGGREGATIONS)}")
-    t = scores[scores["part"] == "test"]
+    t = scores[scores["part"] == part]
     keys = ["method", "fold", "patient_id", "series_uid"]
     if how == "topk":
         if top_k < 1:
@@ -293,15 +295,15 @@ def holm(p: Sequence[float]) -> np.ndarray:
 
 
 def unit_sets(scores: pd.DataFrame, protocol: str, scan_aggregation: str = "max",
-              top_k: int = 3) -> list[tuple[str, str, pd.DataFrame]]:
-    """(level, protocol, units): slices under the configured protocol; slices under the slice protocol
-    where slice truth exists and the configured one is `paper`; scans (aggregated slice scores)."""
-    sets = [("slice", protocol, slice_units(scores))]
-    t = scores[scores["part"] == "test"]
+              top_k: int = 3, part: str = "test") -> list[tuple[str, str, pd.DataFrame]]:
+    """(level, protocol, units) of a part: slices under the configured protocol; slices under the slice
+    protocol where slice truth exists and the configured one is `paper`; scans (aggregated slice scores)."""
+    sets = [("slice", protocol, slice_units(scores, part=part))]
+    t = scores[scores["part"] == part]
     if protocol != "slice" and "slice_truth" in t and ((t["scan_label"] == 1) & (t["slice_truth"] >= 0)).any():
-        sets.append(("slice", "slice", slice_units(scores, from_truth=True)))
+        sets.append(("slice", "slice", slice_units(scores, from_truth=True, part=part)))
     name = f"top{top_k}" if scan_aggregation == "topk" else scan_aggregation
-    sets.append((f"scan ({name})", "scan label", scan_units(scores, scan_aggregation, top_k)))
+    sets.append((f"scan ({name})", "scan label", scan_units(scores, scan_aggregation, top_k, part=part)))
     return sets
 
 
@@ -310,7 +312,8 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
             reference: str = "AE", sets=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """-> (CI table: one row per method, level, protocol, metric; comparisons: AUC differences against
     the best row and against `reference`, with bootstrap and (slice level) DeLong p-values, Holm-adjusted
-    within each family, level and protocol). `sets`: the unit_sets, when already built."""
+    within each family, level and protocol, and the `ranking` family: how often each row ranks first, its
+    median rank and interval, `ichbench.evaluation.ranking`). `sets`: the unit_sets, when already built."""
     ci_rows, cmp_rows = [], []
     for lvl, prot, units in sets if sets is not None else unit_sets(scores, protocol, scan_aggregation, top_k):
         patients = patient_table(units)
@@ -335,6 +338,8 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
                 })
         if counts is None or len(methods) < 2:
             continue
+        cmp_rows += ranking_rows({m: stats[m].mean_draws["AUC"] for m in methods},
+                                 {m: stats[m].mean["AUC"] for m in methods}, lvl, prot, level)
         best = max(methods, key=lambda m: -np.inf if not np.isfinite(stats[m].mean["AUC"]) else stats[m].mean["AUC"])
         families = [("vs best", best)] + ([("vs " + reference, reference)] if reference in stats else [])
         for family, ref in families:
@@ -357,5 +362,6 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
                     frame["p_delong_holm"] = holm(frame["p_delong"])
                 cmp_rows += frame.to_dict("records")
     cmp_cols = ["family", "level", "protocol", "metric", "method", "reference", "diff", "ci_low", "ci_high",
-                "p_bootstrap", "p_bootstrap_holm", "p_delong", "p_delong_holm"]
+                "p_bootstrap", "p_bootstrap_holm", "p_delong", "p_delong_holm",
+                "rank", "p_first", "rank_median", "rank_low", "rank_high", "n_draws"]
     return pd.DataFrame(ci_rows), pd.DataFrame(cmp_rows, columns=cmp_cols)

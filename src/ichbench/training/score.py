@@ -3,7 +3,8 @@
 Writes a per-slice score table (patient, series, SOP UID, slice index, part, label, score, and
 `slice_score_brain`: the mean of the map over the brain mask, NaN for rows without pixel scores), the
 pixel maps of the Figure 1 cases that lie in this fold's test part and, with `out_loc`, the
-localisation metrics of all test slices with pixel truth (localisation.py).
+localisation metrics of all test slices with pixel truth (localisation.py); with `out_errors`, the maps of
+the fold's worst misses at its validation threshold (error_maps.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from ..cohort.splits import read_manifest
 from ..evaluation import localisation
 from .data import DeviceBatches, load_slices
+from .error_maps import write_error_maps
 from .train import load_trained
 
 SCORE_COLUMNS = ["method", "fold", "part", "patient_id", "series_uid", "sop_uid", "slice_index", "scan_label",
@@ -45,7 +47,8 @@ def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
 
 def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, device: str = "auto",
                batch_size: int | str = "auto", threads: int | None = None, out_loc=None,
-               pixel_negative_rate: float = 0.0625, loc_seed: int = 0) -> pd.DataFrame:
+               out_errors=None, error_cases: int = 5,
+               pixel_negative_rate: float = 0.0625, loc_seed: int = 0, pixel_specificity: float = 0.999) -> pd.DataFrame:
     if threads:
         torch.set_num_threads(threads)
     method, rec = load_trained(model_path, device)
@@ -59,7 +62,8 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
     # pixel truth: test slices of normal scans (all normal) and of series with ground truth
     truth_known = (rows["part"] == "test").to_numpy() & (
         (rows["scan_label"] == 0).to_numpy() | localisation.has_gt_per_row(rows))
-    acc = localisation.PixelAccumulator(pixel_negative_rate, loc_seed, fold) if pixel else None
+    acc = localisation.PixelAccumulator(pixel_negative_rate, loc_seed, fold, pixel_specificity) if pixel else None
+    val_normal = ((rows["part"] == "val") & (rows["scan_label"] == 0)).to_numpy()   # they set the pixel threshold
     loc_error = None
     batches = DeviceBatches(data, method.device, mask_keys=type(method).needs)
     cases = pd.DataFrame()
@@ -89,6 +93,9 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
                 k = truth_known[ii]
                 if k.any() and loc_error is None:
                     acc.add(m[torch.from_numpy(np.nonzero(k)[0]).to(m.device)], gt_all[ii][k])
+                vn = val_normal[ii]
+                if vn.any() and loc_error is None:
+                    acc.add_validation_normals(m[torch.from_numpy(np.nonzero(vn)[0]).to(m.device)])
             elif loc_error is None:
                 loc_error = f"maps of shape {tuple(m.shape[1:])} do not match the slices {brain_all.shape[1:]}"
         if case_maps is not None:
@@ -119,4 +126,7 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
         method=np.array(rec["method"]), fold=np.int32(fold),
         record=np.array(json.dumps(rec, default=str)),
     )
+    if out_errors:      # the maps of this fold's worst misses at its validation threshold (results/errors/)
+        write_error_maps(out_errors, method, batches, rows, out_csv, method_name=rec["method"], fold=fold,
+                         map_is_score=pixel, n=error_cases)
     return table

@@ -1,0 +1,370 @@
+"""Strata: slice AUC and sensitivity at the validation-chosen thresholds by bleed size, position, acquisition, dataset and subtype; scan AUC by bleed volume.
+
+Units are the test parts' (`stats.slice_units`): slices under the slice protocol rebuilt from the slice truth
+(`from_truth`) where the run has slice truth, else under the configured labels. A stratum is a set of
+anomalous units; the slices of anomalous scans that are not anomalous (no bleed on the slice, unknown truth)
+are in no stratum, and neither are they normals. Each stratum's anomalous units are ranked against normals:
+
+- bleed size, slice position, subtype and `all`: against the SAME normals, every test slice of a normal scan;
+- acquisition (slice thickness, gantry tilt, pixel spacing; manufacturer, model and kernel where the series
+  tables have them) and dataset: against the normal test slices of the same stratum, because these are
+  properties of the normal scans too (thin-slice bleeds ranked against thick-slice normals would measure the
+  slice thickness, not the bleed).
+
+The strata:
+
+- `bleed size (mm^2)`: the slice's hemorrhage area at full resolution (`gt_area_mm2` of the cache) in the bins
+  `evaluation.size_bins_mm2`, [lo, hi) with the last one open (e.g. <100, 100-500, 500-2000, >2000). Anomalous
+  slices without an area (truth from a slice label table, not from pixels) are in no size stratum.
+- `slice position`: lowest, middle and highest third of the scan's slices. The cache sorts a series along its
+  slice normal (row x column direction of ImageOrientationPatient), positions increasing with `slice_index`;
+  for axial slices that normal is the +z axis of the DICOM patient system, towards the head, so `slice_index`
+  0 is the LOWEST slice (skull base) and the last the highest (vertex). A series table with the header
+  index's `orientation` column turns round a series whose normal points to the feet.
+- `slice thickness (mm)`, `gantry tilt (deg)`, `pixel spacing (mm)` (the cache's `slice_thickness`, `tilt_deg`,
+  mean `pixel_spacing`; bins `ACQUISITION_BINS`), and `manufacturer`, `model`, `kernel` from the series tables
+  (`TEXT_COLUMNS`) where they have them; `dataset`, one stratum per value, where a `dataset` column exists.
+- `subtype`: the patients' bleed subtypes (the manifests' `subtypes`, as `extra_tables.subtype_table`), one
+  stratum per subtype (a patient with several is in each), and `no bleed code`.
+- `bleed volume (ml)` at scan level: per anomalous scan, the sum over its slices of `gt_area_mm2` x the slice
+  spacing (mean gap to its neighbours), in the bins `evaluation.volume_bins_ml`; scan scores as Table 1's
+  (`stats.scan_units`), against every normal test scan.
+
+Per row and stratum: `AUC`, the mean over the folds whose stratum has both classes (as Table 1); and
+`sensitivity@<rule>`, the share of the stratum's anomalous units scored above their own fold's threshold,
+pooled over folds, at the thresholds `operating.thresholds` sets on each fold's validation part from the same
+kind of units (`spec90/95/99 (validation)`, `youden (validation)`). 95 % CIs: percentiles of the patient
+bootstrap of Table 1 (`stats.patient_counts` on the same patient table and seed: the same draws); a draw that
+leaves a stratum without a class is dropped. `n_units` / `n_patients`: the stratum's anomalous units and
+patients over all folds; `n_normal_units`: the normals ranked against them. A stratum with fewer than
+`min_units` anomalous units (for the AUC also fewer normal units) has no value (NaN) and `too_few` set.
+
+Cost: per row and fold one sorted pass per normal test scan gives, for every anomalous unit, the normals of
+each scan below it (ties half); a stratum's AUC in every draw is then a product of the draw's patient counts
+with its (anomalous patient x normal patient) sums, with no pass over the slices.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..cohort import subtypes as subtype_codes
+from . import operating, stats
+
+SIZE_BINS_MM2 = (0.0, 100.0, 500.0, 2000.0)
+VOLUME_BINS_ML = (0.0, 5.0, 30.0)
+#: stratum kind -> (series fact, bin edges); last bin open
+ACQUISITION_BINS = {"slice thickness (mm)": ("slice_thickness", (0.0, 1.5, 3.5)),
+                    "gantry tilt (deg)": ("tilt_deg", (0.0, 0.5, 15.0)),
+                    "pixel spacing (mm)": ("pixel_spacing_mm", (0.0, 0.5, 0.8))}
+#: stratum kind -> series table columns that may hold it (the first present wins)
+TEXT_COLUMNS = {"manufacturer": ("manufacturer",), "model": ("manufacturer_model_name", "model_name", "model"),
+                "kernel": ("kernel", "convolution_kernel"), "dataset": ("dataset",)}
+POSITIONS = ("lowest third", "middle third", "highest third")
+MIN_UNITS = 10
+SENSITIVITY_RULE = "spec95 (validation)"
+COLUMNS = ["method", "stratum_kind", "stratum", "level", "labels", "metric", "value", "ci_low", "ci_high",
+           "n_units", "n_patients", "n_normal_units", "too_few"]
+
+
+# --- bins ------------------------------------------------------------------------------------------------------
+
+
+def _edges(edges: Sequence[float]) -> list[float]:
+    e = [float(x) for x in edges]
+    if not e or not math.isinf(e[-1]):
+        e.append(math.inf)
+    if any(b <= a for a, b in zip(e[:-1], e[1:])):
+        raise ValueError(f"bin edges must increase: {list(edges)}")
+    return e
+
+
+def bin_labels(edges: Sequence[float]) -> list[str]:
+    """[0, 100, 500, 2000] -> `<100`, `100-500`, `500-2000`, `>2000` (bins [lo, hi), the last open)."""
+    e = _edges(edges)
+    return [f">{lo:g}" if math.isinf(hi) else f"<{hi:g}" if lo <= 0 else f"{lo:g}-{hi:g}"
+            for lo, hi in zip(e[:-1], e[1:])]
+
+
+def bin_of(values, edges: Sequence[float]) -> np.ndarray:
+    """The bin label of each value (object array); None for NaN or a value below the first edge."""
+    e = np.asarray(_edges(edges))
+    labels = np.array(bin_labels(edges) + [None], object)
+    v = np.asarray(values, float)
+    k = np.searchsorted(e, v, side="right") - 1
+    return labels[np.where(np.isfinite(v) & (k >= 0) & (k < len(e) - 1), k, len(e) - 1)]
+
+
+# --- facts per slice and series: the cache, the manifests, the header tables -------------------------------------
+
+
+def _read(tables) -> pd.DataFrame:
+    if isinstance(tables, pd.DataFrame):
+        return tables
+    return pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False) for p in tables], ignore_index=True)
+
+
+def series_headers(tables) -> pd.DataFrame:
+    """Per series_uid (index): the TEXT_COLUMNS kinds and `flip` (its slice normal points to the feet) from
+    header tables (series_selected.csv, the per-file index.csv: the first non-empty value per series)."""
+    out = pd.DataFrame()
+    for t in ([tables] if isinstance(tables, pd.DataFrame) else [_read([p]) for p in (tables or [])]):
+        if "series_uid" not in t:
+            continue
+        t = t.astype({c: str for c in t.columns if t[c].dtype == object}).replace({"": np.nan, "nan": np.nan})
+        cols = {kind: next((c for c in names if c in t), None) for kind, names in TEXT_COLUMNS.items()}
+        keep = {c: kind for kind, c in cols.items() if c}
+        if "orientation" in t:
+            keep["orientation"] = "orientation"
+        first = t[["series_uid"] + list(keep)].groupby("series_uid").first().rename(columns=keep)
+        out = first if out.empty else out.combine_first(first)
+    if "orientation" in out:
+        o = out["orientation"].fillna("").str.split("\\", expand=True).apply(pd.to_numeric, errors="coerce")
+        if o.shape[1] >= 6:                   # z of (row direction x column direction)
+            out["flip"] = (o[0] * o[4] - o[1] * o[3]).to_numpy(float) < 0
+        out = out.drop(columns="orientation")
+    return out
+
+
+def slice_spacing(gaps: np.ndarray, n: int, thickness: float) -> np.ndarray:
+    """Per slice: the mean gap to its neighbours along the normal (one gap at the ends; the thickness alone)."""
+    gaps = np.asarray(gaps, float)
+    if n < 2 or len(gaps) != n - 1:
+        return np.full(n, float(thickness))
+    g = np.r_[gaps[0], gaps, gaps[-1]]
+    return (g[:-1] + g[1:]) / 2
+
+
+def read_facts(manifests, series_tables=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """-> (slices: sop_uid, series_uid, area_mm2, third (0 lowest .. 2 highest); series: series_uid, patient_id,
+    n_slices, volume_ml, slice_thickness, tilt_deg, pixel_spacing_mm, subtypes, the header kinds), from each
+    series' cached NPZ (one read per series, named by the manifests' `npz`)."""
+    man = _read(manifests)
+    one = man.drop_duplicates("series_uid")
+    heads = series_headers(series_tables) if series_tables is not None else pd.DataFrame()
+    flip = heads["flip"].fillna(False).astype(bool) if "flip" in heads else pd.Series(dtype=bool)
+    slices, series = [], []
+    for suid, pid, npz in one[["series_uid", "patient_id", "npz"]].itertuples(index=False):
+        with np.load(npz, allow_pickle=False) as z:
+            sops = z["sop_uids"].astype(str)
+            n = len(sops)
+            area = z["gt_area_mm2"].astype(float) if "gt_area_mm2" in z.files else np.full(n, np.nan)
+            thick = float(z["slice_thickness"]) if "slice_thickness" in z.files else np.nan
+            gaps = z["spacing"] if "spacing" in z.files else np.zeros(0)
+            rank = z["slice_index"].astype(int) if "slice_index" in z.files else np.arange(n)
+            series.append({"series_uid": suid, "patient_id": pid, "n_slices": n,
+                           "volume_ml": float(np.sum(area * slice_spacing(gaps, n, thick))) / 1000.0,
+                           "slice_thickness": thick,
+                           "tilt_deg": float(z["tilt_deg"]) if "tilt_deg" in z.files else np.nan,
+                           "pixel_spacing_mm": float(np.mean(z["pixel_spacing"])) if "pixel_spacing" in z.files
+                           else np.nan})
+        if bool(flip.get(suid, False)):
+            rank = n - 1 - rank
+        slices.append((sops, np.full(n, suid, object), area, np.minimum(2, 3 * rank // max(n, 1))))
+    cols = ["sop_uid", "series_uid", "area_mm2", "third"]
+    slices = pd.DataFrame({c: np.concatenate([s[i] for s in slices]) if slices else [] for i, c in enumerate(cols)})
+    series = pd.DataFrame(series, columns=["series_uid", "patient_id", "n_slices", "volume_ml", "slice_thickness",
+                                           "tilt_deg", "pixel_spacing_mm"])
+    if "subtypes" in man:
+        sub = man.groupby("patient_id")["subtypes"].first()
+        series["subtypes"] = series["patient_id"].map(sub).fillna("").astype(str)
+    if not heads.empty:
+        series = series.join(heads.drop(columns="flip", errors="ignore"), on="series_uid")
+    if "dataset" in man and "dataset" not in series:
+        series["dataset"] = series["series_uid"].map(one.set_index("series_uid")["dataset"]).replace({"": np.nan})
+    return slices, series
+
+
+# --- strata of one row's units ------------------------------------------------------------------------------------
+
+Stratum = tuple[str, str, np.ndarray, "np.ndarray | None"]     # kind, name, anomalous units, its normals (None: all)
+
+
+def _fact(frame: pd.DataFrame, col: str, idx: np.ndarray, fill=np.nan) -> np.ndarray:
+    """frame[col] at rows idx, `fill` where idx is -1 (a unit without facts)."""
+    if frame.empty or col not in frame:
+        return np.full(len(idx), fill, object if fill is None else None)
+    return np.where(idx >= 0, frame[col].to_numpy()[np.maximum(idx, 0)], fill)
+
+
+def _text_strata(kind: str, values: np.ndarray, anom, normal) -> Iterator[Stratum]:
+    vals = pd.Series(values, dtype=object).fillna("unknown").astype(str).to_numpy()
+    for v in sorted(set(vals[anom | normal])):
+        yield kind, v, anom & (vals == v), normal & (vals == v)
+
+
+def slice_strata(u: pd.DataFrame, slices: pd.DataFrame, series: pd.DataFrame,
+                 size_bins: Sequence[float] = SIZE_BINS_MM2) -> Iterator[Stratum]:
+    """The slice strata of one row's test slice units (see the module docstring)."""
+    anom = ((u["y"] == 1) & (u["scan_label"] == 1)).to_numpy()
+    normal = (u["scan_label"] == 0).to_numpy()
+    yield "all", "all", anom, None
+    si = pd.Index(slices["sop_uid"]).get_indexer(u["sop_uid"])
+    area = _fact(slices, "area_mm2", si).astype(float)
+    size = bin_of(np.where(area > 0, area, np.nan), size_bins)
+    for name in bin_labels(size_bins):
+        yield "bleed size (mm^2)", name, anom & (size == name), None
+    third = _fact(slices, "third", si, -1)
+    for k, name in enumerate(POSITIONS):
+        yield "slice position", name, anom & (third == k), None
+    ser = pd.Index(series["series_uid"]).get_indexer(u["series_uid"])
+    for kind, (col, edges) in ACQUISITION_BINS.items():
+        lab = bin_of(_fact(series, col, ser).astype(float), edges)
+        for name in bin_labels(edges):
+            if (lab[anom | normal] == name).any():
+                yield kind, name, anom & (lab == name), normal & (lab == name)
+    for kind in TEXT_COLUMNS:
+        if kind in series and series[kind].notna().any():
+            yield from _text_strata(kind, _fact(series, kind, ser, None), anom, normal)
+    if "subtypes" in series and (series["subtypes"] != "").any():
+        codes = series["subtypes"]                                   # per series, then to the units
+        for t in subtype_codes.SUBTYPES:
+            yield "subtype", t, anom & _fact(series.assign(_k=subtype_codes.has(codes, t)), "_k", ser, False), None
+        yield "subtype", "no bleed code", anom & _fact(series.assign(_k=codes == ""), "_k", ser, False), None
+
+
+def scan_strata(u: pd.DataFrame, series: pd.DataFrame,
+                volume_bins: Sequence[float] = VOLUME_BINS_ML) -> Iterator[Stratum]:
+    """The scan strata of one row's test scan units: all, bleed volume."""
+    anom = (u["y"] == 1).to_numpy()
+    yield "all", "all", anom, None
+    ser = pd.Index(series["series_uid"]).get_indexer(u["series_uid"])
+    vol = np.where(ser >= 0, series["volume_ml"].to_numpy(float)[np.maximum(ser, 0)], np.nan)
+    lab = bin_of(np.where(vol > 0, vol, np.nan), volume_bins)
+    for name in bin_labels(volume_bins):
+        yield "bleed volume (ml)", name, anom & (lab == name), None
+
+
+# --- the metrics of one row's strata -------------------------------------------------------------------------------
+
+
+def _below(anom_scores: np.ndarray, normal_scores: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """(anomalous units x groups of normals): how many normals of each group score below each anomalous unit,
+    ties counted half (one sorted pass per group)."""
+    out = np.empty((len(anom_scores), n_groups))
+    order = np.lexsort((normal_scores, groups))
+    s, g = normal_scores[order], groups[order]
+    bounds = np.searchsorted(g, np.arange(n_groups + 1))
+    for q in range(n_groups):
+        sq = s[bounds[q]:bounds[q + 1]]
+        lt, le = np.searchsorted(sq, anom_scores, "left"), np.searchsorted(sq, anom_scores, "right")
+        out[:, q] = lt + 0.5 * (le - lt)
+    return out
+
+
+def _sum_by(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct groups, rows of x summed per group)."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    order = np.argsort(inv, kind="stable")
+    return uniq, np.add.reduceat(x[order], np.searchsorted(inv[order], np.arange(len(uniq))), axis=0)
+
+
+class _RowPairs:
+    """One row's test units split by fold, with each anomalous unit's normals below it per normal scan."""
+
+    def __init__(self, u: pd.DataFrame, pidx: np.ndarray, anom: np.ndarray, normal: np.ndarray):
+        self.pidx, self.score = pidx, u["score"].to_numpy(float)
+        fold, suid = u["fold"].to_numpy(), u["series_uid"].to_numpy()
+        self.folds = []
+        for f in np.unique(fold):
+            a, nrm = np.nonzero(anom & (fold == f))[0], np.nonzero(normal & (fold == f))[0]
+            if not len(a) or not len(nrm):
+                continue
+            codes, uniq = pd.factorize(suid[nrm])
+            rep = nrm[np.unique(codes, return_index=True)[1]]           # one unit per normal scan
+            below = _below(self.score[a], self.score[nrm], codes, len(uniq))
+            self.folds.append((a, below, rep, np.bincount(codes, minlength=len(uniq))))
+
+    def auc(self, anom: np.ndarray, normal: np.ndarray | None, counts: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean over folds of the stratum's AUC (%), and its value in every draw of patient `counts`."""
+        points, draws = [], []
+        for a, below, rep, n_col in self.folds:
+            sel = anom[a]
+            cols = normal[rep] if normal is not None else np.ones(len(rep), bool)
+            if not sel.any() or not cols.any():
+                continue
+            rows_p, b = _sum_by(below[sel][:, cols], self.pidx[a[sel]])
+            cols_p, b = _sum_by(b.T, self.pidx[rep[cols]])
+            b = b.T                                                       # (anomalous x normal patients)
+            n_pos = np.bincount(np.unique(self.pidx[a[sel]], return_inverse=True)[1]).astype(float)
+            n_neg = _sum_by(n_col[cols].astype(float), self.pidx[rep[cols]])[1]
+            points.append(100 * b.sum() / (n_pos.sum() * n_neg.sum()))
+            cp, cn = counts[:, rows_p].astype(float), counts[:, cols_p].astype(float)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                draws.append(100 * ((cp @ b) * cn).sum(1) / ((cp @ n_pos) * (cn @ n_neg)))
+        if not points:
+            return np.nan, np.full(len(counts), np.nan)
+        return float(np.mean(points)), np.mean(np.stack(draws, 1), axis=1)
+
+    def sensitivity(self, anom: np.ndarray, thr: np.ndarray, counts: np.ndarray) -> tuple[float, np.ndarray]:
+        """Share (%) of the stratum's units above their fold's threshold `thr` (per unit), pooled over folds."""
+        idx = np.nonzero(anom & np.isfinite(thr))[0]
+        if not len(idx):
+            return np.nan, np.full(len(counts), np.nan)
+        pat, inv = np.unique(self.pidx[idx], return_inverse=True)
+        tp = np.bincount(inv, weights=(self.score[idx] > thr[idx]).astype(float))
+        n = np.bincount(inv).astype(float)
+        c = counts[:, pat].astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return float(100 * tp.sum() / n.sum()), 100 * (c @ tp) / (c @ n)
+
+
+def level_table(test: pd.DataFrame, val: pd.DataFrame, strata_of, method_order: Sequence[str], *, level: str,
+                labels: str, targets: Sequence[float] = operating.TARGETS, min_units: int = MIN_UNITS,
+                n_boot: int = 1000, seed: int = 0, ci_level: float = 0.95) -> pd.DataFrame:
+    """The rows of COLUMNS for one kind of units (test / val: stats.slice_units or scan_units frames);
+    `strata_of(units of one row)` yields its strata."""
+    thr = operating.thresholds(val, test, targets)
+    thr = thr[thr["kind"].isin(["spec", "youden"])] if not thr.empty else thr
+    patients = stats.patient_table(test)
+    counts = (stats.patient_counts(patients, n_boot, seed) if n_boot > 0
+              else np.zeros((0, len(patients)), np.int32))
+    pos = pd.Series(np.arange(len(patients)), index=pd.MultiIndex.from_frame(patients[["fold", "patient_id"]]))
+    out = []
+    for method in [m for m in method_order if (test["method"] == m).any()]:
+        u = test[test["method"] == method].reset_index(drop=True)
+        pidx = pos.reindex(pd.MultiIndex.from_frame(u[["fold", "patient_id"]])).to_numpy().astype(int)
+        tm = thr[thr["method"] == method] if not thr.empty else thr
+        rules = {r: u["fold"].map(g.set_index("fold")["threshold"]).to_numpy(float)
+                 for r, g in (tm.groupby("rule", sort=False) if not tm.empty else [])}
+        strata = list(strata_of(u))
+        pairs = _RowPairs(u, pidx, strata[0][2], (u["scan_label"] == 0).to_numpy())
+        n_normal_all = int((u["scan_label"] == 0).sum())
+        for kind, name, anom, normal in strata:
+            n_units = int(anom.sum())
+            n_normal = n_normal_all if normal is None else int(normal.sum())
+            base = {"method": method, "stratum_kind": kind, "stratum": name, "level": level, "labels": labels,
+                    "n_units": n_units, "n_patients": int(len(np.unique(pidx[anom]))), "n_normal_units": n_normal}
+            metrics = [("AUC", n_units < min_units or n_normal < min_units, lambda: pairs.auc(anom, normal, counts))]
+            metrics += [(f"sensitivity@{r}", n_units < min_units, lambda t=t: pairs.sensitivity(anom, t, counts))
+                        for r, t in rules.items()]
+            for metric, too_few, compute in metrics:
+                value, draws = (np.nan, None) if too_few else compute()
+                lo, hi = stats.percentile_ci(draws, ci_level) if draws is not None and len(draws) else (np.nan, np.nan)
+                out.append({**base, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi,
+                            "too_few": bool(too_few)})
+    return pd.DataFrame(out, columns=COLUMNS)
+
+
+def strata_table(scores: pd.DataFrame, manifests, series_table, method_order: Sequence[str], *,
+                 targets: Sequence[float] = operating.TARGETS, size_bins_mm2: Sequence[float] = SIZE_BINS_MM2,
+                 volume_bins_ml: Sequence[float] = VOLUME_BINS_ML, min_units: int = MIN_UNITS, n_boot: int = 1000,
+                 seed: int = 0, scan_aggregation: str = "max", top_k: int = 3) -> pd.DataFrame:
+    """COLUMNS per row, stratum and metric: the slice strata, then the scan strata (see the module docstring).
+    `manifests`, `series_table`: paths (or frames) of the fold manifests and of header tables (None: none)."""
+    slices, series = read_facts(manifests, series_table)
+    t = scores[scores["part"] == "test"]
+    from_truth = "slice_truth" in t and bool(((t["scan_label"] == 1) & (t["slice_truth"] >= 0)).any())
+    kw = dict(targets=targets, min_units=min_units, n_boot=n_boot, seed=seed)
+    name = f"top{top_k}" if scan_aggregation == "topk" else scan_aggregation
+    parts = [level_table(stats.slice_units(scores, from_truth, "test"), stats.slice_units(scores, from_truth, "val"),
+                         lambda u: slice_strata(u, slices, series, size_bins_mm2), method_order, level="slice",
+                         labels="slice truth" if from_truth else "configured labels", **kw),
+             level_table(stats.scan_units(scores, scan_aggregation, top_k, "test"),
+                         stats.scan_units(scores, scan_aggregation, top_k, "val"),
+                         lambda u: scan_strata(u, series, volume_bins_ml), method_order, level=f"scan ({name})",
+                         labels="scan label", **kw)]
+    return pd.concat([p for p in parts if not p.empty] or [parts[0]], ignore_index=True)
