@@ -97,6 +97,10 @@ def check_methods(cfg: dict) -> None:
     if missing:
         raise ConfigError(f"config: rows {missing} are not configured under methods "
                           f"({', '.join(cfg.get('methods', {}))})")
+    compare = (cfg.get("table") or {}).get("compare")
+    if compare is not None and compare not in selected_rows(cfg):
+        raise ConfigError(f"config: table.compare {compare!r} is not one of the configured rows "
+                          f"({', '.join(selected_rows(cfg))})")
     recipe = cfg.get("recipe")
     if recipe not in cfg.get("recipes", {}):
         raise ConfigError(f"config: recipe {recipe!r} is not defined under recipes ({', '.join(cfg.get('recipes', {}))})")

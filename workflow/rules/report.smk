@@ -36,6 +36,7 @@ rule table1:
         seed=config["table"]["seed"],
         scan_aggregation=config["table"]["scan_aggregation"],
         scan_top_k=config["table"]["scan_top_k"],
+        compare=f"--compare {shlex.quote(config['table']['compare'])}" if config["table"].get("compare") else "",
         targets=" ".join(str(q) for q in config["evaluation"]["target_specificity"]),
     shell:
         "ichbench table --scores {input.scores} --maps {input.maps} --methods '{params.methods}' "
@@ -45,7 +46,7 @@ rule table1:
         "--label-source {params.label_source} --bootstrap {params.bootstrap} --seed {params.seed} "
         "--scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} "
         "--out-operating {output.operating} --out-operating-folds {output.operating_folds} "
-        "--target-specificity {params.targets} --include-md {input.strata} > {log} 2>&1"
+        "--target-specificity {params.targets} --include-md {input.strata} {params.compare} > {log} 2>&1"
 
 
 rule stats_figures:

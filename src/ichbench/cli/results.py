@@ -11,9 +11,11 @@ def cmd_table(a) -> None:
 
     from ..evaluation import operating, stats
     from ..evaluation.aggregate import context_markdown, read_maps, read_scores, stats_markdown, table1, table1_markdown
+    from ..evaluation.compare import check_row
 
     _, records = read_maps(a.maps)
     methods = json.loads(a.methods)
+    check_row(a.compare or None, methods, key="--compare (table.compare)")
     scores = read_scores(a.scores)
     table, long = table1(scores, records, methods, a.protocol, ddof=a.ddof)
     display = {m: getattr(_method_cls(m), "display", m) for m in methods}
@@ -22,7 +24,8 @@ def cmd_table(a) -> None:
     long.to_csv(a.out_long, index=False, float_format="%.4f")
     sets = stats.unit_sets(scores, a.protocol, a.scan_aggregation, a.scan_top_k)
     ci, comparisons = stats.analyse(scores, methods, a.protocol, n_boot=a.bootstrap, seed=a.seed,
-                                    scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k, sets=sets)
+                                    scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k, sets=sets,
+                                    compare=a.compare or None)
     if a.out_ci:
         ci.insert(1, "row", ci["method"].map(display))
         ci.to_csv(a.out_ci, index=False, float_format="%.4f")
@@ -36,12 +39,42 @@ def cmd_table(a) -> None:
             frame.to_csv(path, index=False, float_format="%.6g")
     cohort = pd.read_csv(a.cohort) if a.cohort and Path(a.cohort).exists() else None
     context = context_markdown(a.protocol, a.label_source, a.ddof, sets, cohort)
-    extra = stats_markdown(ci, comparisons, display) + "\n" + operating.operating_markdown(ops, display)
+    extra = stats_markdown(ci, comparisons, display, compare=a.compare or None) + "\n" + operating.operating_markdown(ops, display)
     for md in a.include_md:
         extra += "\n" + Path(md).read_text()
     Path(a.out_md).write_text(table1_markdown(table.assign(method=table["row"]), a.protocol, a.n_folds, a.dataset,
                                               context=context, extra=extra))
     print(table[["row", "AUC", "AP"]].to_string(index=False))
+
+
+def cmd_compare(a) -> None:
+    from ..evaluation import stats
+    from ..evaluation.aggregate import read_scores
+    from ..evaluation.compare import check_row, compare_markdown, family_name
+
+    scores = read_scores(a.scores)
+    methods = json.loads(a.methods) if a.methods else list(dict.fromkeys(scores["method"]))
+    check_row(a.row, methods, key="compare ROW")
+    if a.bootstrap < 1:
+        raise ValueError("compare needs bootstrap draws: --bootstrap must be >= 1")
+    display = {m: _display(m) for m in methods}
+    _, comparisons = stats.analyse(scores, methods, a.protocol, n_boot=a.bootstrap, seed=a.seed,
+                                   scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k, compare=a.row)
+    comparisons.to_csv(a.out, index=False, float_format="%.6g")
+    markdown = compare_markdown(comparisons, a.row, display)
+    if a.out_md:
+        Path(a.out_md).write_text(markdown)
+    print(markdown.rstrip())
+    logging.info("compare: %d rows of family %r in %s", int((comparisons["family"] == family_name(a.row)).sum()),
+                 family_name(a.row), a.out)
+
+
+def _display(name: str) -> str:
+    """A row's display name; a name the registry does not know stays as it is."""
+    try:
+        return getattr(_method_cls(name), "display", name)
+    except (KeyError, ValueError):
+        return name
 
 
 def cmd_stats_figures(a) -> None:
@@ -181,6 +214,22 @@ def add_commands(command) -> None:
                    help="specificities (0-1) of the validation-normal thresholds")
     s.add_argument("--cohort", default="", help="cohort.csv of the split (patients and slices per class)")
     s.add_argument("--label-source", default="", help="how the scan labels were made (for table1.md)")
+    s.add_argument("--compare", default="", help="a row whose AUC / AP differences (row - other) against every "
+                   "other row come first in the comparisons and table1.md")
+
+    s = command("compare", "one row against every other row: paired AUC / AP differences (row - other) with "
+                "CIs and Holm-adjusted p-values", cmd_compare)
+    s.add_argument("row", metavar="ROW", help="the row compared with all others (a method name)")
+    s.add_argument("--scores", nargs="+", required=True, help="score CSVs of every method x fold")
+    s.add_argument("--methods", default="", help="JSON list of methods in table order (default: as in the scores)")
+    s.add_argument("--protocol", default="paper", help="label protocol of the run (paper or slice)")
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (Table 1's: the same draws)")
+    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
+                   help="slice scores -> scan score for the scan-level metrics")
+    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    s.add_argument("--out", required=True, help="output CSV of the comparisons, ROW's family first")
+    s.add_argument("--out-md", default="", help="output Markdown section: ROW against every row")
 
     s = command("stats-figures", "forest plot of every row's AUC with its CI; ROC curves per row", cmd_stats_figures)
     s.add_argument("--scores", nargs="+", required=True, help="score CSVs written by `score`")

@@ -11,6 +11,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from . import deviations
+from .compare import compare_markdown, family_name
 from .stats import evaluation_name
 
 GROUP_ORDER = {"reconstruction": 0, "self-supervised": 1}
@@ -210,9 +211,10 @@ def _ci(v: float, lo: float, hi: float) -> str:
     return f"{v:.1f} [{lo:.1f}, {hi:.1f}]" if np.isfinite(lo) else f"{v:.1f}"
 
 
-def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[str, str] | None = None) -> str:
+def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[str, str] | None = None,
+                   compare: str | None = None) -> str:
     """The CI table (per evaluation: AUC, AP, sensitivity at 90 / 95 % specificity, pooled AUC) and the
-    paired comparisons, with how they were computed."""
+    paired comparisons, with how they were computed; with `compare`, that row against every row first."""
     if ci.empty:
         return ""
     display = display or {}
@@ -241,6 +243,10 @@ def stats_markdown(ci: pd.DataFrame, comparisons: pd.DataFrame, display: dict[st
                 folds += f" (one class: {r.loc['AUC', 'folds_one_class']})"
             lines.append(f"| {display.get(m, m)} | {cell['AUC']} | {cell['AP']} | {cell['sens@90spec']} | "
                          f"{cell['sens@95spec']} | {pooled} | {folds} |")
+    if compare and "family" in comparisons:
+        section = compare_markdown(comparisons, compare, display)
+        lines += ["", section.rstrip()] if section else []
+        comparisons = comparisons[comparisons["family"] != family_name(compare)]
     ranks = comparisons[comparisons["family"] == "ranking"] if "family" in comparisons else comparisons.iloc[:0]
     comparisons = comparisons[comparisons["family"] != "ranking"] if "family" in comparisons else comparisons
     if not ranks.empty:

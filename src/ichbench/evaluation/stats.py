@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .compare import check_row, compare_rows
 from .ranking import ranking_rows
 
 #: Specificities at which the sensitivity is reported.
@@ -309,12 +310,14 @@ def unit_sets(scores: pd.DataFrame, protocol: str, scan_aggregation: str = "max"
 
 def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *, n_boot: int = 1000,
             seed: int = 0, scan_aggregation: str = "max", top_k: int = 3, level: float = 0.95,
-            reference: str = "AE", sets=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+            reference: str = "AE", sets=None, compare: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """-> (CI table: one row per method, level, protocol, metric; comparisons: AUC differences against
     the best row and against `reference`, with bootstrap and (slice level) DeLong p-values, Holm-adjusted
     within each family, level and protocol, and the `ranking` family: how often each row ranks first, its
-    median rank and interval, `ichbench.evaluation.ranking`). `sets`: the unit_sets, when already built."""
-    ci_rows, cmp_rows = [], []
+    median rank and interval, `ichbench.evaluation.ranking`). `sets`: the unit_sets, when already built.
+    `compare`: a row whose AUC / AP differences against every other row come first (`evaluation.compare`)."""
+    check_row(compare, method_order)
+    ci_rows, cmp_rows, first = [], [], []
     for lvl, prot, units in sets if sets is not None else unit_sets(scores, protocol, scan_aggregation, top_k):
         patients = patient_table(units)
         counts = patient_counts(patients, n_boot, seed) if n_boot > 0 else None
@@ -338,6 +341,7 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
                 })
         if counts is None or len(methods) < 2:
             continue
+        first += compare_rows(compare, stats, units, lvl, prot, level) if compare else []
         cmp_rows += ranking_rows({m: stats[m].mean_draws["AUC"] for m in methods},
                                  {m: stats[m].mean["AUC"] for m in methods}, lvl, prot, level)
         best = max(methods, key=lambda m: -np.inf if not np.isfinite(stats[m].mean["AUC"]) else stats[m].mean["AUC"])
@@ -364,4 +368,4 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
     cmp_cols = ["family", "level", "protocol", "metric", "method", "reference", "diff", "ci_low", "ci_high",
                 "p_bootstrap", "p_bootstrap_holm", "p_delong", "p_delong_holm",
                 "rank", "p_first", "rank_median", "rank_low", "rank_high", "n_draws"]
-    return pd.DataFrame(ci_rows), pd.DataFrame(cmp_rows, columns=cmp_cols)
+    return pd.DataFrame(ci_rows), pd.DataFrame(first + cmp_rows, columns=cmp_cols)
