@@ -32,7 +32,7 @@ from test_pipeline import tiny_config
 ROOT = Path(__file__).resolve().parents[1]
 NARROW_AE = {"latent_dim": 16, "width": 8, "hidden": 64}
 AGGREGATION = {("table1", ()), ("confounds", ()), ("figure1", ()), ("stats_figures", ()), ("runtimes", ()),
-               ("extra_tables", ()), ("strata", ()), ("errors", ())}
+               ("extra_tables", ()), ("strata", ()), ("errors", ()), ("bundle", ())}
 
 
 @dataclass
@@ -189,7 +189,7 @@ def test_report_is_self_contained(project):
     assert out.stat().st_size > 50_000
     for needle in ("Table 1", "Figure 1", "Runtimes", "table1.csv", "figure1.png", "runtimes.csv",
                    "table1_ci.csv", "comparisons.csv", "forest_auc.png", "roc_curves.png",
-                   "Configuration of this run", "latent_dim"):
+                   "ichbench-results.json", "Configuration of this run", "latent_dim"):
         assert needle in html, needle
     assert re.search(r"data:image/png;[^\"]*base64,iVBOR", html)  # Figure 1 is embedded, not linked
     # self-contained: no scripts or style sheets fetched from elsewhere

@@ -76,7 +76,7 @@ def test_second_configfile_with_rows_plans_only_those_rows(tmp_path):
     assert sum(rule == "train" for rule, _ in jobs) == 10
     # synthesize, index, preprocess, split, 10 train, 10 score, table1, stats_figures, extra_tables, confounds,
     # figure1, runtimes
-    assert len(jobs) == 32           # + strata and errors
+    assert len(jobs) == 33           # + strata, errors and the results bundle
     assert "running 2 of the 18 rows (rows: AE, AE-L1)" in proc.stderr
 
 
@@ -250,7 +250,7 @@ def test_smoke_config_plans_four_rows_on_two_folds(tmp_path):
     assert sum(rule == "train" for rule, _ in jobs) == 8 and sum(rule == "score" for rule, _ in jobs) == 8
     # synthesize, index, preprocess, split, 8 + 8, table1, stats_figures, extra_tables, confounds, figure1,
     # synthetic_anomalies, runtimes
-    assert len(jobs) == 29           # + strata and errors
+    assert len(jobs) == 30           # + strata, errors and the results bundle
 
 
 @pytest.mark.slow

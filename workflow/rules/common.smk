@@ -245,9 +245,31 @@ def scan_id_format(wildcards):
     return DATASET["scan_id_format"]
 
 
+def model_runs():
+    """The run.json written beside each model.pt (not a declared output of train: the bundle reads it from there)."""
+    return expand("results/models/{method}/fold-{fold}/run.json", method=METHODS, fold=FOLDS)
+
+
+def bundle_settings(wildcards):
+    """What the results bundle records of the config (a function: the scan ID format's "{n}" is no wildcard)."""
+    settings = {
+        "protocol": config["protocol"],
+        "label_source": label_source(),
+        "dataset": DATASET,
+        "table": config["table"],
+        "rows": METHODS,
+        "n_folds": len(FOLDS),
+        "recipe": config.get("recipe"),
+        "preprocess": {k: config["preprocess"][k] for k in ("image_size", "windows") if k in config["preprocess"]},
+    }
+    if SYNTHETIC:
+        settings["synthetic"] = json.loads(synthetic_params())
+    return json.dumps(settings, sort_keys=True)
+
+
 def final_targets():
-    """Table 1, the confound table, Figure 1, each row's error cases and the strata; the synthetic-anomaly picture
-    when a self-supervised row is configured."""
+    """Table 1, the confound table, Figure 1, each row's error cases, the strata and the results bundle; the
+    synthetic-anomaly picture when a self-supervised row is configured."""
     from ichbench.methods import get_method
 
     targets = ["results/table1.csv", "results/table1.md", "results/figure1.png"]
@@ -255,6 +277,7 @@ def final_targets():
     targets += ["results/figures/forest_auc.png", "results/figures/roc_curves.png"]
     targets += expand("results/errors/{method}.{ext}", method=METHODS, ext=["csv", "png"])
     targets += ["results/strata.csv", "results/strata.md", "results/figures/sensitivity_by_size.png"]
+    targets.append("results/ichbench-results.json")
     if any(get_method(m).group == "self-supervised" for m in METHODS):
         targets.append("results/figures/synthetic_anomalies.png")
     return targets

@@ -262,3 +262,32 @@ rule strata:
         "--volume-bins {params.volume_bins} --min-units {params.min_units} --bootstrap {params.bootstrap} "
         "--seed {params.seed} --scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} "
         "--out {output.table} --out-md {output.markdown} --out-figure {output.figure} > {log} 2>&1"
+
+
+rule bundle:
+    input:
+        table="results/table1.csv",
+        ci="results/table1_ci.csv",
+        per_fold="results/table1_per_fold.csv",
+        models=expand("results/models/{method}/fold-{fold}/model.pt", method=METHODS, fold=FOLDS),
+        assignment="results/splits/assignment.csv",
+        cohort="results/data/cohort.csv",
+    output:
+        report("results/ichbench-results.json", caption="../report/bundle.rst", category="Table 1"),
+    log:
+        "logs/report/bundle.log",
+    # a second of JSON: runs where Snakemake runs, like `runtimes`
+    localrule: True
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        runs=model_runs(),
+        settings=bundle_settings,
+    shell:
+        "ichbench bundle --table {input.table} --ci {input.ci} --per-fold {input.per_fold} --runs {params.runs} "
+        "--assignment {input.assignment} --cohort {input.cohort} --settings '{params.settings}' "
+        "--out {output} > {log} 2>&1"

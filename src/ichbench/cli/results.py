@@ -187,6 +187,43 @@ def cmd_anomaly_figure(a) -> None:
                              a.out, seed=a.seed)
 
 
+def cmd_bundle(a) -> None:
+    import pandas as pd
+
+    from ..evaluation.bundle import STR_COLUMNS, read_runs, write_bundle
+    from ..training.runinfo import git_commit
+    from . import _version
+
+    def read(path):
+        return pd.read_csv(path, dtype=STR_COLUMNS) if path else None
+
+    software = {"ichbench": _version(), **git_commit()}
+    bundle = write_bundle(a.out, table=read(a.table), ci=read(a.ci), per_fold=read(a.per_fold),
+                          runs=read_runs(a.runs), assignment=pd.read_csv(a.assignment, dtype={"patient_id": str}),
+                          cohort=read(a.cohort), settings=json.loads(a.settings), software=software)
+    logging.info("results bundle: %d rows, cohort %s, folds %s -> %s", len(bundle["rows"]),
+                 bundle["comparability"]["cohort"][:19], bundle["comparability"]["folds"][:19], a.out)
+
+
+def cmd_merge_results(a) -> None:
+    import sys
+
+    from ..evaluation.bundle import BundleMismatch, merge_bundles, merged_markdown, read_bundle, source_names
+
+    bundles = dict(zip(source_names(a.bundles), (read_bundle(p) for p in a.bundles)))
+    try:
+        merged, diffs = merge_bundles(bundles, allow_different=a.allow_different_cohorts)
+    except BundleMismatch as exc:
+        print(f"ichbench merge-results: refused: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for line in diffs:
+        logging.warning("merged although the bundles differ in %s", line)
+    merged.to_csv(a.out, index=False, float_format="%.4f")
+    if a.out_md:
+        Path(a.out_md).write_text(merged_markdown(merged, diffs))
+    print(f"{len(merged)} rows from {len(bundles)} bundles -> {a.out}")
+
+
 def add_commands(command) -> None:
     """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
     s = command("table", "Table 1 from score tables", cmd_table)
@@ -304,3 +341,23 @@ def add_commands(command) -> None:
     s.add_argument("--n", type=int, default=3, help="number of slices (rows)")
     s.add_argument("--seed", type=int, default=0, help="seed of the generators")
     s.add_argument("--out", required=True, help="output image (PNG)")
+
+    s = command("bundle", "the results bundle: Table 1 with CIs, per-fold metrics, rows, digests, environment (JSON)",
+                cmd_bundle)
+    s.add_argument("--table", required=True, help="table1.csv")
+    s.add_argument("--ci", default="", help="table1_ci.csv")
+    s.add_argument("--per-fold", default="", help="table1_per_fold.csv")
+    s.add_argument("--runs", nargs="+", required=True, help="the models' run.json files (models/<row>/fold-K/)")
+    s.add_argument("--assignment", required=True, help="splits/assignment.csv (digested, never copied)")
+    s.add_argument("--cohort", default="", help="data/cohort.csv (its counts)")
+    s.add_argument("--settings", default="{}",
+                   help="JSON: protocol, label_source, dataset block, table block, rows (the workflow passes them)")
+    s.add_argument("--out", required=True, help="output ichbench-results.json")
+
+    s = command("merge-results", "one table from several results bundles; refuses bundles on different cohorts, "
+                "folds or evaluation settings unless told to", cmd_merge_results)
+    s.add_argument("bundles", nargs="+", help="ichbench-results.json files")
+    s.add_argument("--out", required=True, help="output merged CSV (a `source` column per bundle)")
+    s.add_argument("--out-md", default="", help="output merged Markdown")
+    s.add_argument("--allow-different-cohorts", action="store_true",
+                   help="merge even when the cohort, folds, protocol, label source or bootstrap differ (warns)")
