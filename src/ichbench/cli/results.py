@@ -224,6 +224,16 @@ def cmd_merge_results(a) -> None:
     print(f"{len(merged)} rows from {len(bundles)} bundles -> {a.out}")
 
 
+def _bootstrap_options(s) -> None:
+    """The patient bootstrap and scan aggregation options shared by `table`, `compare` and `strata` (the same
+    defaults give the same draws)."""
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (Table 1's: the same draws)")
+    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
+                   help="slice scores -> scan score for the scan-level metrics")
+    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+
+
 def add_commands(command) -> None:
     """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
     s = command("table", "Table 1 from score tables", cmd_table)
@@ -239,11 +249,7 @@ def add_commands(command) -> None:
     s.add_argument("--out-md", required=True, help="output Markdown table")
     s.add_argument("--out-ci", default="", help="CSV of the bootstrap CIs (table1_ci.csv)")
     s.add_argument("--out-comparisons", default="", help="CSV of the paired row comparisons")
-    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws")
-    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
-                   help="slice scores -> scan score for the scan-level metrics")
-    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    _bootstrap_options(s)
     s.add_argument("--include-md", nargs="*", default=[], help="Markdown sections appended to table1.md (strata.md)")
     s.add_argument("--out-operating", default="", help="CSV of the thresholds fixed on validation, applied to test")
     s.add_argument("--out-operating-folds", default="", help="the same per fold, with the thresholds")
@@ -260,11 +266,7 @@ def add_commands(command) -> None:
     s.add_argument("--scores", nargs="+", required=True, help="score CSVs of every method x fold")
     s.add_argument("--methods", default="", help="JSON list of methods in table order (default: as in the scores)")
     s.add_argument("--protocol", default="paper", help="label protocol of the run (paper or slice)")
-    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients")
-    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (Table 1's: the same draws)")
-    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
-                   help="slice scores -> scan score for the scan-level metrics")
-    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    _bootstrap_options(s)
     s.add_argument("--out", required=True, help="output CSV of the comparisons, ROW's family first")
     s.add_argument("--out-md", default="", help="output Markdown section: ROW against every row")
 
@@ -303,11 +305,7 @@ def add_commands(command) -> None:
                    help="bleed volume bin edges per scan in ml (the last bin is open)")
     s.add_argument("--min-units", type=int, default=10,
                    help="strata with fewer anomalous units are shown as too few, without a value")
-    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (Table 1's: the same draws)")
-    s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
-                   help="slice scores -> scan score for the scan-level strata")
-    s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")
+    _bootstrap_options(s)
     s.add_argument("--out", required=True, help="output strata.csv")
     s.add_argument("--out-md", required=True, help="output Markdown section (strata.md)")
     s.add_argument("--out-figure", default="", help="output PNG: sensitivity at spec95 against bleed size")

@@ -27,31 +27,13 @@ def compare_rows(row: str, stats: dict, units: pd.DataFrame, lvl: str, prot: str
     evaluation: for AUC and AP, diff = row - other on the same bootstrap draws (paired), its percentile
     interval, the bootstrap p Holm-adjusted over the other rows (per metric), and at slice level DeLong's p
     for AUC. method = `row`, reference = the other row (diff = method - reference, as the other families)."""
-    from .stats import bootstrap_p, delong_paired_p, holm, percentile_ci
+    from .stats import paired_family
 
     if row not in stats:
         return []
-    out = []
-    for metric in COMPARE_METRICS:
-        rows = []
-        for other in stats:
-            if other == row:
-                continue
-            d = stats[row].mean_draws[metric] - stats[other].mean_draws[metric]
-            lo, hi = percentile_ci(d, level)
-            rec = {"family": family_name(row), "level": lvl, "protocol": prot, "metric": metric, "method": row,
-                   "reference": other, "diff": stats[row].mean[metric] - stats[other].mean[metric],
-                   "ci_low": lo, "ci_high": hi, "p_bootstrap": bootstrap_p(d)}
-            if lvl == "slice" and metric == "AUC":
-                rec["p_delong"] = delong_paired_p(units[units["method"] == row], units[units["method"] == other])[1]
-            rows.append(rec)
-        if rows:
-            frame = pd.DataFrame(rows)
-            frame["p_bootstrap_holm"] = holm(frame["p_bootstrap"])
-            if "p_delong" in frame:
-                frame["p_delong_holm"] = holm(frame["p_delong"])
-            out += frame.to_dict("records")
-    return out
+    others = [(row, other) for other in stats if other != row]
+    return [r for metric in COMPARE_METRICS
+            for r in paired_family(stats, others, family_name(row), metric, units, lvl, prot, level)]
 
 
 def _p(v: float) -> str:

@@ -90,16 +90,12 @@ def rates(tp, fp, fn, tn) -> dict[str, np.ndarray]:
                 "ppv": 100 * tp / (tp + fp), "npv": 100 * tn / (tn + fn), "f1": 100 * 2 * tp / (2 * tp + fp + fn)}
 
 
-def _patient_confusion(units: pd.DataFrame, thr: float, patients: pd.DataFrame) -> np.ndarray:
-    """(patients x 4) counts TP, FP, FN, TN of `units` at `thr`, rows in `patients` order."""
-    y = units["y"].to_numpy(bool)
-    pred = units["score"].to_numpy(float) > thr
-    cells = np.stack([y & pred, ~y & pred, y & ~pred, ~y & ~pred], 1).astype(np.int64)
-    pos = pd.Series(np.arange(len(patients)), index=pd.MultiIndex.from_frame(patients[["fold", "patient_id"]]))
-    pidx = pos.reindex(pd.MultiIndex.from_frame(units[["fold", "patient_id"]])).to_numpy()
-    out = np.zeros((len(patients), 4), np.int64)
-    np.add.at(out, pidx.astype(np.int64), cells)
-    return out
+def _patient_confusion(y: np.ndarray, score: np.ndarray, pidx: np.ndarray, thr: float, n_patients: int) -> np.ndarray:
+    """(patients x 4) counts TP, FP, FN, TN of units (labels `y`, patient rows `pidx`) at `thr`."""
+    pred = score > thr
+    cells = np.stack([y & pred, ~y & pred, y & ~pred, ~y & ~pred], 1)
+    return np.stack([np.bincount(pidx, weights=cells[:, k], minlength=n_patients) for k in range(4)],
+                    1).astype(np.int64)
 
 
 def operating_points(val_units: pd.DataFrame, test_units: pd.DataFrame, method_order: Sequence[str], *,
@@ -113,13 +109,15 @@ def operating_points(val_units: pd.DataFrame, test_units: pd.DataFrame, method_o
     per_fold, summary = [], []
     for method in [m for m in method_order if (thr["method"] == m).any()]:
         units_m = test_units[test_units["method"] == method]
+        y_m, s_m = units_m["y"].to_numpy(bool), units_m["score"].to_numpy(float)
+        pidx_m, fold_m = stats.patient_index(units_m, patients), units_m["fold"].to_numpy()
         for rule, g in thr[thr["method"] == method].groupby("rule", sort=False):
             fold_vals, fold_draws, pooled = {k: [] for k in RATES}, {k: [] for k in RATES}, np.zeros(4, np.int64)
             for r in g.itertuples(index=False):
-                u = units_m[units_m["fold"] == r.fold]
-                if u.empty or not np.isfinite(r.threshold):
+                sel = fold_m == r.fold
+                if not sel.any() or not np.isfinite(r.threshold):
                     continue
-                conf = _patient_confusion(u, r.threshold, patients)
+                conf = _patient_confusion(y_m[sel], s_m[sel], pidx_m[sel], r.threshold, len(patients))
                 total = conf.sum(0)
                 pooled += total
                 point = rates(*total)

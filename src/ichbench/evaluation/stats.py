@@ -174,12 +174,18 @@ class RowStats:
     pooled_draws: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def row_stats(units: pd.DataFrame, patients: pd.DataFrame, counts: np.ndarray | None) -> RowStats:
-    """Point values and (with `counts`) bootstrap draws of one method's units (fold, patient_id, y, score)."""
+def patient_index(units: pd.DataFrame, patients: pd.DataFrame) -> np.ndarray:
+    """Each unit's row in the patient table (`patient_table`), by (fold, patient_id), as int64."""
     pos = pd.Series(np.arange(len(patients)), index=pd.MultiIndex.from_frame(patients[["fold", "patient_id"]]))
     pidx = pos.reindex(pd.MultiIndex.from_frame(units[["fold", "patient_id"]])).to_numpy()
     if np.isnan(pidx.astype(float)).any():
         raise ValueError("units of a patient missing from the patient table")
+    return pidx.astype(np.int64)
+
+
+def row_stats(units: pd.DataFrame, patients: pd.DataFrame, counts: np.ndarray | None) -> RowStats:
+    """Point values and (with `counts`) bootstrap draws of one method's units (fold, patient_id, y, score)."""
+    pidx = patient_index(units, patients)
     y, s, fold = units["y"].to_numpy(int), units["score"].to_numpy(float), units["fold"].to_numpy()
     folds = sorted(int(f) for f in np.unique(fold))
     per_fold = {m: np.full(len(folds), np.nan) for m in METRICS}
@@ -295,6 +301,30 @@ def holm(p: Sequence[float]) -> np.ndarray:
 # --- everything for Table 1 ------------------------------------------------------------------------------------
 
 
+def paired_family(stats: dict, pairs, family: str, metric: str, units: pd.DataFrame, lvl: str, prot: str,
+                  level: float = 0.95) -> list[dict]:
+    """comparisons.csv records of (method, reference) pairs on one evaluation: diff = method - reference of the
+    mean over folds, its percentile interval and bootstrap p on the same (paired) draws, Holm-adjusted over the
+    pairs; at slice level also DeLong's p for AUC. `stats`: method -> RowStats with draws."""
+    rows = []
+    for m, ref in pairs:
+        d = stats[m].mean_draws[metric] - stats[ref].mean_draws[metric]
+        lo, hi = percentile_ci(d, level)
+        row = {"family": family, "level": lvl, "protocol": prot, "metric": metric, "method": m, "reference": ref,
+               "diff": stats[m].mean[metric] - stats[ref].mean[metric], "ci_low": lo, "ci_high": hi,
+               "p_bootstrap": bootstrap_p(d)}
+        if lvl == "slice" and metric == "AUC":
+            row["p_delong"] = delong_paired_p(units[units["method"] == m], units[units["method"] == ref])[1]
+        rows.append(row)
+    if not rows:
+        return []
+    frame = pd.DataFrame(rows)
+    frame["p_bootstrap_holm"] = holm(frame["p_bootstrap"])
+    if "p_delong" in frame:
+        frame["p_delong_holm"] = holm(frame["p_delong"])
+    return frame.to_dict("records")
+
+
 def unit_sets(scores: pd.DataFrame, protocol: str, scan_aggregation: str = "max",
               top_k: int = 3, part: str = "test") -> list[tuple[str, str, pd.DataFrame]]:
     """(level, protocol, units) of a part: slices under the configured protocol; slices under the slice
@@ -347,24 +377,8 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
         best = max(methods, key=lambda m: -np.inf if not np.isfinite(stats[m].mean["AUC"]) else stats[m].mean["AUC"])
         families = [("vs best", best)] + ([("vs " + reference, reference)] if reference in stats else [])
         for family, ref in families:
-            rows = []
-            for m in methods:
-                if m == ref:
-                    continue
-                d = stats[m].mean_draws["AUC"] - stats[ref].mean_draws["AUC"]
-                lo, hi = percentile_ci(d, level)
-                row = {"family": family, "level": lvl, "protocol": prot, "metric": "AUC", "method": m,
-                       "reference": ref, "diff": stats[m].mean["AUC"] - stats[ref].mean["AUC"],
-                       "ci_low": lo, "ci_high": hi, "p_bootstrap": bootstrap_p(d)}
-                if lvl == "slice":
-                    row["p_delong"] = delong_paired_p(units[units["method"] == m], units[units["method"] == ref])[1]
-                rows.append(row)
-            if rows:
-                frame = pd.DataFrame(rows)
-                frame["p_bootstrap_holm"] = holm(frame["p_bootstrap"])
-                if "p_delong" in frame:
-                    frame["p_delong_holm"] = holm(frame["p_delong"])
-                cmp_rows += frame.to_dict("records")
+            cmp_rows += paired_family(stats, [(m, ref) for m in methods if m != ref], family, "AUC", units,
+                                      lvl, prot, level)
     cmp_cols = ["family", "level", "protocol", "metric", "method", "reference", "diff", "ci_low", "ci_high",
                 "p_bootstrap", "p_bootstrap_holm", "p_delong", "p_delong_holm",
                 "rank", "p_first", "rank_median", "rank_low", "rank_high", "n_draws"]

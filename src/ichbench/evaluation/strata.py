@@ -322,11 +322,10 @@ def level_table(test: pd.DataFrame, val: pd.DataFrame, strata_of, method_order: 
     patients = stats.patient_table(test)
     counts = (stats.patient_counts(patients, n_boot, seed) if n_boot > 0
               else np.zeros((0, len(patients)), np.int32))
-    pos = pd.Series(np.arange(len(patients)), index=pd.MultiIndex.from_frame(patients[["fold", "patient_id"]]))
     out = []
     for method in [m for m in method_order if (test["method"] == m).any()]:
         u = test[test["method"] == method].reset_index(drop=True)
-        pidx = pos.reindex(pd.MultiIndex.from_frame(u[["fold", "patient_id"]])).to_numpy().astype(int)
+        pidx = stats.patient_index(u, patients)
         tm = thr[thr["method"] == method] if not thr.empty else thr
         rules = {r: u["fold"].map(g.set_index("fold")["threshold"]).to_numpy(float)
                  for r, g in (tm.groupby("rule", sort=False) if not tm.empty else [])}
