@@ -329,3 +329,70 @@ def test_predict_with_a_file_that_is_no_exported_model(kind, run, tmp_path, caps
     assert str(model) in err and "Traceback" not in err
     assert {"garbage": "not a readable exported model file", "model.pt": "a pipeline model.pt, not an exported model",
             "missing": "no such exported model file"}[kind] in err
+
+
+def _tampered(exported: Path, out: Path, change) -> Path:
+    blob = torch.load(exported, weights_only=True)
+    change(blob)
+    torch.save(blob, out)
+    return out
+
+
+def test_an_exported_model_that_does_not_fit_this_code_is_refused_or_noted(exported, run, tmp_path, capsys):
+    folder = str(_scan_dirs(run["dicom"])[0])
+
+    def unknown(b):
+        b["record"]["method"] = "NoSuchRow"
+
+    def reshaped(b):
+        key = next(iter(b["state"]["model"]))
+        b["state"]["model"][key] = torch.zeros(3, 1)
+
+    def digest(b):
+        b["record"]["code_digest"] = "0000000000000000"
+
+    assert _predict(_tampered(exported, tmp_path / "u.pt", unknown), tmp_path / "o", "--dicom-dir", folder) == 1
+    err = capsys.readouterr().err
+    assert "row 'NoSuchRow' is not registered" in err and "Traceback" not in err
+    assert _predict(_tampered(exported, tmp_path / "r.pt", reshaped), tmp_path / "o", "--dicom-dir", folder) == 1
+    err = capsys.readouterr().err
+    assert "its weights do not fit this ichbench's AE network" in err and "Traceback" not in err
+    assert _predict(_tampered(exported, tmp_path / "d.pt", digest), tmp_path / "o", "--dicom-dir", folder) == 0
+    notes = json.loads((tmp_path / "o" / "prediction.json").read_text())["notes"]
+    assert any("the code of AE changed since training" in n for n in notes)
+
+
+def test_a_folder_without_ct_is_rejected_with_the_pipelines_reason(exported, tmp_path, capsys):
+    (tmp_path / "scan").mkdir()
+    (tmp_path / "scan" / "notes.txt").write_text("not an image")
+    assert _predict(exported, tmp_path / "o", "--dicom-dir", str(tmp_path / "scan")) == 1
+    err = capsys.readouterr().err
+    assert "rejected, as the pipeline would reject it: not a DICOM file" in err and "Traceback" not in err
+
+
+def test_a_self_supervised_row_with_fitted_state_predicts_as_the_pipeline_scores(run, tmp_path):
+    """CutPaste-2stage: no pixel map of its own (slice score from a Gaussian fitted after training, the row's extra
+    state), so the export must carry that state and predict must score with it."""
+    row = "CutPaste-2stage"
+    model_dir = run["results"] / "models" / row / "fold-0"
+    train(row, {"epochs": 1, "batch_size": 8, "steps_per_epoch": 2}, run["absolute"], model_dir, device="cpu",
+          progress=False, checkpoint_every=0)
+    folder = _scan_dirs(run["dicom"])[1]
+    sop0 = str(pydicom.dcmread(next(folder.rglob("*.dcm"))).SOPInstanceUID)
+    rows = pd.read_csv(run["absolute"], dtype=str)
+    series = rows[rows["sop_uid"] == sop0]["series_uid"].iloc[0]
+    mine = load_slices(rows[rows["series_uid"] == series].astype({"slice_index": int}).sort_values("slice_index"))
+    try:
+        method, _ = load_trained(model_dir / "model.pt", "cpu")           # as the pipeline's score job
+        want, _ = method.score({"x": torch.from_numpy(mine.images).float().div(127.5).sub(1),
+                                **{k: torch.from_numpy(v) for k, v in mine.masks.items()}})
+        assert main(["export", "--method", row, "--fold", "0", "--out", str(tmp_path / "cp.pt"), "--results",
+                     str(run["results"]), "--config", str(ROOT / "config.yaml"), "--configfile",
+                     str(run["overlay"])]) == 0
+    finally:
+        shutil.rmtree(model_dir.parent)
+    assert read_export(tmp_path / "cp.pt")["state"]["extra"]
+    assert _predict(tmp_path / "cp.pt", tmp_path / "o", "--dicom-dir", str(folder)) == 0
+    got = pd.read_csv(tmp_path / "o" / "slice_scores.csv")
+    np.testing.assert_allclose(got["score"], want.numpy(), rtol=1e-5)
+    assert nib.load(str(tmp_path / "o" / "anomaly_map.nii.gz")).shape[:2] == (256, 256)

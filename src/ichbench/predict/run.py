@@ -28,8 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import ModelFileError
 from ..inputs.windowing import dequantise
+from ..methods import REGISTRY, get_method
 from ..training.data import DeviceBatches, load_slices
+from ..training.digest import code_digest
 from ..training.score import resolve_batch_size
 from ..training.train import build_method, resolve_device
 from . import outputs
@@ -43,14 +46,28 @@ FILES = {"scores": "slice_scores.csv", "map": "anomaly_map.nii.gz", "montage": "
          "summary": "prediction.json"}
 
 
-def load_exported(exported: dict[str, Any], device: torch.device):
-    """The exported row, ready for scoring on `device`."""
+def load_exported(exported: dict[str, Any], device: torch.device, where: str = "exported model") -> tuple[Any, list[str]]:
+    """The exported row, ready for scoring on `device`, and notes (its code changed since training)."""
     rec = exported["record"]
+    name = rec["method"]
+    try:
+        get_method(name)
+    except KeyError:
+        raise ModelFileError(f"{where}: row {name!r} is not registered in this ichbench (registered: "
+                             f"{', '.join(REGISTRY)}); install or configure the package that provides it") from None
     c, s, _ = rec["image_shape"]
-    method = build_method(rec["method"], rec["params"], int(c), int(s), device)
-    method.load_state_dict(exported["state"], with_optimizers=False)
+    method = build_method(name, rec["params"], int(c), int(s), device)
+    now = code_digest(name)
+    notes = [] if now == rec.get("code_digest") else [
+        f"the code of {name} changed since training (code digest {rec.get('code_digest')} then, {now} now)"]
+    try:
+        method.load_state_dict(exported["state"], with_optimizers=False)
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFileError(f"{where}: its weights do not fit this ichbench's {name} network"
+                             f"{' (' + notes[0] + ')' if notes else ''}: {first[:300]}") from None
     method.model.eval()
-    return method
+    return method, notes
 
 
 def score_slices(method, npz: Path, batch_size: int | str = "auto") -> dict[str, np.ndarray]:
@@ -104,7 +121,10 @@ def predict(model: str | os.PathLike, out: str | os.PathLike, *, dicom_dir: str 
     for line in notes:
         log.warning("%s: %s", model, line)
     dev = resolve_device(device)
-    method = load_exported(exported, dev)
+    method, code_notes = load_exported(exported, dev, str(model))
+    notes += code_notes
+    for line in code_notes:
+        log.warning("%s", line)
     with tempfile.TemporaryDirectory(prefix="ichbench-predict-") as tmp:
         scan = prepare_dicom(dicom_dir, pre, Path(tmp), workers) if dicom_dir is not None else \
             prepare_nifti(nifti, pre, Path(tmp))
