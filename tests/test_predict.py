@@ -251,7 +251,8 @@ def test_predict_on_a_nifti_volume(exported, run, tmp_path):
     axis = json.loads((out / "prediction.json").read_text())["geometry"]["slice_axis"]
     assert axis == 2
     for _, r in scores.iloc[[0, -1]].iterrows():       # z_mm: the world z of the slice's first pixel, a corner
-        corners = [(OBLIQUE @ [a, b, r["volume_k"], 1])[2] for a in (0, vol.shape[0] - 1) for b in (0, vol.shape[1] - 1)]
+        corners = [(OBLIQUE @ [a, b, r["volume_k"], 1])[2]
+                   for a in (0, vol.shape[0] - 1) for b in (0, vol.shape[1] - 1)]
         assert min(abs(c - r["z_mm"]) for c in corners) < 1e-3
     _no_ids_in(out, "Doe^Jane_1970", str(path))
     assert (out / "montage.png").is_file()

@@ -46,7 +46,8 @@ FILES = {"scores": "slice_scores.csv", "map": "anomaly_map.nii.gz", "montage": "
          "summary": "prediction.json"}
 
 
-def load_exported(exported: dict[str, Any], device: torch.device, where: str = "exported model") -> tuple[Any, list[str]]:
+def load_exported(exported: dict[str, Any], device: torch.device,
+                  where: str = "exported model") -> tuple[Any, list[str]]:
     """The exported row, ready for scoring on `device`, and notes (its code changed since training)."""
     rec = exported["record"]
     name = rec["method"]
@@ -155,7 +156,8 @@ def predict(model: str | os.PathLike, out: str | os.PathLike, *, dicom_dir: str 
     agg = exported.get("scan_aggregation") or {"how": "max", "top_k": 3}
     score = outputs.scan_score(got["score"], agg["how"], agg["top_k"])
     outputs.write_montage(out / FILES["montage"], dequantise(got["images"][:, brain_channel]), got["maps"],
-                          got["brain_mask"], got["head_mask"], picks, [f"slice {i}  score {got['score'][i]:.4g}" for i in picks],
+                          got["brain_mask"], got["head_mask"], picks,
+                          [f"slice {i}  score {got['score'][i]:.4g}" for i in picks],
                           f"{exported['row']} (fold {exported['fold']}): anomaly map over the brain window; "
                           f"scan score ({agg['how']}) {score:.4g}")
     summary = {

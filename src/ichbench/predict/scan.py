@@ -1,4 +1,7 @@
-"""One new scan through the pipeline's own first stages, in a scratch folder: header index and series choice (`cache.preprocess.build_index`, `inputs.nifti.build_index`), then the slice cache (`preprocess_shard`), with the exported model's settings.
+"""One new scan through the pipeline's own first stages, in a scratch folder, with the exported model's settings.
+
+Header index and series choice (`cache.preprocess.build_index`, `inputs.nifti.build_index`), then the slice cache
+(`preprocess_shard`).
 
 A scan the pipeline would leave out is refused here with the pipeline's own reasons (ScanRejected). The scratch
 files (index, candidates, cache) name the scan's IDs and paths; they live in a temporary folder that is deleted
@@ -29,7 +32,8 @@ class ScanRejected(ValueError):
 
     def __init__(self, where: str | os.PathLike, reasons: list[str]):
         self.where, self.reasons = str(where), reasons
-        super().__init__(f"{where}: rejected, as the pipeline would reject it: " + "; ".join(reasons or ["no reason given"]))
+        super().__init__(f"{where}: rejected, as the pipeline would reject it: "
+                         + "; ".join(reasons or ["no reason given"]))
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The scan's own geometry for an anomaly map: slice maps back to the original rows x columns, placed in a NIfTI volume whose affine is the scan's (from the DICOM geometry, LPS -> RAS, or the input NIfTI's own).
+"""The scan's own geometry for an anomaly map: back to the original rows x columns, in a NIfTI volume with the scan's affine.
+
+The affine comes from the DICOM geometry (LPS -> RAS) or is the input NIfTI's own.
 
 DICOM: voxel (i, j, k) = column i, row j of grid slice k lies at
     ImagePositionPatient_0 + i * PixelSpacing[1] * IOP[:3] + j * PixelSpacing[0] * IOP[3:] + k * step
