@@ -397,3 +397,35 @@ def test_a_self_supervised_row_with_fitted_state_predicts_as_the_pipeline_scores
     got = pd.read_csv(tmp_path / "o" / "slice_scores.csv")
     np.testing.assert_allclose(got["score"], want.numpy(), rtol=1e-5)
     assert nib.load(str(tmp_path / "o" / "anomaly_map.nii.gz")).shape[:2] == (256, 256)
+
+
+def test_predict_chooses_the_series_the_pipeline_chooses(exported, tmp_path):
+    """A scan with a soft-tissue series, a bone-kernel series and a localizer: the soft-tissue one is scored."""
+    from ichbench.synthetic import SyntheticConfig, generate
+
+    generate(tmp_path / "syn", SyntheticConfig(seed=11, n_normal=1, n_pathological=0, image_size=128,
+                                               n_slices=(9, 9), extra_series=True))
+    data = tmp_path / "pipeline"
+    data.mkdir()
+    cand = build_index(tmp_path / "syn" / "dicom", data / "i.csv", data / "c.csv", data / "r.csv")
+    assert len(cand) >= 2 and cand["selected"].sum() == 1
+    chosen = cand[cand["selected"]].iloc[0]
+    assert _predict(exported, tmp_path / "o", "--dicom-dir", str(tmp_path / "syn" / "dicom")) == 0
+    scores = pd.read_csv(tmp_path / "o" / "slice_scores.csv")
+    assert len(scores) == chosen["n_files"]
+    from ichbench.inputs.windowing import windows_from_config
+    from ichbench.predict.run import load_exported
+
+    method, _ = load_exported(read_export(exported), torch.device("cpu"))
+    got = {}
+    this = cand["series_uid"] == chosen["series_uid"]
+    other = ~this & (cand["n_files"] > 0)          # the bone-kernel series (the localizer has no usable file)
+    for which, pick in ((True, this), (False, other)):        # each cached as the pipeline caches a chosen series
+        cand.assign(selected=pick).to_csv(data / "c2.csv", index=False)
+        t = preprocess_shard(data / "i.csv", data / "c2.csv", data / f"cache-{which}", shard=0, n_shards=1,
+                             windows=windows_from_config(WINDOWS), size=SIZE)
+        x = load_slices(pd.DataFrame({"npz": str(data / f"cache-{which}" / t["npz"].iloc[0]),
+                                      "slice_index": range(int(t["n_slices"].iloc[0]))}))
+        got[which] = method.score({"x": torch.from_numpy(x.images).float().div(127.5).sub(1)})[0].numpy()
+    np.testing.assert_allclose(scores["score"], got[True], rtol=1e-5)
+    assert np.abs(scores["score"].to_numpy() - got[False]).max() > 1e-4      # the other series scores otherwise
