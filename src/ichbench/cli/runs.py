@@ -1,4 +1,4 @@
-"""Subcommands that run one Table 1 row on one fold: train, score."""
+"""Subcommands that run one Table 1 row on one fold: train, score; and outside the pipeline: export, predict."""
 from __future__ import annotations
 
 import json
@@ -26,6 +26,34 @@ def cmd_score(a) -> None:
                    pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed,
                    pixel_specificity=a.pixel_specificity)
     logging.info("scored %d slices", len(t))
+
+
+def cmd_export(a) -> None:
+    from .. import config
+    from ..predict.export import export_model
+    from ..training.runinfo import git_commit
+    from . import _version
+
+    cfg = config.load(a.config, *a.configfile)
+    got = export_model(a.results, a.method, a.fold, a.out, preprocess=cfg.get("preprocess", {}),
+                       table=cfg.get("table", {}), software={"ichbench": _version(), **git_commit()})
+    pre = got["preprocessing"]
+    logging.info("exported %s fold %d to %s: %d x %d x %d slices (%s), series choice min_slices %s, "
+                 "min_extent_mm %s, non_hu %s%s", a.method, a.fold, a.out, pre["channels"], pre["image_size"],
+                 pre["image_size"], ", ".join(w["name"] for w in pre["windows"]), pre["min_slices"],
+                 pre["min_extent_mm"], pre["non_hu"],
+                 f"; reference: {got['reference']['n']} validation normal slices" if got["reference"] else "")
+
+
+def cmd_predict(a) -> None:
+    import torch
+
+    from ..predict.run import predict
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    predict(a.model, a.out, dicom_dir=a.dicom_dir, nifti=a.nifti, device=a.device, batch_size=a.batch_size,
+            workers=a.workers)
 
 
 def add_commands(command) -> None:
@@ -66,3 +94,26 @@ def add_commands(command) -> None:
     s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
                    help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
     s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")
+
+    s = command("export", "write one trained row and fold as a single model file for `predict`", cmd_export)
+    s.add_argument("--method", required=True, help="Table 1 row (as under results/models/)")
+    s.add_argument("--fold", type=int, required=True, help="the fold whose model is exported")
+    s.add_argument("--out", required=True, help="the file to write, e.g. ae-u.pt")
+    s.add_argument("--results", default="results",
+                   help="the run's results folder (models/ROW/fold-K/model.pt, splits/, scores/)")
+    s.add_argument("--config", default="config.yaml",
+                   help="the run's config file: its preprocess (series choice, non-HU policy) and table blocks")
+    s.add_argument("--configfile", nargs="+", default=[],
+                   help="further config files the run merged on top, as `snakemake --configfile`")
+
+    s = command("predict", "score one new scan with an exported row: slice scores, NIfTI map, montage", cmd_predict)
+    s.add_argument("--model", required=True, help="a file written by `ichbench export`")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dicom-dir", help="folder of one scan's DICOM files (searched recursively)")
+    src.add_argument("--nifti", help="one CT volume in HU (.nii or .nii.gz)")
+    s.add_argument("--out", required=True,
+                   help="folder for slice_scores.csv, anomaly_map.nii.gz, montage.png, prediction.json")
+    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    s.add_argument("--batch-size", default="auto", help="slices per scoring batch: a whole number, or auto")
+    s.add_argument("--workers", type=int, default=1, help="worker processes reading DICOM headers")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -35,6 +35,8 @@ def load_model_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
         with safe_globals(list(ALLOWED)):
             blob = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not _looks_like_torch(path):        # e.g. a text or image file: nothing to refuse, just not one
+            raise ModelFileError(f"{path}: not a readable {what} (not written by torch.save)") from None
         raise ModelFileError(_refusal(path, what, exc)) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
         raise ModelFileError(f"{path}: not a readable {what} (truncated, or not written by torch.save): "
@@ -42,6 +44,14 @@ def load_model_file(path: str | os.PathLike, map_location: Any = "cpu", what: st
     if not isinstance(blob, dict):
         raise ModelFileError(f"{path}: not an ichbench {what}: it holds a {type(blob).__name__}, not a dict")
     return blob
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """Whether a file is in one of torch.save's formats: a zip archive, or a pickle (the legacy format)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"              # the PROTO opcode every pickle of protocol 2 or later starts with
 
 
 def _refusal(path: Path, what: str, exc: Exception) -> str:
