@@ -1,0 +1,300 @@
+"""Dataset adapters: resolving `dataset: {name, root}`, missing files, the RSNA adapter on files in its shipped layout
+(tests/dataset_formats.py) and on the real RSNA series of ../shared/data, and scans under patients."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from dataset_formats import head_hu, rsna_stored, write_rsna
+
+from ichbench.cache.preprocess import build_index, preprocess_shard
+from ichbench.cli import main
+from ichbench.cohort import splits
+from ichbench.datasets import adapter, rsna
+from ichbench.datasets.labels import LabelError
+from ichbench.errors import ConfigError
+from ichbench.inputs import dicomio, pixelfix
+from ichbench.inputs.windowing import PAPER_WINDOWS
+
+#: two studies for patient 1 (one with a bleed), two normal ones for patient 2, and singles
+RSNA_STUDIES = [
+    dict(patient=1, study=1, n=8, bleed={3, 4}),
+    dict(patient=1, study=2, n=8, mode="needs_fix"),
+    dict(patient=2, study=3, n=8, mode="int16", shape=(72, 64), dup_position=2),
+    dict(patient=2, study=4, n=8),
+    dict(patient=3, study=5, n=8, bleed={5}, subtype="subdural"),
+    dict(patient=4, study=6, n=8, bleed={2, 3, 4}, subtype="subarachnoid", tilt_deg=0.0),
+    dict(patient=5, study=7, n=8),
+    dict(patient=6, study=8, n=8, tilt_deg=25.0),
+    dict(patient=7, study=9, n=8, unlabelled=True),
+]
+
+
+@pytest.fixture(scope="module")
+def rsna_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rsna")
+    info = write_rsna(root / "rsna-intracranial-hemorrhage-detection" / "rsna-intracranial-hemorrhage-detection",
+                      RSNA_STUDIES)
+    return root, info
+
+
+# --- the framework -----------------------------------------------------------------------------------------------
+
+
+def test_legacy_keys_are_the_generic_adapters():
+    ds = {"source": "dicom", "dicom_dir": "/data/CQ500", "labels": "/data/l.csv", "label_source": "ctfsh"}
+    r = adapter.resolve(ds)
+    assert r.name == "dicom" and not r.derived and r.scan_key == "patient"
+    assert {k: r.dataset[k] for k in ds} == ds
+    assert adapter.resolve({"source": "synthetic"}).name == "synthetic"
+
+
+def test_every_named_adapter_is_registered_and_listed(capsys):
+    assert {"synthetic", "dicom", "nifti", "cq500", "rsna"} <= set(adapter.adapters())
+    assert main(["datasets"]) == 0
+    out = capsys.readouterr().out
+    assert "rsna:" in out and "a scan is a study" in out and "stage_2_train.csv" in out
+
+
+def test_unknown_name_and_missing_root_stop_with_a_message(tmp_path):
+    with pytest.raises(ConfigError, match="unknown dataset adapter 'rsnaa'"):
+        adapter.resolve({"name": "rsnaa", "root": str(tmp_path)})
+    with pytest.raises(ConfigError, match="set dataset.root"):
+        adapter.resolve({"name": "rsna"})
+    with pytest.raises(ConfigError, match="is not a folder"):
+        adapter.resolve({"name": "rsna", "root": str(tmp_path / "nowhere")})
+
+
+def test_misnamed_rsna_folder_names_the_expected_path_and_the_download(tmp_path):
+    (tmp_path / "train_images").mkdir()
+    (tmp_path / "stage_2_train.csv").write_text("ID,Label\n")
+    with pytest.raises(ConfigError) as e:
+        adapter.resolve({"name": "rsna", "root": str(tmp_path)})
+    msg = str(e.value)
+    assert str(tmp_path / "stage_2_train") in msg and "The download should contain" in msg
+    (tmp_path / "stage_2_train_images").mkdir()
+    (tmp_path / "stage_2_train.csv").unlink()
+    with pytest.raises(ConfigError, match="the label file not found.*stage_2_train.csv"):
+        adapter.resolve({"name": "rsna", "root": str(tmp_path)})
+
+
+def test_rsna_accepts_nested_zip_roots(rsna_root):
+    root, info = rsna_root
+    r = adapter.resolve({"name": "rsna", "root": str(root)})
+    assert r.derived and r.scan_key == "study" and r.dataset["source"] == "dicom"
+    assert r.dataset["dicom_dir"].endswith("rsna-intracranial-hemorrhage-detection/stage_2_train")
+    assert r.label_files == [str(info["csv"])]
+
+
+# --- RSNA labels ---------------------------------------------------------------------------------------------------
+
+
+def _csv(tmp_path, rows):
+    p = tmp_path / "stage_2_train.csv"
+    p.write_text("ID,Label\n" + "".join(f"{i},{v}\n" for i, v in rows))
+    return p
+
+
+def _six(sop, pos=(), any_=None):
+    out = [(f"{sop}_{t}", int(t in pos)) for t in rsna.SUBTYPE_COLUMNS]
+    return out + [(f"{sop}_any", int(bool(pos)) if any_ is None else any_)]
+
+
+def test_rsna_labels_pivot_drop_duplicates_and_check_any(tmp_path):
+    rows = _six("ID_aaa", ["subdural", "epidural"]) + _six("ID_bbb") + _six("ID_ccc", any_=1) + _six("ID_aaa", ["subdural", "epidural"])
+    labels, counts = rsna.read_labels(_csv(tmp_path, rows))
+    t = labels.set_index("sop_uid")
+    assert counts["duplicate_rows"] == 6 and counts["slices"] == 3 and counts["any_disagrees"] == 1
+    assert t.loc["ID_aaa", "subtypes"] == "EDH;SDH" and t.loc["ID_aaa", "hemorrhage"] == 1
+    assert t.loc["ID_bbb", "hemorrhage"] == 0 and t.loc["ID_ccc", "hemorrhage"] == 1   # `any` alone counts
+
+
+def test_rsna_labels_refuse_malformed_rows(tmp_path):
+    with pytest.raises(LabelError, match="lacks some of the six rows"):
+        rsna.read_labels(_csv(tmp_path, _six("ID_aaa")[:5]))
+    with pytest.raises(LabelError, match="not of the form ID_<hex>_<subtype>"):
+        rsna.read_labels(_csv(tmp_path, [("ID_aaa_bleed", 1)]))
+    with pytest.raises(LabelError, match="Label '2' is not 0 or 1"):
+        rsna.read_labels(_csv(tmp_path, [("ID_aaa_any", 2)]))
+    bad = tmp_path / "x.csv"
+    bad.write_text("image,label\n")
+    with pytest.raises(LabelError, match="x.csv: the RSNA label file needs columns ID,Label"):
+        rsna.read_labels(bad)
+
+
+# --- RSNA pixels and headers ---------------------------------------------------------------------------------------
+
+
+def test_published_correction_recovers_hu_and_leaves_other_files_alone(tmp_path):
+    from dataset_formats import _rsna_file
+
+    hu = head_hu(32, 32, 3, 8, bleed=True)
+    for mode in ("needs_fix", "uint12", "int16"):
+        stored, bits, rep, icpt = rsna_stored(hu, mode)
+        path = tmp_path / f"{mode}.dcm"
+        _rsna_file(path, "ID_1", "ID_2", "ID_3", "ID_4", (0, 0, 0), (1, 0, 0, 0, 1, 0), stored, bits, rep, icpt)
+        notes = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = dicomio._pixels_to_hu(pydicom.dcmread(path), str(path), notes)
+        assert np.abs(got - np.clip(np.rint(hu), -1024, None)).max() <= 1.0, mode
+        assert (pixelfix.NOTE in notes) == (mode == "needs_fix")
+    # without the correction those values are far from HU (air at about +3000)
+    stored, bits, rep, icpt = rsna_stored(hu, "needs_fix")
+    assert stored[0, 0] * 1 + icpt > 3000 and pixelfix.needs_fix(bits, rep, icpt)
+    assert not pixelfix.needs_fix(12, 1, 0.0) and not pixelfix.needs_fix(12, 0, -1024.0)
+
+
+@pytest.fixture(scope="module")
+def rsna_indexed(rsna_root, tmp_path_factory):
+    root, info = rsna_root
+    out = tmp_path_factory.mktemp("rsna_index")
+    r = adapter.resolve({"name": "rsna", "root": str(root)})
+    build_index(r.dataset["dicom_dir"], out / "index.csv", out / "series_candidates.csv", out / "rejected_index.csv",
+                min_slices=4, min_extent_mm=20, scan_key="study")
+    table = preprocess_shard(out / "index.csv", out / "series_candidates.csv", out / "shard-0", shard=0, n_shards=1,
+                             windows=PAPER_WINDOWS, size=32)
+    return root, info, out, table
+
+
+def test_rsna_scans_are_studies_and_quirks_are_recorded(rsna_indexed):
+    root, info, out, table = rsna_indexed
+    cand = pd.read_csv(out / "series_candidates.csv", dtype=str)
+    assert cand["scan_id"].nunique() == len(RSNA_STUDIES) and cand["patient_id"].nunique() == 7
+    rej = pd.read_csv(out / "rejected_index.csv")
+    bad = rej[rej["item"].str.endswith("ID_6431af929.dcm")]
+    assert len(bad) == 1 and "pixel data holds 2400 bytes" in bad["reason"].iloc[0]
+    fixed = table[table["notes"].str.contains("published RSNA 2019 pixel correction", na=False)]
+    assert len(fixed) == 1 and "8 of 8 slices" in fixed["notes"].iloc[0]
+    assert np.allclose(table["slice_thickness"], 5.0, atol=0.01)            # from positions along the normal
+    assert sorted(np.round(table["tilt_deg"]).astype(int).tolist()) == [0] + [11] * 7 + [25]
+    square = table[table["rows"] != table["columns"]]
+    assert len(square) == 1 and square["pad_left"].iloc[0] == 4
+    dup = pd.read_csv(out / "shard-0" / "rejected.csv")
+    assert dup["reason"].str.fullmatch(r"a second slice at the same position along the slice normal \(kept ID_\w+\)").sum() == 1
+    assert (table["n_slices"] == 8).all()
+
+
+def test_rsna_index_prints_no_per_file_uid_warning_and_counts_once(rsna_root, tmp_path, caplog):
+    root, _ = rsna_root
+    r = adapter.resolve({"name": "rsna", "root": str(root)})
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        build_index(r.dataset["dicom_dir"], tmp_path / "i.csv", tmp_path / "c.csv", tmp_path / "r.csv",
+                    min_slices=4, min_extent_mm=20, scan_key="study")
+    assert not [w for w in seen if "Invalid value for VR UI" in str(w.message)]
+    lines = [m for m in caplog.messages if "not valid DICOM UIDs" in m]
+    assert len(lines) == 1 and lines[0].startswith("73 of 73 files")   # 9 x 8 slices + 1 repeated position
+
+
+def test_rsna_derived_tables_and_scans_under_patients(rsna_indexed, tmp_path):
+    root, info, out, _ = rsna_indexed
+    lines = adapter.get("rsna").derive({"name": "rsna", "root": str(root)}, out / "index.csv", tmp_path)
+    assert any("6 duplicated rows dropped" in line for line in lines)
+    scans = pd.read_csv(tmp_path / "scan_labels.csv", dtype=str)
+    excluded = pd.read_csv(tmp_path / "excluded.csv", dtype=str)
+    assert len(scans) == 8 and len(excluded) == 1 and "no row in the RSNA label file" in excluded["reason"].iloc[0]
+    assert scans["label"].astype(int).sum() == 3
+    info_t = pd.read_csv(tmp_path / "scan_info.csv", dtype=str, keep_default_na=False)
+    assert sorted(info_t["subtypes"]) == ["", "", "", "", "", "IPH", "SAH", "SDH"]
+    slices = splits.collect_slices([out / "shard-0"], scan_key="study")
+    slices = splits.apply_slice_labels(slices, pd.read_csv(tmp_path / "slice_labels.csv", dtype={"sop_uid": str}))
+    cohort, problems = splits.build_cohort(slices, pd.read_csv(tmp_path / "scan_labels.csv", dtype={"scan_id": str}))
+    assert cohort["scan_id"].nunique() == 8 and cohort["patient_id"].nunique() == 6
+    patients = splits.patient_table(cohort).set_index("patient_id")
+    p1 = patients.loc[rsna_id_of(1)]
+    assert p1["scans"] == 2 and p1["scan_label"] == 1           # a normal and a pathological study: pathological
+    assert patients.loc[rsna_id_of(2), "scan_label"] == 0       # both studies normal: a normal training patient
+    summary = splits.cohort_summary(cohort, "paper").set_index("scan_class")
+    assert summary.loc["all", "patients"] == 6 and summary.loc["all", "scans"] == 8
+    parts = splits.assign_folds(patients.reset_index(), 2, 0.2, 0)
+    for fold, manifest in enumerate(splits.make_manifests(cohort, "slice", 2, 0.2, 0, parts=parts)):
+        # a patient's studies stay in one part; training holds only patients whose studies are all normal
+        assert (manifest.groupby("patient_id")["part"].nunique() == 1).all()
+        train = manifest[manifest["part"] == "train"]
+        assert (train["scan_label"] == 0).all() and rsna_id_of(1) not in set(train["patient_id"])
+        assert manifest.groupby("series_uid")["scan_id"].nunique().max() == 1
+
+
+def rsna_id_of(patient: int) -> str:
+    from dataset_formats import rsna_id
+
+    return rsna_id("patient", patient)
+
+
+# --- the real RSNA series ------------------------------------------------------------------------------------------
+
+
+def test_real_rsna_series_reads_as_one_study(shared_data, tmp_path, caplog):
+    folder = shared_data / "rsna" / "stage_2_test_images"
+    if not folder.is_dir():
+        pytest.skip("no real RSNA series in ../shared/data")
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        cand = build_index(folder, tmp_path / "i.csv", tmp_path / "c.csv", tmp_path / "r.csv", scan_key="study",
+                           min_extent_mm=60)
+        table = preprocess_shard(tmp_path / "i.csv", tmp_path / "c.csv", tmp_path / "s", shard=0, n_shards=1,
+                                 windows=PAPER_WINDOWS, size=32)
+    assert not [w for w in seen if "Invalid value for VR UI" in str(w.message)]
+    assert any(m.startswith("32 of 32 files carry") for m in caplog.messages)
+    assert cand["scan_id"].tolist() == ["ID_1f6d1e8aeb"] and cand["patient_id"].tolist() == ["ID_52c1ab5a"]
+    row = table.iloc[0]
+    assert row["n_slices"] == 32 and abs(row["slice_thickness"] - 5.0) < 0.05 and abs(row["tilt_deg"] - 11) < 0.5
+    assert "pixel correction" not in str(row["notes"])             # BitsStored 12, unsigned, intercept -1024
+
+
+# --- toy Snakemake runs ----------------------------------------------------------------------------------------------
+
+
+def toy_dataset_run(tmp_path, dataset: dict, extra_targets=()):
+    """The real snakemake on the tiny end-to-end config with `dataset`, up to the cohort and the fold manifests."""
+    import yaml
+    from test_pipeline import run_snakemake, tiny_config
+
+    cfg = tiny_config()
+    cfg["dataset"].update(dataset)
+    cfg["preprocess"].update(min_slices=4, min_extent_mm=20)
+    cfg["splits"]["n_folds"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    targets = ["results/data/cohort.csv", "results/splits/fold-0.csv", "results/splits/fold-1.csv", *extra_targets]
+    return run_snakemake(tmp_path, *targets)
+
+
+@pytest.mark.slow
+def test_rsna_toy_snakemake_run(rsna_root, tmp_path):
+    root, _ = rsna_root
+    toy_dataset_run(tmp_path, {"name": "rsna", "root": str(root)})
+    cohort = pd.read_csv(tmp_path / "results" / "data" / "cohort.csv").set_index("scan_class")
+    assert cohort.loc["all", "patients"] == 6 and cohort.loc["all", "scans"] == 8
+    assert cohort.loc["pathological", "scans"] == 3 and cohort.loc["all", "label_source"] == "csv"
+    rejected = pd.read_csv(tmp_path / "results" / "data" / "rejected.csv")
+    assert rejected["reason"].str.contains("left out by the dataset adapter: 8 of its 8 indexed slices").sum() == 1
+    assert rejected["item"].str.endswith("ID_6431af929.dcm").sum() == 1
+    for k in (0, 1):
+        m = splits.read_manifest(tmp_path / "results" / "splits" / f"fold-{k}.csv")
+        assert (m.groupby("patient_id")["part"].nunique() == 1).all() and m["scan_id"].nunique() <= 8
+    assignment = pd.read_csv(tmp_path / "results" / "splits" / "assignment.csv")
+    assert len(assignment) == 6                                    # folds are drawn over patients
+    log = (tmp_path / "logs" / "data" / "dataset_labels.log").read_text()
+    assert "6 duplicated rows dropped" in log
+
+
+def test_a_misnamed_download_stops_snakemake_before_any_job(tmp_path):
+    import yaml
+    from test_pipeline import run_snakemake, tiny_config
+
+    (tmp_path / "data" / "stage_2_train_imgs").mkdir(parents=True)
+    cfg = tiny_config()
+    cfg["dataset"].update(name="rsna", root=str(tmp_path / "data"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    proc = run_snakemake(tmp_path, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "dataset rsna: the slice folder not found" in out and "The download should contain" in out
+    assert str(tmp_path / "data" / "stage_2_train") in out
+    assert not (tmp_path / "results").exists()
