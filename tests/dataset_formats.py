@@ -174,3 +174,83 @@ def write_nifti_volume(path: Path, data: np.ndarray, affine: np.ndarray, dtype=n
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(img, str(path))
     return path
+
+
+def _volume(n: int, size: int, bleed: set, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(HU volume, bleed mask) as (i, j, k) arrays: slice k of the file is head_hu's slice k."""
+    hu = np.stack([head_hu(size, size, k, n, bleed=k in bleed, seed=seed).T for k in range(n)], axis=2)
+    ref = np.stack([head_hu(size, size, k, n, bleed=False, seed=seed).T for k in range(n)], axis=2)
+    return hu, (np.abs(hu - 70.0) < 20) & (np.abs(ref - 70) >= 20) & (hu != ref)
+
+
+def las_affine(ps: float = 0.45, dz: float = 5.0, tilt_deg: float = 0.0) -> np.ndarray:
+    """LAS (i -> left, j -> anterior, k -> superior), optionally with a gantry tilt about the i axis."""
+    t = np.radians(tilt_deg)
+    a = np.eye(4)
+    a[:3, 0] = (-ps, 0, 0)
+    a[:3, 1] = (0, ps * np.cos(t), ps * np.sin(t))
+    a[:3, 2] = (0, -dz * np.sin(t), dz * np.cos(t))
+    a[:3, 3] = (60, -60, -40)
+    return a
+
+
+CTICH_HEADER = ("PatientNumber,SliceNumber,Intraventricular,Intraparenchymal,Subarachnoid,Epidural,Subdural,"
+                "No_Hemorrhage,Fracture_Yes_No")
+
+
+def write_ctich(root: Path, scans: dict[int, dict], size: int = 48) -> Path:
+    """PhysioNet CT-ICH 1.3.1: `<zip root>/ct_scans/NNN.nii` (int16 HU, LAS), `masks/NNN.nii` (binary uint8),
+    hemorrhage_diagnosis_raw_ct.csv (1-based SliceNumber), and the demographics file (which must never be read).
+    scans: {number: dict(n, bleed (slice indices, 0-based), subtype (CSV column), csv_wrong (slice index whose
+    CSV row disagrees with the mask))}."""
+    base = root / "computed-tomography-images-for-intracranial-hemorrhage-detection-and-segmentation-1.3.1"
+    rows = []
+    for num, s in scans.items():
+        n, bleed = s.get("n", 8), set(s.get("bleed", ()))
+        hu, mask = _volume(n, size, bleed, num)
+        write_nifti_volume(base / "ct_scans" / f"{num:03d}.nii", hu, las_affine())
+        write_nifti_volume(base / "masks" / f"{num:03d}.nii", mask, las_affine(), dtype=np.uint8)
+        sub = s.get("subtype", "Intraparenchymal")
+        for k in range(n):
+            pos = (k in bleed) != (k == s.get("csv_wrong"))
+            flags = {c: int(pos and c == sub) for c in ("Intraventricular", "Intraparenchymal", "Subarachnoid",
+                                                       "Epidural", "Subdural")}
+            rows.append(f"{num},{k + 1},{','.join(str(v) for v in flags.values())},{int(not pos)},0")
+    (base / "hemorrhage_diagnosis_raw_ct.csv").write_text(CTICH_HEADER + "\n" + "\n".join(rows) + "\n")
+    (base / "Patient_demographics.csv").write_text(
+        '"Patient Number","Age\n(years)",Gender\n' + "".join(f"{n},41,PRIVATE-DEMOGRAPHIC-{n}\n" for n in scans))
+    for f in ("ct_ich.yml", "LICENSE.txt", "Read_me.txt", "SHA256SUMS.txt", "split_raw_data.py"):
+        (base / f).write_text("")
+    return base
+
+
+def write_instance(root: Path, scans: dict[int, dict], size: int = 48) -> Path:
+    """INSTANCE 2022: train/data/NNN.nii.gz (int16 HU), train/label/NNN.nii.gz (binary), evaluation/ without labels."""
+    for num, s in scans.items():
+        n = s.get("n", 8)
+        hu, mask = _volume(n, size, set(s.get("bleed", ())), num)
+        write_nifti_volume(root / "train" / "data" / f"{num:03d}.nii.gz", hu, las_affine(0.42, 5.0))
+        write_nifti_volume(root / "train" / "label" / f"{num:03d}.nii.gz", mask, las_affine(0.42, 5.0),
+                           dtype=np.uint8)
+    hu, _ = _volume(8, size, set(), 999)
+    write_nifti_volume(root / "evaluation" / "101.nii.gz", hu, las_affine(0.42, 5.0))
+    return root
+
+
+def write_bhsd(root: Path, labelled: dict[str, dict], anybleed=(), nobleed=(), size: int = 48) -> Path:
+    """BHSD: label_192/images/<PatientID>_<Study>.nii.gz, label_192/ground truths/ (with a space; uint16, values
+    1-5 = EDH, IPH, IVH, SAH, SDH), tilted qform with sform_code 0, unlabel_2000/{anybleed,nobleed}/.
+    labelled: {name: dict(n, bleed, value, tilt_deg)}."""
+    for i, (name, s) in enumerate(labelled.items()):
+        n = s.get("n", 8)
+        hu, mask = _volume(n, size, set(s.get("bleed", ())), i)
+        aff = las_affine(0.48, 5.0, s.get("tilt_deg", 22.0))
+        write_nifti_volume(root / "label_192" / "images" / f"{name}.nii.gz", hu, aff, qform_only=True)
+        write_nifti_volume(root / "label_192" / "ground truths" / f"{name}.nii.gz", mask * s.get("value", 2), aff,
+                           dtype=np.uint16, qform_only=True)
+    for folder, names in (("anybleed", anybleed), ("nobleed", nobleed)):
+        for j, name in enumerate(names):
+            hu, _ = _volume(8, size, {3, 4} if folder == "anybleed" else set(), 100 + j)
+            write_nifti_volume(root / "unlabel_2000" / folder / f"{name}.nii.gz", hu, las_affine(0.48, 5.0, 15.0),
+                               qform_only=True)
+    return root

@@ -260,6 +260,7 @@ def toy_dataset_run(tmp_path, dataset: dict, extra_targets=()):
     cfg["dataset"].update(dataset)
     cfg["preprocess"].update(min_slices=4, min_extent_mm=20)
     cfg["splits"]["n_folds"] = 2
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     targets = ["results/data/cohort.csv", "results/splits/fold-0.csv", "results/splits/fold-1.csv", *extra_targets]
     return run_snakemake(tmp_path, *targets)
@@ -298,3 +299,143 @@ def test_a_misnamed_download_stops_snakemake_before_any_job(tmp_path):
     assert "dataset rsna: the slice folder not found" in out and "The download should contain" in out
     assert str(tmp_path / "data" / "stage_2_train") in out
     assert not (tmp_path / "results").exists()
+
+
+# --- CT-ICH, BHSD, INSTANCE ------------------------------------------------------------------------------------------
+
+from dataset_formats import write_bhsd, write_ctich, write_instance  # noqa: E402
+
+from ichbench.inputs.nifti import build_index as build_nifti_index  # noqa: E402
+
+CTICH_SCANS = {49: dict(bleed={2, 3}), 50: dict(bleed={4, 5}, subtype="Subdural", csv_wrong=7),
+               51: dict(bleed={3}, subtype="Epidural"), 66: dict(), 67: dict(), 68: dict(), 70: dict(bleed={4})}
+BHSD_LABELLED = {"ID_0237f3c9_ID_40015688b9": dict(bleed={3, 4}, value=5),
+                 "ID_2db7ee14_ID_1111111111": dict(bleed={2}, value=1),
+                 "ID_2db7ee14_ID_2222222222": dict(bleed={5}, value=2, tilt_deg=0.0)}
+BHSD_ANY = ["ID_aaaa0001_ID_0000000001"]
+BHSD_NO = ["ID_bbbb0001_ID_0000000002", "ID_bbbb0002_ID_0000000003", "ID_bbbb0003_ID_0000000004"]
+INSTANCE_SCANS = {1: dict(bleed={2, 3}), 2: dict(bleed={4}), 3: dict(bleed={5, 6}), 4: dict(), 5: dict()}
+
+
+def _derive(name, root, tmp_path, **ds):
+    r = adapter.resolve({"name": name, "root": str(root), **ds})
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    build_nifti_index(r.dataset["nifti_dir"], tmp_path / "i.csv", tmp_path / "c.csv", tmp_path / "r.csv",
+                      masks_dir=r.dataset["nifti_masks_dir"], min_slices=4)
+    lines = adapter.get(name).derive({"name": name, "root": str(root), **ds}, tmp_path / "i.csv", tmp_path / "d")
+    tables = {n: adapter.read_derived(tmp_path / "d", n) for n in ("scan_labels", "slice_labels", "scan_info",
+                                                                    "patients", "excluded")}
+    return lines, tables
+
+
+def test_ctich_labels_subtypes_exclusion_and_mask_check(tmp_path):
+    root = tmp_path / "ct-ich"
+    write_ctich(root, CTICH_SCANS)
+    lines, t = _derive("ctich", root, tmp_path)
+    scans = dict(t["scan_labels"][["scan_id", "label"]].itertuples(index=False))
+    assert scans == {"049": "1", "050": "1", "051": "1", "066": "0", "067": "0", "068": "0"}
+    assert t["excluded"]["scan_id"].tolist() == ["070"] and "chronic ICH" in t["excluded"]["reason"].iloc[0]
+    info = dict(t["scan_info"][["scan_id", "subtypes"]].itertuples(index=False))
+    assert info["049"] == "IPH" and info["050"] == "SDH" and info["051"] == "EDH" and info["066"] == ""
+    s = t["slice_labels"].set_index("sop_uid")
+    assert s.loc["049#2", "hemorrhage"] == "1" and s.loc["049#1", "hemorrhage"] == "0"   # SliceNumber 3 -> #2
+    assert any(line.startswith("1 slices where the masks disagree") for line in lines)
+    _, t = _derive("ctich", root, tmp_path / "none", exclude={})
+    assert t["excluded"].empty and "070" in set(t["scan_labels"]["scan_id"])
+
+
+def test_ctich_old_jpeg_layout_and_missing_csv_are_refused(tmp_path):
+    (tmp_path / "old" / "Patients_CT" / "049").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="JPEG layout of CT-ICH <= 1.2.0"):
+        adapter.resolve({"name": "ctich", "root": str(tmp_path / "old")})
+    base = write_ctich(tmp_path / "new", {49: dict()})
+    (base / "hemorrhage_diagnosis_raw_ct.csv").unlink()
+    with pytest.raises(ConfigError, match="the slice labels not found.*hemorrhage_diagnosis_raw_ct.csv"):
+        adapter.resolve({"name": "ctich", "root": str(tmp_path / "new")})
+
+
+def test_bhsd_subtypes_from_mask_values_patients_from_names(tmp_path):
+    root = tmp_path / "bhsd"
+    write_bhsd(root, BHSD_LABELLED, BHSD_ANY, BHSD_NO)
+    lines, t = _derive("bhsd", root, tmp_path)
+    scans = dict(t["scan_labels"][["scan_id", "label"]].itertuples(index=False))
+    assert len(scans) == 7 and scans[BHSD_ANY[0]] == "1" and scans[BHSD_NO[0]] == "0"
+    info = dict(t["scan_info"][["scan_id", "subtypes"]].itertuples(index=False))
+    assert info["ID_0237f3c9_ID_40015688b9"] == "SDH" and info["ID_2db7ee14_ID_1111111111"] == "EDH"
+    patients = dict(t["patients"][["scan_id", "patient_id"]].itertuples(index=False))
+    assert patients["ID_2db7ee14_ID_2222222222"] == "ID_2db7ee14" == patients["ID_2db7ee14_ID_1111111111"]
+    assert "7 scans of 6 patients" in lines[0]
+    # only label_192 volumes have slice truth
+    assert set(t["slice_labels"]["sop_uid"].str.split("#").str[0]) == set(BHSD_LABELLED)
+
+
+def test_bhsd_files_without_suffix_and_missing_ground_truths(tmp_path):
+    (tmp_path / "a" / "label_192" / "images").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="the masks not found.*ground truths"):
+        adapter.resolve({"name": "bhsd", "root": str(tmp_path / "a")})
+    (tmp_path / "a" / "label_192" / "ground truths").mkdir()
+    (tmp_path / "a" / "label_192" / "images" / "ID_1_ID_2").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="no .nii.gz suffix"):
+        adapter.resolve({"name": "bhsd", "root": str(tmp_path / "a")})
+
+
+def test_instance_labels_from_masks_and_hu_check(tmp_path):
+    root = tmp_path / "instance"
+    write_instance(root, INSTANCE_SCANS)
+    _, t = _derive("instance", root, tmp_path)
+    assert dict(t["scan_labels"][["scan_id", "label"]].itertuples(index=False)) == {
+        "001": "1", "002": "1", "003": "1", "004": "0", "005": "0"}
+    assert t["scan_info"].empty
+    (tmp_path / "nothing-here").mkdir()
+    with pytest.raises(ConfigError, match="train/data"):
+        adapter.resolve({"name": "instance", "root": str(tmp_path / "nothing-here")})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ctich", "bhsd", "instance"])
+def test_nifti_adapter_toy_snakemake_run(name, tmp_path):
+    root = tmp_path / "download"
+    if name == "ctich":
+        write_ctich(root, CTICH_SCANS)
+        expect = {"patients": 6, "scans": 6, "pathological": 3}
+    elif name == "bhsd":
+        write_bhsd(root, BHSD_LABELLED, BHSD_ANY, BHSD_NO)
+        expect = {"patients": 6, "scans": 7, "pathological": 4}
+    else:
+        write_instance(root, INSTANCE_SCANS)
+        expect = {"patients": 5, "scans": 5, "pathological": 3}
+    toy_dataset_run(tmp_path / "run", {"name": name, "root": str(root)})
+    cohort = pd.read_csv(tmp_path / "run" / "results" / "data" / "cohort.csv").set_index("scan_class")
+    assert cohort.loc["all", "patients"] == expect["patients"] and cohort.loc["all", "scans"] == expect["scans"]
+    assert cohort.loc["pathological", "scans"] == expect["pathological"]
+    outputs = "".join(p.read_text(errors="ignore") for p in (tmp_path / "run").rglob("*")
+                      if p.is_file() and p.suffix in (".csv", ".log", ".json", ".md"))
+    assert "PRIVATE-DEMOGRAPHIC" not in outputs                  # CT-ICH demographics never reach an output
+    if name == "ctich":
+        rejected = pd.read_csv(tmp_path / "run" / "results" / "data" / "rejected.csv", dtype=str)
+        assert rejected[rejected["item"] == "070"]["reason"].str.contains("chronic ICH").all()
+    if name == "bhsd":
+        m = splits.read_manifest(tmp_path / "run" / "results" / "splits" / "fold-0.csv")
+        assert m[m["patient_id"] == "ID_2db7ee14"]["scan_id"].nunique() == 2
+        assert (m.groupby("patient_id")["part"].nunique() == 1).all()
+
+
+def test_instance_volume_that_is_not_hu_is_rejected_with_the_reason(tmp_path):
+    """DATASETS.md leaves open whether INSTANCE images are raw HU: a volume clipped to a window is caught by the
+    readers' HU judgement, not windowed as if it were HU."""
+    import nibabel as nib
+
+    root = tmp_path / "instance"
+    write_instance(root, {1: dict(bleed={3}), 2: dict()})
+    path = root / "train" / "data" / "002.nii.gz"
+    img = nib.load(str(path))
+    clipped = np.clip(np.asanyarray(img.dataobj), 0, 80).astype(np.int16)
+    nib.save(nib.Nifti1Image(clipped, img.affine, img.header), str(path))
+    r = adapter.resolve({"name": "instance", "root": str(root)})
+    build_nifti_index(r.dataset["nifti_dir"], tmp_path / "i.csv", tmp_path / "c.csv", tmp_path / "r.csv",
+                      masks_dir=r.dataset["nifti_masks_dir"], min_slices=4)
+    table = preprocess_shard(tmp_path / "i.csv", tmp_path / "c.csv", tmp_path / "s", shard=0, n_shards=1,
+                             windows=PAPER_WINDOWS, size=32)
+    assert table["patient_id"].tolist() == ["001"]
+    rej = pd.read_csv(tmp_path / "s" / "rejected.csv")
+    assert rej["reason"].str.contains("convert the volume to HU first").any()

@@ -34,6 +34,7 @@ SYNTHETIC = DATASET["source"] == "synthetic"
 NIFTI = DATASET["source"] == "nifti"
 DERIVED = RESOLVED.derived  # labels from the rule dataset_labels (results/data/dataset/)
 SCAN_KEY = RESOLVED.scan_key
+ADAPTER_KEYS = ("name", "root", "exclude")
 
 METHOD_PATTERN = "|".join(re.escape(m) for m in METHODS)
 
@@ -292,7 +293,8 @@ def bundle_settings(wildcards):
     settings = {
         "protocol": config["protocol"],
         "label_source": label_source(),
-        "dataset": config["dataset"],
+        # the adapter keys only where set, so that today's runs record the dataset as before
+        "dataset": {k: v for k, v in config["dataset"].items() if v is not None or k not in ADAPTER_KEYS},
         "table": config["table"],
         "rows": METHODS,
         "n_folds": len(FOLDS),

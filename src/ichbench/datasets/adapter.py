@@ -97,7 +97,7 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 
 def _load() -> None:
-    from . import cq500, generic, rsna  # noqa: F401  (they register)
+    from . import bhsd, cq500, ctich, generic, instance, rsna  # noqa: F401  (they register)
 
 
 def adapters() -> dict[str, type[Adapter]]:
