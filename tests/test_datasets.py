@@ -439,3 +439,22 @@ def test_instance_volume_that_is_not_hu_is_rejected_with_the_reason(tmp_path):
     assert table["patient_id"].tolist() == ["001"]
     rej = pd.read_csv(tmp_path / "s" / "rejected.csv")
     assert rej["reason"].str.contains("convert the volume to HU first").any()
+
+
+def test_cq500_adapter_maps_onto_the_dicom_keys(tmp_path, shared_data):
+    root = tmp_path / "CQ500"
+    (root / "CQ500CT0 CQ500CT0").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="reads.csv not found"):
+        adapter.resolve({"name": "cq500", "root": str(root)})
+    (root / "reads.csv").write_text("name,Category,R1:ICH\n")
+    with pytest.raises(ConfigError, match="CTFSH cq500_labels.csv was not found"):
+        adapter.resolve({"name": "cq500", "root": str(root), "labels": "data/synthetic/cq500_labels.csv"})
+    r = adapter.resolve({"name": "cq500", "root": str(root), "label_source": "reads",
+                         "slice_labels": "data/synthetic/slice_labels.csv"})
+    d = r.dataset
+    assert (d["source"], d["dicom_dir"], d["reads"], d["labels"], d["slice_labels"]) == (
+        "dicom", str(root), str(root / "reads.csv"), None, None)
+    (root / "cq500_labels.csv").write_text("name;is_pathl;diagnosis;TEST;notes\n")
+    d = adapter.resolve({"name": "cq500", "root": str(root)}).dataset
+    assert d["label_source"] == "ctfsh" and d["labels"] == str(root / "cq500_labels.csv")
+    assert d["scan_id_format"] == "CQ500-CT-{n}" and not r.derived and r.scan_key == "patient"
