@@ -254,3 +254,23 @@ def write_bhsd(root: Path, labelled: dict[str, dict], anybleed=(), nobleed=(), s
             write_nifti_volume(root / "unlabel_2000" / folder / f"{name}.nii.gz", hu, las_affine(0.48, 5.0, 15.0),
                                qform_only=True)
     return root
+
+
+def write_hemseg_mask(folder: Path, study: dict, spacing: float = 0.48828125) -> Path:
+    """A HemSeg-style label volume `<folder>/<10 hex of the RSNA study UID>.nii.gz` (values {0, 1}) drawn on the
+    volume rebuilt from a `write_rsna` study: the affine follows the DICOM geometry (LPS -> RAS), so the mask
+    voxels lie on the study's bleed pixels."""
+    n, (R, C) = study.get("n", 8), study.get("shape", (64, 64))
+    tilt = np.radians(study.get("tilt_deg", 11.0))
+    u, v = np.array([1.0, 0, 0]), np.array([0, np.cos(tilt), -np.sin(tilt)])
+    step = 5.0 / np.cross(u, v)[2]
+    flip = np.diag([-1.0, -1.0, 1.0])
+    aff = np.eye(4)
+    aff[:3, 0], aff[:3, 1] = flip @ (spacing * u), flip @ (spacing * v)
+    aff[:3, 2], aff[:3, 3] = flip @ np.array([0, 0, step]), flip @ np.array([-16.0, -9.8, 100.0])
+    data = np.zeros((C, R, n), np.uint8)
+    for k in study.get("bleed", ()):
+        diff = head_hu(R, C, k, n, bleed=True, seed=0) != head_hu(R, C, k, n, bleed=False, seed=0)
+        data[:, :, k] = diff.T
+    name = rsna_id("study", study["study"])[3:]
+    return write_nifti_volume(Path(folder) / f"{name}.nii.gz", data, aff, dtype=np.int16)

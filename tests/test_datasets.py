@@ -268,8 +268,14 @@ def toy_dataset_run(tmp_path, dataset: dict, extra_targets=()):
 
 @pytest.mark.slow
 def test_rsna_toy_snakemake_run(rsna_root, tmp_path):
+    from dataset_formats import write_hemseg_mask
+
     root, _ = rsna_root
-    toy_dataset_run(tmp_path, {"name": "rsna", "root": str(root)})
+    write_hemseg_mask(tmp_path / "hemseg" / "test" / "label", RSNA_STUDIES[4])
+    toy_dataset_run(tmp_path / "run", {"name": "rsna", "root": str(root), "masks": str(tmp_path / "hemseg")})
+    tmp_path = tmp_path / "run"
+    series = pd.read_csv(tmp_path / "results" / "data" / "cache" / "shard-0" / "series.csv")
+    assert series["has_gt"].sum() == 1 and series["gt_slices"].max() == 1
     cohort = pd.read_csv(tmp_path / "results" / "data" / "cohort.csv").set_index("scan_class")
     assert cohort.loc["all", "patients"] == 6 and cohort.loc["all", "scans"] == 8
     assert cohort.loc["pathological", "scans"] == 3 and cohort.loc["all", "label_source"] == "csv"
@@ -458,3 +464,29 @@ def test_cq500_adapter_maps_onto_the_dicom_keys(tmp_path, shared_data):
     d = adapter.resolve({"name": "cq500", "root": str(root)}).dataset
     assert d["label_source"] == "ctfsh" and d["labels"] == str(root / "cq500_labels.csv")
     assert d["scan_id_format"] == "CQ500-CT-{n}" and not r.derived and r.scan_key == "patient"
+
+
+def test_rsna_pixel_truth_from_hemseg_masks_by_patient_coordinates(rsna_indexed, tmp_path):
+    from dataset_formats import write_hemseg_mask
+
+    root, info, out, _ = rsna_indexed
+    folder = tmp_path / "HemSeg-500" / "train" / "label"
+    for s in RSNA_STUDIES[:1] + RSNA_STUDIES[4:6]:          # two studies with bleeds, one tilted 0 degrees
+        write_hemseg_mask(folder, s)
+    write_hemseg_mask(folder, dict(study=999, bleed={1}))   # a scan this copy of RSNA does not hold
+    ds = {"name": "rsna", "root": str(root), "masks": [str(tmp_path / "HemSeg-500")]}
+    r = adapter.resolve(ds)
+    assert r.dataset["gt_masks_dir"] == "results/data/dataset/masks" and str(tmp_path / "HemSeg-500") in r.label_files
+    lines = adapter.get("rsna").derive(ds, out / "index.csv", tmp_path / "d")
+    assert any("4 NIfTI masks" in line and "3 matched" in line and "(1 not)" in line for line in lines)
+    table = preprocess_shard(out / "index.csv", out / "series_candidates.csv", tmp_path / "shard", shard=0,
+                             n_shards=1, windows=PAPER_WINDOWS, size=32, gt_dir=str(tmp_path / "d" / "masks"))
+    with_gt = table[table["has_gt"].astype(bool)].set_index("series_uid")["gt_slices"].to_dict()
+    want = {info["series"][s["study"]]: len(s["bleed"]) for s in RSNA_STUDIES[:1] + RSNA_STUDIES[4:6]}
+    assert with_gt == want
+    slices = splits.collect_slices([tmp_path / "shard"], scan_key="study")
+    labels = pd.read_csv(tmp_path / "d" / "slice_labels.csv", dtype={"sop_uid": str}).set_index("sop_uid")
+    known = slices[slices["slice_truth"] >= 0]
+    assert (known["slice_truth"].to_numpy() == labels.loc[known["sop_uid"], "hemorrhage"].to_numpy()).all()
+    with pytest.raises(ConfigError, match="dataset.masks: .* is not a folder"):
+        adapter.resolve({**ds, "masks": str(tmp_path / "nope")})

@@ -34,7 +34,7 @@ SYNTHETIC = DATASET["source"] == "synthetic"
 NIFTI = DATASET["source"] == "nifti"
 DERIVED = RESOLVED.derived  # labels from the rule dataset_labels (results/data/dataset/)
 SCAN_KEY = RESOLVED.scan_key
-ADAPTER_KEYS = ("name", "root", "exclude")
+ADAPTER_KEYS = ("name", "root", "exclude", "masks")
 
 METHOD_PATTERN = "|".join(re.escape(m) for m in METHODS)
 
@@ -115,7 +115,7 @@ def bhx_args(wildcards):
 
 def preprocess_inputs(wildcards):
     inputs = {"index": "results/data/index.csv", "series": "results/data/series_candidates.csv"}
-    if gt_masks_dir() and (SYNTHETIC or os.path.isdir(gt_masks_dir())):
+    if gt_masks_dir() and (SYNTHETIC or DERIVED or os.path.isdir(gt_masks_dir())):
         inputs["gt"] = gt_masks_dir()
     if bhx_files():
         inputs["bhx"] = bhx_used()

@@ -118,7 +118,8 @@ if DERIVED:
             index="results/data/index.csv",
             files=RESOLVED.label_files,
         output:
-            [derived(name) for name in adapters.DERIVED_FILES],
+            [derived(name) for name in adapters.DERIVED_FILES]
+            + ([directory(derived("masks"))] if DATASET.get("gt_masks_dir") else []),
         log:
             "logs/data/dataset_labels.log",
         benchmark:

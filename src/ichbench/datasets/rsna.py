@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .adapter import Adapter, Resolved, find, register, write_derived
+from ..errors import ConfigError
+from . import nifti_to_dicom
+from .adapter import DERIVED_DIR, Adapter, Resolved, find, register, write_derived
 from .labels import LabelError
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,17 @@ def derive_tables(labels: pd.DataFrame, index: pd.DataFrame) -> tuple[dict[str, 
     return {"scan_labels": scans, "slice_labels": slices, "scan_info": info, "excluded": excluded}, counts
 
 
+def _mask_folders(ds: dict) -> list[str]:
+    """dataset.masks: folders of BHSD / HemSeg NIfTI masks for RSNA scans (a path or a list), checked."""
+    v = ds.get("masks") or []
+    folders = [v] if isinstance(v, str) else list(v)
+    for f in folders:
+        if not Path(f).is_dir():
+            raise ConfigError(f"dataset.masks: {f} is not a folder (BHSD label_192/ground truths or HemSeg "
+                              "IPH_IVH_label / HemSeg-500 label folders)")
+    return [str(f) for f in folders]
+
+
 @register
 class RSNA(Adapter):
     name = "rsna"
@@ -131,7 +144,7 @@ class RSNA(Adapter):
                 "(ID,Label), as in the Kaggle zip rsna-intracranial-hemorrhage-detection")
     gives = {"scans": "one per study (StudyInstanceUID); patients from PatientID (several studies each)",
              "scan labels": "any positive slice", "slice labels": "stage_2_train.csv (any / five subtypes)",
-             "pixel labels": "none", "subtypes": "EDH, IPH, IVH, SAH, SDH per slice and scan",
+             "pixel labels": "BHSD / HemSeg NIfTI masks where dataset.masks names them (by scan name)", "subtypes": "EDH, IPH, IVH, SAH, SDH per slice and scan",
              "quirks": "stripped headers, ID_ UIDs, BitsStored-12 intercept fix, ID_6431af929.dcm, repeated "
                        "positions, tilt, non-square slices",
              "counts": "stage 2 train: 752,803 slices, about 21,744 scans of 18,938 patients"}
@@ -150,8 +163,10 @@ class RSNA(Adapter):
 
     def locate(self, root: Path, ds: dict) -> Resolved:
         images, labels = self._files(root)
-        out = self.derived_dataset(ds, "dicom", dicom_dir=str(images))
-        return Resolved(self.name, out, scan_key=self.scan_key, label_files=[str(labels)], derived=True)
+        masks = _mask_folders(ds)
+        out = self.derived_dataset(ds, "dicom", dicom_dir=str(images),
+                                   gt_masks_dir=f"{DERIVED_DIR}/masks" if masks else None)
+        return Resolved(self.name, out, scan_key=self.scan_key, label_files=[str(labels)] + masks, derived=True)
 
     def derive(self, ds: dict, index_csv, out: Path) -> list[str]:
         _, labels_csv = self._files(Path(ds["root"]))
@@ -160,6 +175,16 @@ class RSNA(Adapter):
                             usecols=["sop_uid", "study_uid", "series_uid", "patient_id"])
         tables, d = derive_tables(labels, index)
         write_derived(out, **tables)
+        masks = _mask_folders(ds)
+        mask_lines = []
+        if masks:
+            full = pd.read_csv(index_csv, dtype=str, keep_default_na=False,
+                               usecols=["sop_uid", "study_uid", "series_uid", "position", "orientation",
+                                        "pixel_spacing", "rows", "columns"])
+            m = nifti_to_dicom.write_masks(masks, full, Path(out) / "masks")
+            mask_lines.append(f"pixel truth from {m['masks']} NIfTI masks in {', '.join(masks)}: {m['matched']} "
+                              f"matched to a study or series by name ({m['unmatched']} not), {m['series']} series, "
+                              f"{m['slices_with_gt']} slices with hemorrhage pixels after resampling")
         lines = [f"{labels_csv}: {c['rows']} rows, {c['slices']} slices ({c['positive_slices']} with hemorrhage); "
                  f"{c['duplicate_rows']} duplicated rows dropped, {c['conflicting_rows']} rows of slices listed twice "
                  f"with different labels (counted as 1), {c['any_disagrees']} slices whose 'any' disagrees with "
@@ -169,4 +194,5 @@ class RSNA(Adapter):
                  "rejected_index.csv)",
                  f"{d['scans']} scans (studies) of {d['patients']} patients, {d['pathological_scans']} with "
                  f"hemorrhage; {d['excluded_scans']} studies left out (slices without labels, see excluded.csv)"]
+        lines += mask_lines
         return lines
