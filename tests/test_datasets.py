@@ -490,3 +490,11 @@ def test_rsna_pixel_truth_from_hemseg_masks_by_patient_coordinates(rsna_indexed,
     assert (known["slice_truth"].to_numpy() == labels.loc[known["sop_uid"], "hemorrhage"].to_numpy()).all()
     with pytest.raises(ConfigError, match="dataset.masks: .* is not a folder"):
         adapter.resolve({**ds, "masks": str(tmp_path / "nope")})
+
+
+def test_bhsd_scans_that_are_rsna_scans_are_found_by_name():
+    rsna_scans = ["ID_40015688b9", "ID_1111111111", "ID_9999999999"]
+    bhsd_scans = ["ID_0237f3c9_ID_40015688b9", "ID_2db7ee14_ID_1111111111", "ID_2db7ee14_ID_2222222222", "odd"]
+    dup = adapter.duplicates(rsna_scans, "rsna", bhsd_scans, "bhsd")
+    assert dup == {"ID_0237f3c9_ID_40015688b9": "ID_40015688b9", "ID_2db7ee14_ID_1111111111": "ID_1111111111"}
+    assert adapter.duplicates(rsna_scans, "rsna", ["049"], "ctich") == {}

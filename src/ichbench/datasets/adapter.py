@@ -71,6 +71,11 @@ class Adapter:
     def derive(self, ds: dict, index_csv: str | os.PathLike, out: Path) -> list[str]:
         return []
 
+    def rsna_study(self, scan_id: str) -> str | None:
+        """The RSNA stage-2 train StudyInstanceUID a scan was made from (BHSD and HemSeg are built from RSNA
+        scans), else None: `duplicates` compares two datasets' scans by it."""
+        return None
+
     # helpers for subclasses ---------------------------------------------------------------------------------
 
     def missing(self, what: str, tried: Iterable[Path | str]) -> ConfigError:
@@ -129,6 +134,24 @@ def resolve(ds: dict) -> Resolved:
         raise ConfigError(f"dataset.root: {root} is not a folder (dataset {adapter.name}; the download should "
                           f"contain: {adapter.download or 'the scans'})")
     return adapter.locate(Path(root) if root else Path("."), ds)
+
+
+def duplicates(scans_a: Iterable[str], name_a: str, scans_b: Iterable[str], name_b: str) -> dict[str, str]:
+    """Scans of dataset `name_b` that are the same RSNA scan as one of dataset `name_a` -> {scan_b: scan_a}
+    (matched by the RSNA StudyInstanceUID each adapter reads from its scan names; e.g. BHSD volume
+    `ID_0237f3c9_ID_40015688b9` is RSNA study `ID_40015688b9`). A run combining the two drops these from b."""
+    a, b = get(name_a), get(name_b)
+    first = {}
+    for s in scans_a:
+        k = a.rsna_study(str(s))
+        if k:
+            first.setdefault(k, str(s))
+    out = {}
+    for s in scans_b:
+        k = b.rsna_study(str(s))
+        if k and k in first:
+            out[str(s)] = first[k]
+    return out
 
 
 # --- finding files under root -----------------------------------------------------------------------------------

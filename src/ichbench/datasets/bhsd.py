@@ -58,6 +58,10 @@ class BHSD(Adapter):
              "subtypes": "EDH, IPH, IVH, SAH, SDH from the mask values",
              "counts": "192 + 562 anybleed + 1,418 nobleed volumes; 191 patients in label_192"}
 
+    def rsna_study(self, scan_id: str) -> str | None:
+        m = _NAME.fullmatch(scan_id)
+        return m.group(2) if m else None
+
     def _files(self, root: Path) -> tuple[Path, Path, Path]:
         images, tried = find(root, ["label_192/images"])
         if images is None:

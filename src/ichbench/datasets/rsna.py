@@ -149,6 +149,9 @@ class RSNA(Adapter):
                        "positions, tilt, non-square slices",
              "counts": "stage 2 train: 752,803 slices, about 21,744 scans of 18,938 patients"}
 
+    def rsna_study(self, scan_id: str) -> str | None:
+        return scan_id                                   # a scan is a study
+
     def _files(self, root: Path) -> tuple[Path, Path]:
         images, tried = find(root, IMAGE_DIRS)
         if images is None:
