@@ -109,7 +109,8 @@ def rsna_stored(hu: np.ndarray, mode: str) -> tuple[np.ndarray, int, int, float]
 def write_rsna(root: Path, studies: list[dict], folder: str = "stage_2_train", csv_name: str = "stage_2_train.csv",
                corrupted: bool = True, duplicate_label_rows: bool = True) -> dict:
     """Write an RSNA-layout folder. Each study: dict(patient, study, n, bleed (set of slice indices), tilt_deg,
-    mode (rsna_stored), shape (rows, cols), dup_position (slice index repeated), unlabelled (bool)).
+    mode (rsna_stored), shape (rows, cols), dup_position (slice index repeated), skip (slice indices not written:
+    a gap), unlabelled (bool)).
 
     Returns {"sops": {study: [sop per slice]}, "series": {study: series id}, "csv": path,
     "corrupted": sop of the corrupted file or None, "fixed": sops needing the correction}."""
@@ -126,6 +127,8 @@ def write_rsna(root: Path, studies: list[dict], folder: str = "stage_2_train", c
         step = 5.0 / normal[2]                                   # IPP moves along z only (x, y constant)
         sops = []
         for k in range(n):
+            if k in s.get("skip", ()):                           # a missing slice: a gap in the stack
+                continue
             sop = rsna_id("sop", s["study"], k)
             hu = head_hu(R, C, k, n, bleed=k in s.get("bleed", ()), seed=len(sops))
             stored, bits, rep, icpt = rsna_stored(hu, s.get("mode", "uint12"))

@@ -29,7 +29,7 @@ RSNA_STUDIES = [
     dict(patient=2, study=4, n=8),
     dict(patient=3, study=5, n=8, bleed={5}, subtype="subdural"),
     dict(patient=4, study=6, n=8, bleed={2, 3, 4}, subtype="subarachnoid", tilt_deg=0.0),
-    dict(patient=5, study=7, n=8),
+    dict(patient=5, study=7, n=9, skip={4}),
     dict(patient=6, study=8, n=8, tilt_deg=25.0),
     dict(patient=7, study=9, n=8, unlabelled=True),
 ]
@@ -177,7 +177,7 @@ def test_rsna_scans_are_studies_and_quirks_are_recorded(rsna_indexed):
     assert len(square) == 1 and square["pad_left"].iloc[0] == 4
     dup = pd.read_csv(out / "shard-0" / "rejected.csv")
     assert dup["reason"].str.fullmatch(r"a second slice at the same position along the slice normal \(kept ID_\w+\)").sum() == 1
-    assert (table["n_slices"] == 8).all()
+    assert (table["n_slices"] == 8).all() and table["n_gaps"].tolist().count(1) == 1    # the missing slice
 
 
 def test_rsna_index_prints_no_per_file_uid_warning_and_counts_once(rsna_root, tmp_path, caplog):
