@@ -32,7 +32,9 @@ def cmd_index(a) -> None:
                            series_override=a.series_override or None,
                            bone_patterns=json.loads(a.bone_patterns) if a.bone_patterns else (),
                            axial_tolerance_deg=a.axial_tolerance_deg, scan_key=a.scan_key)
-    logging.info("%d series of %d scans; %d selected (see %s)", len(cand), cand["patient_id"].nunique(),
+    scans = cand["scan_id"] if "scan_id" in cand else cand["patient_id"]
+    logging.info("%d series of %d scans (%d patients); %d selected (see %s)", len(cand), scans.nunique(),
+                 cand["patient_id"].nunique(),
                  int(cand["selected"].sum()), out / "series_selected.csv")
 
 
