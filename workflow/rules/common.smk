@@ -12,11 +12,15 @@ sys.path.insert(0, SRC)
 
 from ichbench import config as ichconfig  # noqa: E402
 from ichbench.training.digest import code_digest  # noqa: E402
+from ichbench.datasets import adapter as adapters  # noqa: E402
 
 ichconfig.check_methods(config)
 from ichbench.cohort import guards  # noqa: E402
 
-guards.check_label_paths(config)
+# dataset: {name, root} (or today's source keys) -> the keys the rules read; missing files stop here
+RESOLVED = adapters.resolve(config["dataset"])
+DATASET = RESOLVED.dataset
+guards.check_label_paths({**config, "dataset": DATASET})
 
 METHODS = ichconfig.selected_rows(config)  # `rows:` (default: every row under `methods:`)
 if len(METHODS) < len(config["methods"]):
@@ -26,9 +30,11 @@ if len(METHODS) < len(config["methods"]):
     )
 FOLDS = list(range(config["splits"]["n_folds"]))
 SHARDS = list(range(config["preprocess"]["shards"]))
-SYNTHETIC = config["dataset"]["source"] == "synthetic"
-NIFTI = config["dataset"]["source"] == "nifti"
-DATASET = config["dataset"]
+SYNTHETIC = DATASET["source"] == "synthetic"
+NIFTI = DATASET["source"] == "nifti"
+DERIVED = RESOLVED.derived  # labels from the rule dataset_labels (results/data/dataset/)
+SCAN_KEY = RESOLVED.scan_key
+ADAPTER_KEYS = ("name", "root", "exclude", "masks")
 
 METHOD_PATTERN = "|".join(re.escape(m) for m in METHODS)
 
@@ -75,7 +81,18 @@ def index_args(wildcards, input):
         args += f" --series-override {q(input.override)}"
     if pre.get("bone_patterns"):
         args += f" --bone-patterns {q(json.dumps(list(pre['bone_patterns'])))}"
+    if SCAN_KEY != "patient":
+        args += f" --scan-key {SCAN_KEY}"
     return args
+
+
+def derived(name):
+    """A table the rule dataset_labels writes (adapter.DERIVED_FILES)."""
+    return f"{adapters.DERIVED_DIR}/{name}"
+
+
+def dataset_json():
+    return json.dumps(config["dataset"], sort_keys=True)
 
 
 def bhx_files():
@@ -98,7 +115,7 @@ def bhx_args(wildcards):
 
 def preprocess_inputs(wildcards):
     inputs = {"index": "results/data/index.csv", "series": "results/data/series_candidates.csv"}
-    if gt_masks_dir() and (SYNTHETIC or os.path.isdir(gt_masks_dir())):
+    if gt_masks_dir() and (SYNTHETIC or DERIVED or os.path.isdir(gt_masks_dir())):
         inputs["gt"] = gt_masks_dir()
     if bhx_files():
         inputs["bhx"] = bhx_used()
@@ -107,6 +124,8 @@ def preprocess_inputs(wildcards):
 
 def label_source():
     """ctfsh | reads | csv | masks. NIfTI scans take dataset.nifti_labels (csv) or, without it, their masks."""
+    if DERIVED:
+        return "csv"
     if NIFTI:
         return "csv" if DATASET.get("nifti_labels") else "masks"
     return DATASET["label_source"]
@@ -114,6 +133,8 @@ def label_source():
 
 def label_file():
     """The scan label file passed as --labels (CTFSH file, scan_id,label table or none)."""
+    if DERIVED:
+        return derived("scan_labels.csv")
     if NIFTI:
         return DATASET.get("nifti_labels") or ""
     return DATASET.get("labels") or ""
@@ -123,6 +144,11 @@ def label_inputs(wildcards):
     """Label files the split rule reads; missing optional ones are simply not inputs."""
     inputs = {}
     source = label_source()
+    if DERIVED:
+        inputs.update({name.removesuffix(".csv"): derived(name) for name in adapters.DERIVED_FILES})
+        if assignment_file():
+            inputs["assignment"] = assignment_file()
+        return inputs
     if source in ("ctfsh", "csv"):
         inputs["scan_labels"] = label_file()
     elif source == "reads":
@@ -166,7 +192,19 @@ def expected_args(wildcards):
 
 
 def slice_labels_file():
+    if DERIVED:
+        return derived("slice_labels.csv")
     return "" if NIFTI else (DATASET.get("slice_labels") or "")
+
+
+def dataset_args(wildcards):
+    """The split stage's scan key and a dataset adapter's patient, scan-info and exclusion tables ('' for
+    today's datasets, so that their split job is unchanged)."""
+    args = f"--scan-key {SCAN_KEY}" if SCAN_KEY != "patient" else ""
+    if DERIVED:
+        tables = {"patients": "patients.csv", "scan-info": "scan_info.csv", "excluded": "excluded.csv"}
+        args += "".join(f" --{option} {derived(name)}" for option, name in tables.items())
+    return args
 
 
 def windows_json():
@@ -255,7 +293,8 @@ def bundle_settings(wildcards):
     settings = {
         "protocol": config["protocol"],
         "label_source": label_source(),
-        "dataset": DATASET,
+        # the adapter keys only where set, so that today's runs record the dataset as before
+        "dataset": {k: v for k, v in config["dataset"].items() if v is not None or k not in ADAPTER_KEYS},
         "table": config["table"],
         "rows": METHODS,
         "n_folds": len(FOLDS),

@@ -109,3 +109,29 @@ if bhx_files() and DATASET.get("bhx_transfer", True):
         shell:
             "ichbench bhx-transfer --index {input.index} --series {input.series} --boxes {params.boxes} "
             "--out {output.boxes} --record {output.record} > {log} 2>&1"
+
+
+if DERIVED:
+
+    rule dataset_labels:
+        input:
+            index="results/data/index.csv",
+            files=RESOLVED.label_files,
+        output:
+            [derived(name) for name in adapters.DERIVED_FILES]
+            + ([directory(derived("masks"))] if DATASET.get("gt_masks_dir") else []),
+        log:
+            "logs/data/dataset_labels.log",
+        benchmark:
+            "benchmarks/data/dataset_labels.tsv"
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=8000,
+            runtime=30,
+        params:
+            dataset=lambda wildcards: shlex.quote(dataset_json()),
+            out=adapters.DERIVED_DIR,
+        shell:
+            "ichbench dataset-labels --dataset {params.dataset} --index {input.index} --out {params.out} > {log} 2>&1"

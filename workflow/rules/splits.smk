@@ -40,6 +40,7 @@ rule split:
         bhx=bhx_args,
         assignment=assignment_args,
         expected=expected_args,
+        dataset=dataset_args,
         shard_rejected=expand("results/data/cache/shard-{shard}/rejected.csv", shard=SHARDS),
     shell:
         "ichbench split --shards {input.shards} --label-source {params.label_source} "
@@ -49,4 +50,4 @@ rule split:
         "--figure-seed {params.figure_seed} --out {params.out} --cohort {output.cohort} "
         "--rejected-in {input.rejected_index} {params.shard_rejected} "
         "--rejected-out {output.rejected} --boxes {params.bhx} --boxes-out {output.boxes} "
-        "--assignment-out {output.assignment} {params.assignment} {params.expected} > {log} 2>&1"
+        "--assignment-out {output.assignment} {params.assignment} {params.expected} {params.dataset} > {log} 2>&1"

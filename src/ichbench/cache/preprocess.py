@@ -90,8 +90,9 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
 def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_csv, *,
                 min_slices: int = 8, min_extent_mm: float = 60.0, workers: int = 1,
                 series_override: str | os.PathLike | None = None, bone_patterns: Sequence[str] = (),
-                axial_tolerance_deg: float = 30.0, selected_csv=None) -> pd.DataFrame:
-    """Index the DICOM folder by headers and choose one series per scan (patient).
+                axial_tolerance_deg: float = 30.0, selected_csv=None, scan_key: str = "patient") -> pd.DataFrame:
+    """Index the DICOM folder by headers and choose one series per scan: per patient, or with
+    `scan_key="study"` per study (series_select.SCAN_KEYS).
 
     Writes the file index, the per-series candidates with the choice and its reason, the per-scan
     manifest of the choice (`series_selected.csv` beside the candidates unless `selected_csv`) and
@@ -115,18 +116,21 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
         dicomio.rejections_frame(rejected).to_csv(rejected_csv, index=False)
         raise RuntimeError(f"no usable CT image in {dicom_dir} ({len(rejected)} files rejected, see {rejected_csv})")
     candidates = series_select.select_series(
-        series_select.describe_series(index, bone_patterns=bone_patterns, axial_tolerance_deg=axial_tolerance_deg),
+        series_select.describe_series(index, bone_patterns=bone_patterns, axial_tolerance_deg=axial_tolerance_deg,
+                                      scan_key=scan_key),
         min_slices=min_slices, min_extent_mm=min_extent_mm, override=override)
     # files with their scan and series (where the header names them): a scan whose every file was rejected
     # (e.g. only localizers) still gets its series in series_candidates.csv, with why
     file_rejections = rejections.rejections_frame(rejected, with_scan=True)
     candidates = rejections.add_unindexed_series(candidates,
                                                  rejections.unindexed_series(file_rejections, candidates))
+    key = series_select.scan_key_column(scan_key)
+    candidates["scan_id"] = candidates["scan_id"].where(candidates["scan_id"].notna(), candidates[key])
     choices = series_select.scan_choices(candidates)
-    scan_rejected = [dicomio.Rejection(c["patient_id"], f"no usable series: {c['choice']}", "select")
+    scan_rejected = [dicomio.Rejection(c["scan_id"], f"no usable series: {c['choice']}", "select")
                      for _, c in choices[choices["series_uid"] == ""].iterrows()]
     scan_rejected += [dicomio.Rejection(pid, "named in series_override but no CT image of this scan was indexed",
-                                        "select") for pid in sorted(set(override) - set(candidates["patient_id"]))]
+                                        "select") for pid in sorted(set(override) - set(candidates["scan_id"]))]
     rejections.log_summary(((r.item, r.reason) for r in scan_rejected), log, "scans")
     write_index(index, index_csv)
     candidates.to_csv(series_csv, index=False)

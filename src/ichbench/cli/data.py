@@ -31,8 +31,10 @@ def cmd_index(a) -> None:
                            min_slices=a.min_slices, min_extent_mm=a.min_extent_mm, workers=a.workers,
                            series_override=a.series_override or None,
                            bone_patterns=json.loads(a.bone_patterns) if a.bone_patterns else (),
-                           axial_tolerance_deg=a.axial_tolerance_deg)
-    logging.info("%d series of %d scans; %d selected (see %s)", len(cand), cand["patient_id"].nunique(),
+                           axial_tolerance_deg=a.axial_tolerance_deg, scan_key=a.scan_key)
+    scans = cand["scan_id"] if "scan_id" in cand else cand["patient_id"]
+    logging.info("%d series of %d scans (%d patients); %d selected (see %s)", len(cand), scans.nunique(),
+                 cand["patient_id"].nunique(),
                  int(cand["selected"].sum()), out / "series_selected.csv")
 
 
@@ -77,12 +79,15 @@ def cmd_split(a) -> None:
     from ..datasets import bhx, labels
     from ..inputs import dicomio, rejections
 
-    slices = splits.collect_slices(a.shards, a.min_hemorrhage_area_mm2)
+    slices = splits.collect_slices(a.shards, a.min_hemorrhage_area_mm2, scan_key=a.scan_key)
+    if a.patients and Path(a.patients).exists():
+        slices = splits.apply_patients(slices, pd.read_csv(a.patients, dtype=str, keep_default_na=False))
     if a.slice_labels and Path(a.slice_labels).exists():
         slices = splits.apply_slice_labels(slices, labels.read_slice_labels(a.slice_labels))
     scan_labels = labels.scan_labels(a.label_source, ctfsh=a.labels, reads=a.reads, scan_id_format=a.scan_id_format,
                                      table=a.labels, slices=slices, keep_undecided=True)
     cohort, problems = splits.build_cohort(slices, scan_labels)
+    problems = _excluded(problems, a.excluded)
     cohort = subtypes.attach(cohort, _scan_info(a))
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
     # a missing download told apart from a scan whose files hold no usable series
@@ -127,11 +132,44 @@ def cmd_split(a) -> None:
     splits.choose_figure_cases(manifests, a.figure_cases, a.figure_seed).to_csv(out / "figure_cases.csv", index=False)
 
 
+def cmd_datasets(a) -> None:
+    from ..datasets import adapter
+
+    print(adapter.describe())
+
+
+def cmd_dataset_labels(a) -> None:
+    from ..datasets import adapter
+
+    ds = json.loads(a.dataset)
+    for line in adapter.get(adapter.name_of(ds)).derive(ds, a.index, Path(a.out)):
+        logging.info("%s", line)
+
+
+def _excluded(problems, path):
+    """A dataset adapter's excluded.csv (scan_id, reason): those scans are reported with the adapter's reason."""
+    import pandas as pd
+
+    if not path or not Path(path).exists():
+        return problems
+    why = dict(pd.read_csv(path, dtype=str, keep_default_na=False)[["scan_id", "reason"]].itertuples(index=False))
+    out = [(s, r) for s, r in problems if s not in why]
+    return out + [(s, f"left out by the dataset adapter: {r}") for s, r in sorted(why.items())]
+
+
 def _scan_info(a):
-    """Per-scan diagnosis, subtypes and reader ICH votes (subtypes.py): CTFSH diagnosis under
-    label_source ctfsh, the reads majority otherwise (where a reads file exists)."""
+    """Per-scan diagnosis, subtypes and reader ICH votes (subtypes.py): a dataset adapter's scan_info.csv
+    where given, else the CTFSH diagnosis under label_source ctfsh, the reads majority otherwise (where a
+    reads file exists)."""
     from ..cohort import subtypes
     from ..datasets import labels
+
+    if a.scan_info and Path(a.scan_info).exists():
+        import pandas as pd
+
+        info = pd.read_csv(a.scan_info, dtype={"scan_id": str, "diagnosis": str, "subtypes": str},
+                           keep_default_na=False)
+        return info.assign(reader_ich_votes=pd.to_numeric(info["reader_ich_votes"], errors="coerce").fillna(-1))
 
     ctfsh = labels.read_ctfsh(a.labels, a.scan_id_format) if a.label_source == "ctfsh" and a.labels else None
     reads = a.reads if a.reads and Path(a.reads).is_file() else None
@@ -163,6 +201,8 @@ def add_commands(command) -> None:
     s.add_argument("--axial-tolerance-deg", type=float, default=30.0,
                    help="largest angle (degrees) between the slice normal and the head axis of an axial series")
     s.add_argument("--workers", type=int, default=1, help="worker processes reading headers")
+    s.add_argument("--scan-key", default="patient", choices=["patient", "study"],
+                   help="what a scan is: one per PatientID, or one per StudyInstanceUID (RSNA)")
 
     s = command("preprocess", "cache one shard of the chosen series as windowed NPZ", cmd_preprocess)
     s.add_argument("--data", required=True, help="folder written by `index`")
@@ -216,3 +256,16 @@ def add_commands(command) -> None:
     s.add_argument("--expected", help='JSON of expected patients per class, e.g. {"normal": 117, "pathological": 247}')
     s.add_argument("--expected-action", default="fail", choices=["fail", "warn"],
                    help="what a cohort that differs from --expected does")
+    s.add_argument("--scan-key", default="patient", choices=["patient", "study"],
+                   help="what a scan is: a patient (PatientID / volume) or a study (StudyInstanceUID)")
+    s.add_argument("--patients", help="a dataset adapter's patients.csv (scan_id, patient_id)")
+    s.add_argument("--scan-info", help="a dataset adapter's scan_info.csv (scan_id, diagnosis, subtypes, ...)")
+    s.add_argument("--excluded", help="a dataset adapter's excluded.csv (scan_id, reason)")
+
+    s = command("datasets", "list the dataset adapters (dataset.name) and what each gives", cmd_datasets)
+
+    s = command("dataset-labels", "derive a dataset adapter's label tables (rule dataset_labels)",
+                cmd_dataset_labels)
+    s.add_argument("--dataset", required=True, help="JSON of the config's dataset: mapping (name, root, ...)")
+    s.add_argument("--index", required=True, help="index.csv of `index`")
+    s.add_argument("--out", required=True, help="folder of the derived tables (adapter.DERIVED_FILES)")

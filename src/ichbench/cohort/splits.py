@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from ..inputs.series_select import scan_key_column
+
 MANIFEST_COLUMNS = ["fold", "part", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
-                    "npz", "scan_label", "slice_truth", "label", "protocol"]
+                    "npz", "scan_label", "slice_truth", "label", "protocol", "scan_id"]
 
 #: The paper's CQ500 cohort (CTFSH labels, paper protocol), for comparison in cohort.csv.
 PAPER_COUNTS = {"normal": 27562, "pathological": 61246, "all": 88808}
@@ -43,9 +45,11 @@ def slice_truth(gt_pixels: np.ndarray, gt_area_mm2: np.ndarray, min_area_mm2: fl
     return (np.nan_to_num(np.asarray(gt_area_mm2, float), nan=0.0) > min_area_mm2).astype(int)
 
 
-def collect_slices(shard_dirs: Sequence[str | os.PathLike], min_area_mm2: float = 0.0) -> pd.DataFrame:
+def collect_slices(shard_dirs: Sequence[str | os.PathLike], min_area_mm2: float = 0.0,
+                   scan_key: str = "patient") -> pd.DataFrame:
     """One row per cached slice: IDs, the NPZ path and the slice ground truth where known (-1 = unknown),
-    taken from the full-resolution masks and boxes (see slice_truth), not the cached gt_mask."""
+    taken from the full-resolution masks and boxes (see slice_truth), not the cached gt_mask. `scan_id`
+    names the slice's scan: its patient (scan_key `patient`) or its study (`study`)."""
     rows = []
     for d in shard_dirs:
         d = Path(d)
@@ -66,8 +70,23 @@ def collect_slices(shard_dirs: Sequence[str | os.PathLike], min_area_mm2: float 
                 "sop_uid": sops, "slice_index": np.arange(len(sops)), "npz": str(path), "slice_truth": truth,
             }))
     if not rows:
-        return pd.DataFrame(columns=["patient_id", "study_uid", "series_uid", "sop_uid", "slice_index", "npz", "slice_truth"])
-    return pd.concat(rows, ignore_index=True)
+        return pd.DataFrame(columns=["scan_id", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
+                                     "npz", "slice_truth"])
+    out = pd.concat(rows, ignore_index=True)
+    out.insert(0, "scan_id", out[scan_key_column(scan_key)])
+    return out
+
+
+def apply_patients(slices: pd.DataFrame, patients: pd.DataFrame | None) -> pd.DataFrame:
+    """Set each slice's patient_id from a scan -> patient table (scan_id, patient_id), for datasets whose
+    files do not name the patient (e.g. BHSD volumes named `<PatientID>_<StudyInstanceUID>`); scans the
+    table lacks keep theirs."""
+    if patients is None or patients.empty:
+        return slices
+    known = dict(zip(patients["scan_id"].astype(str), patients["patient_id"].astype(str)))
+    out = slices.copy()
+    out["patient_id"] = out["scan_id"].map(known).fillna(out["patient_id"]).astype(str)
+    return out
 
 
 def apply_slice_labels(slices: pd.DataFrame, slice_labels: pd.DataFrame | None) -> pd.DataFrame:
@@ -91,7 +110,8 @@ def build_cohort(slices: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFra
     """Keep scans that have both cached slices and a definite label. Returns (slices with scan_label,
     problems). Scans the label file lists with an undecided label (NaN, e.g. one ICH vote of three
     under the reads majority protocol) are reported as left out by the protocol."""
-    have = set(slices["patient_id"])
+    key = "scan_id" if "scan_id" in slices else "patient_id"
+    have = set(slices[key])
     listed = set(labels["scan_id"])
     decided = labels.dropna(subset=["label"])
     labelled = dict(zip(decided["scan_id"], decided["label"].astype(int)))
@@ -99,8 +119,10 @@ def build_cohort(slices: pd.DataFrame, labels: pd.DataFrame) -> tuple[pd.DataFra
     problems += [(s, "has a usable series but no label in the label file (left out)") for s in sorted(have - listed)]
     problems += [(s, "left out by the label protocol (no definite label, e.g. a finding without majority ICH)")
                  for s in sorted((have & listed) - set(labelled))]
-    out = slices[slices["patient_id"].isin(labelled)].copy()
-    out["scan_label"] = out["patient_id"].map(labelled).astype(int)
+    out = slices[slices[key].isin(labelled)].copy()
+    out["scan_label"] = out[key].map(labelled).astype(int)
+    if "scan_id" not in out:
+        out["scan_id"] = out["patient_id"]
     return out, problems
 
 
@@ -146,14 +168,17 @@ def assign_folds(patients: pd.DataFrame, n_folds: int, val_fraction: float, seed
 
 
 def patient_table(cohort: pd.DataFrame) -> pd.DataFrame:
-    """One row per cohort patient: patient_id, scan_label."""
-    return cohort.groupby("patient_id", as_index=False)["scan_label"].first()
+    """One row per cohort patient: patient_id, scan_label (1 where any of the patient's scans is
+    pathological: a normal patient is one whose scans are all normal), scans."""
+    key = "scan_id" if "scan_id" in cohort else "patient_id"
+    return cohort.groupby("patient_id", as_index=False).agg(scan_label=("scan_label", "max"),
+                                                            scans=(key, "nunique"))
 
 
 def read_manifest(path) -> pd.DataFrame:
     """A fold manifest written by `make_manifests`, with its ID columns read as text."""
-    return pd.read_csv(path, dtype={"patient_id": str, "study_uid": str, "series_uid": str, "sop_uid": str,
-                                    "npz": str, "part": str})
+    return pd.read_csv(path, dtype={"patient_id": str, "scan_id": str, "study_uid": str, "series_uid": str,
+                                    "sop_uid": str, "npz": str, "part": str})
 
 
 def make_manifests(cohort: pd.DataFrame, protocol: str, n_folds: int, val_fraction: float,
@@ -163,6 +188,8 @@ def make_manifests(cohort: pd.DataFrame, protocol: str, n_folds: int, val_fracti
     back by assignment.py) instead of drawing them."""
     cohort = cohort.copy()
     cohort["label"] = slice_label(cohort, protocol)
+    if "scan_id" not in cohort:
+        cohort["scan_id"] = cohort["patient_id"]
     if parts is None:
         parts = assign_folds(patient_table(cohort), n_folds, val_fraction, seed)
     extra = [c for c in ("diagnosis", "subtypes", "reader_ich_votes") if c in cohort]
@@ -209,16 +236,19 @@ def is_cq500(cohort: pd.DataFrame) -> bool:
 
 
 def cohort_summary(cohort: pd.DataFrame, protocol: str, label_source: str = "") -> pd.DataFrame:
-    """Patients and slices per scan class (and in all), slices per slice label under the protocol,
+    """Patients, scans and slices per scan class (and in all; a patient with a normal and a pathological
+    scan counts in both classes), slices per slice label under the protocol,
     series with slice ground truth, and the paper's CQ500 slice counts for comparison (empty unless
     the cohort is CQ500's)."""
     paper = PAPER_COUNTS if is_cq500(cohort) else {}
+    key = "scan_id" if "scan_id" in cohort else "patient_id"
     lab = slice_label(cohort, protocol)
     truth = cohort["slice_truth"] >= 0 if "slice_truth" in cohort else pd.Series(False, index=cohort.index)
     rows = []
     for name, sel in (("normal", cohort["scan_label"] == 0), ("pathological", cohort["scan_label"] == 1),
                       ("all", cohort["scan_label"] >= 0)):
         rows.append({"scan_class": name, "patients": cohort.loc[sel, "patient_id"].nunique(),
+                     "scans": cohort.loc[sel, key].nunique(),
                      "slices": int(sel.sum()), "slices_normal": int((lab[sel] == 0).sum()),
                      "slices_anomalous": int((lab[sel] == 1).sum()),
                      "slices_unlabelled": int(lab[sel].isna().sum()),

@@ -74,14 +74,16 @@ def scan_info(ctfsh: pd.DataFrame | None = None, reads: str | None = None) -> pd
 
 
 def attach(cohort: pd.DataFrame, info: pd.DataFrame | None) -> pd.DataFrame:
-    """Add SCAN_INFO_COLUMNS to a slice/patient table by patient_id ('' / -1 where unknown)."""
+    """Add SCAN_INFO_COLUMNS to a slice/scan table by scan_id (patient_id where it has none; '' / -1 where
+    unknown)."""
     out = cohort.drop(columns=[c for c in SCAN_INFO_COLUMNS if c in cohort], errors="ignore")
     if info is None or info.empty:
         return out.assign(diagnosis="", subtypes="", reader_ich_votes=-1)
-    m = info.set_index("scan_id")
-    out["diagnosis"] = out["patient_id"].map(m["diagnosis"]).fillna("").astype(str)
-    out["subtypes"] = out["patient_id"].map(m["subtypes"]).fillna("").astype(str)
-    out["reader_ich_votes"] = out["patient_id"].map(m["reader_ich_votes"]).fillna(-1).astype(int)
+    m = info.drop_duplicates("scan_id").set_index("scan_id")
+    key = out["scan_id" if "scan_id" in out else "patient_id"]
+    out["diagnosis"] = key.map(m["diagnosis"]).fillna("").astype(str)
+    out["subtypes"] = key.map(m["subtypes"]).fillna("").astype(str)
+    out["reader_ich_votes"] = key.map(m["reader_ich_votes"]).fillna(-1).astype(int)
     return out
 
 
@@ -111,9 +113,10 @@ def subsets(patients: pd.DataFrame) -> dict[str, pd.Series]:
 
 
 def cohort_counts(cohort: pd.DataFrame) -> pd.DataFrame:
-    """Patients per scan class with each subtype, without a bleed code, and with a reader-majority ICH
-    vote: columns added to cohort.csv (rows normal, pathological, all)."""
-    p = cohort.groupby("patient_id", as_index=False).first()
+    """Scans per scan class with each subtype, without a bleed code, and with a reader-majority ICH
+    vote: columns added to cohort.csv (rows normal, pathological, all). The columns say `patients_`: a
+    scan is a patient in CQ500; in datasets with several studies per patient (RSNA) they count scans."""
+    p = cohort.groupby("scan_id" if "scan_id" in cohort else "patient_id", as_index=False).first()
     if "subtypes" not in p:
         p = attach(p, None)
     rows = []

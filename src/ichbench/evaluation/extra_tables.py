@@ -50,7 +50,8 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def read_scores(paths: Sequence[str]) -> pd.DataFrame:
-    return pd.concat([pd.read_csv(p, dtype={"sop_uid": str, "patient_id": str}) for p in paths], ignore_index=True)
+    return pd.concat([pd.read_csv(p, dtype={"sop_uid": str, "patient_id": str, "series_uid": str}) for p in paths],
+                     ignore_index=True)
 
 
 def localisation_table(loc_paths: Sequence[str], method_order: Sequence[str], ddof: int = 0) -> pd.DataFrame:
@@ -114,20 +115,22 @@ def brain_table(scores: pd.DataFrame, method_order: Sequence[str], ddof: int = 0
 
 def subtype_table(scores: pd.DataFrame, manifests: Sequence[str], method_order: Sequence[str],
                   ddof: int = 0) -> pd.DataFrame:
-    info = pd.concat([pd.read_csv(p, dtype={"patient_id": str, "diagnosis": str, "subtypes": str},
+    info = pd.concat([pd.read_csv(p, dtype={"patient_id": str, "series_uid": str, "diagnosis": str,
+                                            "subtypes": str},
                                   keep_default_na=False) for p in manifests], ignore_index=True)
     if "subtypes" not in info:
         return pd.DataFrame(columns=["method", "subset", "AUC", "AP"])
-    patients = info.groupby("patient_id", as_index=False)[["scan_label", "subtypes", "reader_ich_votes"]].first()
+    # subsets of scans (one chosen series each): a patient's studies may differ in subtypes (RSNA)
+    patients = info.groupby("series_uid", as_index=False)[["scan_label", "subtypes", "reader_ich_votes"]].first()
     patients["reader_ich_votes"] = pd.to_numeric(patients["reader_ich_votes"], errors="coerce").fillna(-1).astype(int)
-    keep = {name: set(patients.loc[sel, "patient_id"]) for name, sel in subtypes.subsets(patients).items()}
+    keep = {name: set(patients.loc[sel, "series_uid"]) for name, sel in subtypes.subsets(patients).items()}
     has_diag = (patients["subtypes"] != "").any() or (patients["reader_ich_votes"] >= 0).any()
     rows = []
     for m, t in _test_scores_by_method(scores, method_order):
         for name, ids in keep.items():
             if name != "all" and not has_diag:
                 continue
-            sub = t[t["patient_id"].isin(ids)]
+            sub = t[t["series_uid"].isin(ids)]
             vals = [_auc_ap(g["label"].to_numpy(int), g["score"].to_numpy(float)) for _, g in sub.groupby("fold")]
             row = {"method": m, "subset": name,
                    "test_patients_normal": int(sub.loc[sub["scan_label"] == 0, "patient_id"].nunique()),

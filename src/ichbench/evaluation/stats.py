@@ -136,8 +136,11 @@ def patient_counts(patients: pd.DataFrame, n_boot: int, seed: int) -> np.ndarray
 
 
 def patient_table(units: pd.DataFrame) -> pd.DataFrame:
-    return (units[["fold", "patient_id", "scan_label"]].drop_duplicates(["fold", "patient_id"])
-            .sort_values(["fold", "scan_label", "patient_id"]).reset_index(drop=True))
+    """One row per (fold, test patient): the bootstrap resamples patients, not scans or slices. A patient's
+    class is its highest scan label (pathological where any of its scans is), so a patient with several
+    studies (RSNA) is drawn once, with all its scans."""
+    t = units.groupby(["fold", "patient_id"], as_index=False, sort=False)["scan_label"].max()
+    return t.sort_values(["fold", "scan_label", "patient_id"]).reset_index(drop=True)
 
 
 def _weighted(y, s, pidx, counts) -> dict[str, np.ndarray]:

@@ -169,8 +169,8 @@ def read_facts(manifests, series_tables=None) -> tuple[pd.DataFrame, pd.DataFram
     series = pd.DataFrame(series, columns=["series_uid", "patient_id", "n_slices", "volume_ml", "slice_thickness",
                                            "tilt_deg", "pixel_spacing_mm"])
     if "subtypes" in man:
-        sub = man.groupby("patient_id")["subtypes"].first()
-        series["subtypes"] = series["patient_id"].map(sub).fillna("").astype(str)
+        sub = man.groupby("series_uid")["subtypes"].first()          # per scan: studies of a patient differ
+        series["subtypes"] = series["series_uid"].map(sub).fillna("").astype(str)
     if not heads.empty:
         series = series.join(heads.drop(columns="flip", errors="ignore"), on="series_uid")
     if "dataset" in man and "dataset" not in series:

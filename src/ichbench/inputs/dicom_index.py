@@ -9,6 +9,7 @@ the plugin to install.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import struct
@@ -21,6 +22,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from .dicomio import _DEFLATED, Rejection, _floats, _int, _text, decoder_problem, describe_error
+
+log = logging.getLogger(__name__)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
@@ -134,7 +137,9 @@ def _read_header(path: str) -> dict | Rejection:
     except Exception as exc:  # truncated or corrupt headers raise many different errors
         return Rejection(path, f"unreadable DICOM header ({describe_error(exc)})")
     try:
-        return _header_row(path, ds, tsyntax, has_pixels, pixel_problem)
+        with warnings.catch_warnings():     # e.g. "Invalid value for VR UI" (RSNA's ID_... UIDs): counted once
+            warnings.simplefilter("ignore")     # per run by index_folder (invalid_uid_files), not once per file
+            return _header_row(path, ds, tsyntax, has_pixels, pixel_problem)
     except Exception as exc:  # a malformed value of a field we need
         return Rejection(path, f"malformed DICOM header ({describe_error(exc)})")
 
@@ -233,4 +238,22 @@ def index_folder(root: str | os.PathLike, workers: int = 1) -> tuple[pd.DataFram
     for path, sop in zip(index.loc[dup, "path"], index.loc[dup, "sop_uid"]):
         rejected.append(Rejection(path, f"duplicate SOPInstanceUID {sop} (another copy is used)"))
     index = index[~dup].reset_index(drop=True)
+    bad = invalid_uid_files(index)
+    if bad:
+        log.info("%d of %d files carry Study/Series/SOP Instance UIDs that are not valid DICOM UIDs (e.g. RSNA's "
+                 "ID_... strings); pydicom's 'Invalid value for VR UI' warning is silenced for each and counted "
+                 "here once; the IDs are used as they are", bad, len(index))
     return index, rejected
+
+
+_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def invalid_uid_files(index: pd.DataFrame) -> int:
+    """Files of the index whose Study, Series or SOP Instance UID is not a valid DICOM UID (digits and dots,
+    at most 64 characters): those pydicom warns about ("Invalid value for VR UI") when it reads them."""
+    bad = np.zeros(len(index), bool)
+    for c in ("study_uid", "series_uid", "sop_uid"):
+        v = index[c].astype(str)
+        bad |= ~v.str.fullmatch(_VALID_UID).to_numpy(bool) | (v.str.len() > 64).to_numpy(bool)
+    return int(bad.sum())

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
+from . import pixelfix
 from .geometry import slice_normal, stack_tilt_deg
 
 log = logging.getLogger(__name__)
@@ -211,8 +212,13 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None) -> np.ndarray:
                 if notes is not None:
                     notes.append(msg)
                 log.debug("%s: %s", path, msg)
+    padding = _padding_mask(ds, raw)
+    raw, intercept, fixed = pixelfix.apply_fix(raw, _int(ds.get("BitsStored")), _int(ds.get("PixelRepresentation")),
+                                               intercept)
+    if fixed and notes is not None:
+        notes.append(pixelfix.NOTE)
     hu = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    hu[_padding_mask(ds, raw)] = -1024.0
+    hu[padding] = -1024.0
     # Values below air come from padding outside the reconstruction circle.
     np.maximum(hu, -1024.0, out=hu)
     return hu
@@ -253,8 +259,10 @@ def load_series(files: pd.DataFrame) -> Series:
     files = files.assign(_z=[float(np.dot(normal, p)) for p in files["position"]])
     files = files.sort_values(["_z", "instance_number", "sop_uid"]).drop_duplicates("sop_uid")
     dup = np.r_[False, np.diff(files["_z"].to_numpy(float)) < 1e-3]
-    for path in files["path"][dup]:
-        rejected.append(Rejection(path, "a second slice at the same position along the slice normal", "load"))
+    kept = files["sop_uid"].where(~pd.Series(dup, index=files.index)).ffill()   # the first file at each position
+    for path, k in zip(files["path"][dup], kept[dup]):
+        rejected.append(Rejection(path, f"a second slice at the same position along the slice normal (kept {k})",
+                                  "load"))
     files = files[~dup]
     rows, cols = (int(v) for v in major_size.split("x"))
     hu = np.empty((len(files), rows, cols), np.float32)     # filled in place: no second copy of the volume
@@ -279,6 +287,13 @@ def load_series(files: pd.DataFrame) -> Series:
     tilt = stack_tilt_deg(normal, ends if len(files) > 1 else ends[:1])
     ps = files.iloc[0]["pixel_spacing"] or (np.nan, np.nan)
     th = float(np.nanmedian(files["slice_thickness"].astype(float))) if files["slice_thickness"].notna().any() else float("nan")
+    if np.isnan(th) and len(z) > 1:       # stripped headers (RSNA): the spacing along the slice normal
+        th = float(np.median(np.diff(z)))
+        notes.append("no SliceThickness: the median spacing along the slice normal is used")
+    fixed = notes.count(pixelfix.NOTE)
+    if fixed:
+        notes = [n for n in notes if n != pixelfix.NOTE] + [f"{pixelfix.NOTE}: {fixed} of {len(keep)} slices"]
+        log.info("series %s: %s applied to %d of %d slices", suid, pixelfix.NOTE, fixed, len(keep))
     return Series(
         patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=suid,
         hu=hu[:len(keep)] if len(keep) < len(hu) else hu, sop_uids=list(files["sop_uid"]), positions=z,

@@ -46,8 +46,8 @@ def _scan_tags(path: str) -> tuple[str, str, str, str]:
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=False,
                                  specific_tags=["PatientID", "StudyInstanceUID", "SeriesInstanceUID",
                                                 "SeriesDescription"])
-        return tuple(str(ds.get(k, "") or "").strip() for k in (  # type: ignore[return-value]
-            "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription"))
+            return tuple(str(ds.get(k, "") or "").strip() for k in (  # type: ignore[return-value]
+                "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription"))
     except Exception:  # unreadable files are already rejected with their reason
         return "", "", "", ""
 

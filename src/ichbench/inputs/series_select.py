@@ -59,9 +59,26 @@ def is_bone_kernel(kernel: str, description: str, extra_patterns: Sequence[str] 
     return False
 
 
+#: What a scan is: `patient` (one scan per PatientID, as CQ500) or `study` (one per StudyInstanceUID, as RSNA).
+SCAN_KEYS = ("patient", "study")
+
+
+def scan_key_column(scan_key: str) -> str:
+    """The index column that names a scan under `scan_key`."""
+    if scan_key not in SCAN_KEYS:
+        raise ValueError(f"scan key {scan_key!r} is not one of {', '.join(SCAN_KEYS)}")
+    return "patient_id" if scan_key == "patient" else "study_uid"
+
+
+def _scan_col(s: pd.DataFrame) -> str:
+    return "scan_id" if "scan_id" in s else "patient_id"
+
+
 def describe_series(index: pd.DataFrame, bone_patterns: Sequence[str] = (),
-                    axial_tolerance_deg: float = 30.0) -> pd.DataFrame:
-    """One row per (patient, series) with what series selection needs."""
+                    axial_tolerance_deg: float = 30.0, scan_key: str = "patient") -> pd.DataFrame:
+    """One row per (patient, series) with what series selection needs; `scan_id` names the series' scan
+    (its PatientID, or its StudyInstanceUID under scan_key `study`)."""
+    key = scan_key_column(scan_key)
     rows = []
     for (pid, suid), g in index.groupby(["patient_id", "series_uid"], sort=True):
         first = g.iloc[0]
@@ -69,7 +86,10 @@ def describe_series(index: pd.DataFrame, bone_patterns: Sequence[str] = (),
         z = np.sort(np.array([np.dot(normal, p) for p in g["position"]]))
         gaps = np.diff(z)
         thickness = float(np.nanmedian(g["slice_thickness"].astype(float))) if g["slice_thickness"].notna().any() else np.nan
+        if np.isnan(thickness) and len(gaps):       # no SliceThickness (stripped headers, RSNA): the spacing
+            thickness = float(np.median(gaps))
         rows.append({
+            "scan_id": first[key],
             "patient_id": pid,
             "study_uid": first["study_uid"],
             "series_uid": suid,
@@ -90,13 +110,16 @@ def describe_series(index: pd.DataFrame, bone_patterns: Sequence[str] = (),
 
 
 def read_series_override(path: str | os.PathLike | None) -> dict[str, str]:
-    """CSV `patient_id,series_uid`: the series to use for a scan ('' or '-' = leave the scan out)."""
+    """CSV `patient_id,series_uid` (or `scan_id,series_uid`): the series to use for a scan ('' or '-' = leave
+    the scan out)."""
     if not path:
         return {}
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, comment="#")
     except Exception as exc:
         raise ValueError(f"{path}: cannot read the series override CSV ({describe_error(exc)})") from None
+    if "scan_id" in df and "patient_id" not in df:
+        df = df.rename(columns={"scan_id": "patient_id"})
     if not {"patient_id", "series_uid"} <= set(df.columns):
         raise ValueError(f"{path}: a series override file needs columns patient_id and series_uid")
     df = df.assign(patient_id=df["patient_id"].str.strip(), series_uid=df["series_uid"].str.strip())
@@ -110,7 +133,8 @@ def select_series(series: pd.DataFrame, min_slices: int = 8, min_extent_mm: floa
                   override: Mapping[str, str] | None = None) -> pd.DataFrame:
     """The paper's choice: per patient one axial, non-localizer, soft-tissue (non-bone-kernel) series,
     the thinnest among those covering the head (extent >= min_extent_mm); where none covers it, the
-    longest. `override` (patient_id -> series_uid, '' = none) replaces the choice for its scans.
+    longest. `override` (scan -> series_uid, '' = none) replaces the choice for its scans. A scan is a
+    `scan_id` where the table has that column (describe_series), else a patient_id.
 
     Returns `series` with columns `eligible`, `why_not`, `selected` and `choice` (why the selected
     series was chosen, or why the scan has none; the same for every row of a scan).
@@ -131,7 +155,7 @@ def select_series(series: pd.DataFrame, min_slices: int = 8, min_extent_mm: floa
     s["eligible"] = s["why_not"] == ""
     s["selected"] = False
     s["choice"] = ""
-    for pid, g in s.groupby("patient_id", sort=True):
+    for pid, g in s.groupby(_scan_col(s), sort=True):
         if pid in override:
             want = override[pid]
             if not want:
@@ -163,13 +187,15 @@ def select_series(series: pd.DataFrame, min_slices: int = 8, min_extent_mm: floa
 
 
 def scan_choices(candidates: pd.DataFrame) -> pd.DataFrame:
-    """The per-scan manifest: one row per scan with the chosen series (or none) and every candidate."""
+    """The per-scan manifest: one row per scan (`scan_id`, its patient) with the chosen series (or none) and
+    every candidate."""
     rows = []
-    for pid, g in candidates.groupby("patient_id", sort=True):
+    for sid, g in candidates.groupby(_scan_col(candidates), sort=True):
         chosen = g[g["selected"]]
         c = chosen.iloc[0] if len(chosen) else None
         rows.append({
-            "patient_id": pid,
+            "scan_id": sid,
+            "patient_id": (c if c is not None else g.iloc[0])["patient_id"],
             "study_uid": (c if c is not None else g.iloc[0])["study_uid"],
             "series_uid": c["series_uid"] if c is not None else "",
             "series_description": c["series_description"] if c is not None else "",
@@ -185,6 +211,6 @@ def scan_choices(candidates: pd.DataFrame) -> pd.DataFrame:
                 f"{r.n_files} files; {r.extent_mm:.0f} mm; {r.why_not or 'eligible'}]"
                 for r in g.itertuples()),
         })
-    return pd.DataFrame(rows, columns=["patient_id", "study_uid", "series_uid", "series_description", "kernel",
+    return pd.DataFrame(rows, columns=["scan_id", "patient_id", "study_uid", "series_uid", "series_description", "kernel",
                                        "slice_thickness", "n_files", "extent_mm", "choice", "n_series",
                                        "n_eligible", "candidates"])
