@@ -18,7 +18,8 @@ from ichbench.cache.preprocess import build_index, cache_series, preprocess_shar
 from ichbench.datasets import bhx
 from ichbench.inputs import dicom_index, dicomio
 from ichbench.inputs.inputcheck import HuSample, hu_problem, square_padding
-from ichbench.inputs.masks import masks_for_volume
+from ichbench.inputs import masks
+from scipy import ndimage
 from ichbench.inputs.windowing import PAPER_WINDOWS, apply_windows, area_resize, quantise
 
 # --------------------------------------------------------------------------- the former algorithm
@@ -42,8 +43,36 @@ def _old_windows(hu, windows):
     return out
 
 
-def _old_mask_resize(masks, size):
-    return _torch_resize(masks[:, None].astype(np.float32), size)[:, 0] >= 0.5
+def _old_mask_resize(m, size):
+    return _torch_resize(m[:, None].astype(np.float32), size)[:, 0] >= 0.5
+
+
+def _old_head_mask(hu):
+    m = masks._largest_component(hu > masks.AIR_HU)
+    return ndimage.binary_fill_holes(m)
+
+
+def _old_brain_mask(hu, head):
+    soft = (hu >= masks.BRAIN_HU[0]) & (hu <= masks.BRAIN_HU[1]) & head
+    bone = hu >= masks.BONE_HU
+    if bone.any():
+        closed = ndimage.binary_closing(bone, iterations=2)
+        inside = ndimage.binary_fill_holes(closed) & ~closed
+        brain = inside & soft
+        if brain.sum() > 0.05 * max(head.sum(), 1):
+            return ndimage.binary_opening(brain, iterations=1)
+    radius = max(1, int(round(0.06 * np.sqrt(max(head.sum(), 1)))))
+    inner = ndimage.binary_erosion(head, iterations=radius)
+    return ndimage.binary_opening(soft & inner, iterations=1)
+
+
+def masks_for_volume(hu):
+    heads = np.zeros(hu.shape, dtype=bool)
+    brains = np.zeros(hu.shape, dtype=bool)
+    for i in range(hu.shape[0]):
+        heads[i] = _old_head_mask(hu[i])
+        brains[i] = _old_brain_mask(hu[i], heads[i])
+    return heads, brains
 
 
 def _reference_cache(hu, sop_uids, windows, size, gt=None, boxes=None, chunk=32):
@@ -162,6 +191,27 @@ def test_hu_sample_slice_by_slice_is_hu_problem_of_the_volume(case):
     assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes()
     assert sample.problem() == hu_problem(v)
     assert (sample.problem() is not None) == (case % 4 >= 2)
+
+
+def test_numpy_morphology_is_scipys():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        m = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.2, 0.95)
+        k = int(rng.integers(1, 6))
+        assert np.array_equal(masks._erode(m, k), ndimage.binary_erosion(m, iterations=k))
+        assert np.array_equal(masks._dilate(m, k), ndimage.binary_dilation(m, iterations=k))
+        assert np.array_equal(masks._fill_holes(m), ndimage.binary_fill_holes(m))
+
+
+def test_head_and_brain_masks_are_the_former_ones():
+    vol = _head_volume(6, 128, 128, seed=2)
+    vol[3] = np.where(vol[3] > 500, 30.0, vol[3])     # no skull: the eroded-head fallback
+    vol[4, :, :20] = 900.0                            # bone touching the edge
+    vol[5] = np.random.default_rng(3).normal(0, 600, (128, 128))
+    for hu in vol:
+        h = masks.head_mask(hu)
+        assert np.array_equal(h, _old_head_mask(hu))
+        assert np.array_equal(masks.brain_mask(hu, h), _old_brain_mask(hu, h))
 
 
 def test_hu_sample_of_nothing_finite():

@@ -220,7 +220,8 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray
     # the float32 operations of raw.astype(float32) * slope + intercept, without temporaries
     np.multiply(raw, np.float32(slope), out=out, dtype=np.float32)
     np.add(out, np.float32(intercept), out=out)
-    np.copyto(out, np.float32(-1024.0), where=_padding_mask(ds, raw))
+    if "PixelPaddingValue" in ds:   # (without it the padding mask is empty)
+        np.copyto(out, np.float32(-1024.0), where=_padding_mask(ds, raw))
     # Values below air come from padding outside the reconstruction circle.
     np.maximum(out, np.float32(-1024.0), out=out)
     return out
