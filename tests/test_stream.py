@@ -226,6 +226,9 @@ def test_hu_sample_of_nothing_finite():
 @pytest.mark.parametrize("rows, cols", [(256, 256), (240, 200), (180, 256)])
 def test_cache_series_arrays_are_the_former_ones(tmp_path, rows, cols):
     hu = _head_volume(37, rows, cols)              # more than one former chunk of 32
+    hu[5] = -1024.0                                 # all air
+    hu[6, :3, -5:] = np.nan                         # a NaN in the air counts as content
+    hu[7, -1, 0] = 3000.0                           # one bright pixel in the corner
     s = dicomio.Series(patient_id="P", study_uid="st", series_uid="S", hu=hu,
                        sop_uids=[f"S.{k}" for k in range(len(hu))], positions=np.arange(len(hu)) * 5.0,
                        instance_numbers=np.arange(len(hu)), pixel_spacing=(0.5, 0.5), slice_thickness=5.0,
@@ -239,8 +242,9 @@ def test_cache_series_arrays_are_the_former_ones(tmp_path, rows, cols):
     row = cache_series(s, tmp_path / "S.npz", PAPER_WINDOWS, 128, gt, boxes)
     _assert_same(tmp_path / "S.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, 128, gt, boxes))
     assert row["gt_source"] == "masks+boxes" and row["n_slices"] == 37
-    cache_series(s, tmp_path / "S32.npz", PAPER_WINDOWS, 32, boxes=boxes)     # another size, boxes only
-    _assert_same(tmp_path / "S32.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, 32, boxes=boxes))
+    for size in (32, 100):                          # another size (a multiple and not), boxes only
+        cache_series(s, tmp_path / f"S{size}.npz", PAPER_WINDOWS, size, boxes=boxes)
+        _assert_same(tmp_path / f"S{size}.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, size, boxes=boxes))
 
 
 def _reference_of_dicom(files: pd.DataFrame, size, gt_dir=None):
