@@ -275,11 +275,13 @@ def test_real_series_streamed_is_the_former_cache(shared_data, tmp_path):
     """The first 40 slices of CQ500-CT-0 (JPEG Lossless): the streamed NPZ equals the former one."""
     index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     files = dicomio.plan_series(index).files.iloc[:40].drop(columns="_z")
-    series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None)
-    assert cacher.hu_problem() is None
-    cacher.write(series, tmp_path / "s.npz")
-    _, ref = _reference_of_dicom(files, 128)
-    _assert_same(tmp_path / "s.npz", ref)
+    for spool in (None, tmp_path):
+        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None, spool=spool)
+        assert cacher.hu_problem() is None
+        cacher.write(series, tmp_path / "s.npz")
+        _, ref = _reference_of_dicom(files, 128)
+        _assert_same(tmp_path / "s.npz", ref)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]       # no spool file left
 
 
 def test_hu_of_a_file_is_the_former_conversion(tiny_synthetic):
@@ -323,22 +325,48 @@ def _synthetic_files(folder, n, rows=256, cols=256):
 
 
 def test_memory_of_the_streamed_path_does_not_grow_with_the_series(tmp_path):
-    """Peak traced memory (numpy reports its buffers to tracemalloc) for 12 and for 60 slices of 256 x 256:
-    the difference is the small cached arrays (7 kB a slice at 32 px), far below one full-size HU slice
-    (256 kB) per extra slice, which the former whole-volume path held."""
-    peaks = []
-    for n in (12, 60):
-        files = _synthetic_files(tmp_path / str(n), n)
+    """Peak traced memory (numpy reports its buffers to tracemalloc) for 12 and for 60 slices of 256 x 256
+    at 128 px: with the per-slice arrays spooled, 48 more slices add almost nothing; kept in memory they
+    add their 97 kB a slice; the former whole-volume path held 256 kB of HU more per slice."""
+    def peak(files, n, spool):
         tracemalloc.start()
-        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 32, None, None)
+        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None, spool=spool)
         cacher.write(series, tmp_path / f"{n}.npz")
-        peaks.append(tracemalloc.get_traced_memory()[1])
+        got = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert cacher.n == n
-    grown = peaks[1] - peaks[0]
-    assert grown < 48 * 64 * 1024, f"peak grew by {grown / 1e6:.1f} MB for 48 more slices"
+        return got
+
+    files = {n: _synthetic_files(tmp_path / str(n), n) for n in (12, 60)}
+    spooled = peak(files[60], 60, tmp_path / "spool") - peak(files[12], 12, tmp_path / "spool")
+    held = peak(files[60], 60, None) - peak(files[12], 12, None)
+    assert spooled < 1_000_000, f"peak grew by {spooled / 1e6:.1f} MB for 48 more slices"
+    assert held > 48 * 90_000 > 4 * spooled
+    assert not any((tmp_path / "spool").iterdir())
+    with np.load(tmp_path / "60.npz") as z:
+        assert z["images"].shape == (60, 3, 128, 128) and z["gt_mask"].shape == (60, 128, 128)
     tracemalloc.start()
-    dicomio.load_series(files)                       # the whole volume: the test can tell
+    dicomio.load_series(files[60])                   # the whole volume: the test can tell
     whole = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert whole > 60 * 256 * 256 * 4
+
+
+def test_a_rejected_series_leaves_no_spool_file(tmp_path):
+    folder = tmp_path / "dicom"
+    files = _synthetic_files(folder, 10, rows=64, cols=64)
+    windowed = folder.parent / "windowed"
+    windowed.mkdir()
+    for path in files["path"]:                      # values 0 .. 80: a display window, not HU
+        ds = pydicom.dcmread(path)
+        ds.RescaleIntercept = 0
+        ds.PixelData = np.clip(ds.pixel_array - 1000, 0, 80).astype("<i2").tobytes()
+        ds.save_as(windowed / (path.rsplit("/", 1)[-1]), enforce_file_format=True)
+    out = tmp_path / "index"
+    out.mkdir()
+    build_index(windowed, out / "index.csv", out / "series.csv", out / "rejected.csv")
+    table = preprocess_shard(out / "index.csv", out / "series.csv", tmp_path / "cache", shard=0, n_shards=1,
+                             windows=PAPER_WINDOWS, size=32)
+    assert table.empty
+    assert "do not look like CT in HU" in (tmp_path / "cache" / "rejected.csv").read_text()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["rejected.csv", "series.csv"]

@@ -178,15 +178,21 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     return cacher.write(series, out_path, not_hu=not_hu)
 
 
-def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes):
-    """Decode, window, resize and mask a DICOM series one file at a time: (Series without `hu`, cacher)."""
+def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None):
+    """Decode, window, resize and mask a DICOM series one file at a time: (Series without `hu`, cacher).
+
+    `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory."""
     plan = dicomio.plan_series(files)
     gt = load_gt_masks(gt_dir, plan.series_uid, plan.notes)
     cacher = SliceCacher(plan.rows, plan.cols, windows, size, len(plan.files), gt=gt, boxes=boxes,
-                         series_uid=plan.series_uid)
-    for sop, hu in dicomio.iter_hu(plan):
-        cacher.add(hu, sop)
-    return dicomio.finish_series(plan), cacher
+                         series_uid=plan.series_uid, spool=spool)
+    try:
+        for sop, hu in dicomio.iter_hu(plan):
+            cacher.add(hu, sop)
+        return dicomio.finish_series(plan), cacher
+    except BaseException:
+        cacher.close()
+        raise
 
 
 SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "slice_thickness", "tilt_deg",
@@ -200,6 +206,7 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
     suid = item["series_uid"] if kind == "nifti" else item.iloc[0]["series_uid"]
     pid = item["patient_id"] if kind == "nifti" else item.iloc[0]["patient_id"]
     left_out = dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")
+    cacher = None
     try:
         if kind == "nifti":
             from ..inputs.nifti import load_volume
@@ -209,9 +216,10 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
             for hu, sop in zip(series.hu, series.sop_uids):
                 cacher.add(hu, sop)
         else:   # one file at a time: memory does not grow with the series
-            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes)
+            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes, spool=Path(out_path).parent)
         problem = cacher.hu_problem()      # inputcheck.hu_problem of the whole series
         if problem and non_hu != "accept":
+            cacher.close()
             advice = ("convert the volume to HU first" if kind == "nifti" else
                       "an image saved in a display window? set preprocess.non_hu: accept to use it anyway")
             where = item["path"] if kind == "nifti" else suid
@@ -229,6 +237,9 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
         return None, [dicomio.Rejection(exc.path, exc.reason, "load"), left_out]
     except Exception as exc:  # one bad series must not stop the shard
         return None, [dicomio.Rejection(suid, f"series failed ({dicomio.describe_error(exc)})", "load"), left_out]
+    finally:
+        if cacher is not None:
+            cacher.close()      # its spool files, where any are left
 
 
 def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int,

@@ -43,11 +43,13 @@ class SliceCacher:
     `capacity`: most slices that will come (the arrays at S x S are allocated once). `gt`: full-size
     ground-truth masks by SOPInstanceUID (None: no masks); `boxes`: BHX boxes of the series' slices.
     The values' HU check (`hu_problem`) is gathered on the way, as `inputcheck.hu_problem` judges a volume.
+    `spool`: a folder where the per-slice arrays at S x S are written as they come (then copied into the
+    NPZ and removed), so that memory does not grow with the series; None keeps them in memory.
     """
 
     def __init__(self, rows: int, cols: int, windows: Sequence[Window], size: int, capacity: int,
                  gt: dict[str, np.ndarray] | None = None, boxes: pd.DataFrame | None = None,
-                 series_uid: str = ""):
+                 series_uid: str = "", spool: str | os.PathLike | None = None):
         self.rows, self.cols, self.windows, self.size = rows, cols, tuple(windows), size
         self.gt, self.series_uid = gt, series_uid
         self.hits = ({} if boxes is None or not len(boxes) else
@@ -63,12 +65,22 @@ class SliceCacher:
         self._pad = np.full((self.side, self.side), AIR_PAD_HU, np.float32) if self.padded else None
         self._win = np.empty((len(self.windows), self.side, self.side), np.float32)
         n = max(int(capacity), 0)
-        self.images = np.empty((n, len(self.windows), size, size), np.uint8)
-        self.head = np.empty((n, size, size), bool)
-        self.brain = np.empty((n, size, size), bool)
+        self.capacity = n
+        shapes = {"images": (len(self.windows), size, size), "head_mask": (size, size),
+                  "brain_mask": (size, size), "gt_mask": (size, size)}
+        self._shapes = {k: (v, np.uint8 if k == "images" else bool) for k, v in shapes.items()}
+        self._spool = None
+        if spool is not None:     # the per-slice arrays go to files beside the NPZ, not to memory
+            Path(spool).mkdir(parents=True, exist_ok=True)
+            stem = Path(spool) / f".{series_uid or 'series'}.{os.getpid()}.spool"
+            self._spool = {k: (stem.with_name(f"{stem.name}-{k}"), None) for k in shapes}
+            self._spool = {k: (path, open(path, "wb")) for k, (path, _) in self._spool.items()}
+            self._arrays = None
+        else:
+            self._arrays = {k: np.empty((n,) + shape, dtype) for k, (shape, dtype) in self._shapes.items()}
         self.brain_mean = np.full(n, np.nan, np.float32)
-        self.gt_small = np.zeros((n, size, size), bool)
         self.gt_pixels = np.zeros(n, np.int64)
+        self.head_pixels = np.zeros(n, np.int64)
         self.sop_uids: list[str] = []
         self.box_hit = False
         self.hu_check = HuSample()
@@ -80,8 +92,8 @@ class SliceCacher:
     def add(self, hu: np.ndarray, sop_uid: str) -> None:
         """One (rows, cols) float32 HU slice, the next along the slice normal."""
         k = self.n
-        if k >= len(self.images):
-            raise ValueError(f"series {self.series_uid}: more slices than the {len(self.images)} planned")
+        if k >= self.capacity:
+            raise ValueError(f"series {self.series_uid}: more slices than the {self.capacity} planned")
         if hu.shape != (self.rows, self.cols):
             raise ValueError(f"series {self.series_uid}: slice of shape {hu.shape}, the series' {(self.rows, self.cols)}")
         self.hu_check.add(hu)
@@ -89,18 +101,26 @@ class SliceCacher:
             self._pad[self.top:self.top + self.rows, self.left:self.left + self.cols] = hu
             hu = self._pad
         size = self.size
-        self.images[k] = quantise(resize(apply_windows(hu, self.windows, out=self._win)[None], size)[0])
+        image = quantise(resize(apply_windows(hu, self.windows, out=self._win)[None], size)[0])
         hu_small = resize(hu[None, None], size)[0, 0]
         h = head_mask(hu_small)
         b = brain_mask(hu_small, h)
-        self.head[k], self.brain[k] = h & self.inside_small, b & self.inside_small
-        if self.brain[k].any():
-            self.brain_mean[k] = hu_small[self.brain[k]].mean()
-        self._add_truth(k, sop_uid)
+        head, brain = h & self.inside_small, b & self.inside_small
+        if brain.any():
+            self.brain_mean[k] = hu_small[brain].mean()
+        self.head_pixels[k] = head.sum()
+        gt = self._add_truth(k, sop_uid)
+        for name, value in (("images", image), ("head_mask", head), ("brain_mask", brain), ("gt_mask", gt)):
+            if self._spool is not None:
+                self._spool[name][1].write(np.ascontiguousarray(value).tobytes())
+            else:
+                self._arrays[name][k] = value
         self.sop_uids.append(sop_uid)
 
-    def _add_truth(self, k: int, sop_uid: str) -> None:
+    def _add_truth(self, k: int, sop_uid: str) -> np.ndarray:
+        """The (S, S) ground truth of slice k (and its full-resolution pixel count in gt_pixels)."""
         rows, cols = self.rows, self.cols
+        gt_small = np.zeros((self.size, self.size), bool)
         boxes = self.hits.get(sop_uid)
         if self.gt is not None:
             part = self.gt.get(sop_uid)
@@ -111,13 +131,30 @@ class SliceCacher:
             self.gt_pixels[k] = part.sum() if boxes is None else (part | box_pixels(boxes, rows, cols)).sum()
             if self.padded:
                 part = np.pad(part, ((self.top, self.bottom), (self.left, self.right)))
-            self.gt_small[k] = resize_mask(part[None], self.size)[0]
+            gt_small = resize_mask(part[None], self.size)[0]
         if boxes is not None:
             self.box_hit = True
             if self.gt is None:
                 self.gt_pixels[k] = box_pixels(boxes, rows, cols).sum()
             shifted = boxes.assign(x=boxes["x"] + self.left, y=boxes["y"] + self.top)
-            self.gt_small[k] |= bhx.rasterise(shifted, self.side, self.side, self.size)
+            gt_small |= bhx.rasterise(shifted, self.side, self.side, self.size)
+        return gt_small
+
+    def _big(self, name: str):
+        """A per-slice array of the slices added: in memory, or where it is spooled."""
+        shape, dtype = self._shapes[name]
+        if self._spool is None:
+            return self._arrays[name][:self.n]
+        path, f = self._spool[name]
+        f.flush()
+        return _Spooled(path, (self.n,) + shape, np.dtype(dtype))
+
+    def close(self) -> None:
+        """Remove the spool files (after `write`, or when the series is given up)."""
+        if self._spool is not None:
+            for path, f in self._spool.values():
+                f.close()
+                Path(path).unlink(missing_ok=True)
 
     def hu_problem(self) -> str | None:
         """Why the slices added do not look like CT in HU (as inputcheck.hu_problem), or None."""
@@ -133,12 +170,12 @@ class SliceCacher:
         has_gt = bool(sources)
         ps = np.asarray(series.pixel_spacing, float)
         pixel_mm2 = float(ps[0] * ps[1])
-        head, gt_pixels = self.head[:n], self.gt_pixels[:n]
-        head_area = head.sum(axis=(1, 2)) * (pixel_mm2 * (self.side / self.size) ** 2)
+        gt_pixels = self.gt_pixels[:n]
+        head_area = self.head_pixels[:n] * (pixel_mm2 * (self.side / self.size) ** 2)
         top, bottom, left, right = self.top, self.bottom, self.left, self.right
         arrays = dict(
-            images=self.images[:n], head_mask=head, brain_mask=self.brain[:n], gt_mask=self.gt_small[:n],
-            has_gt=np.bool_(has_gt),
+            images=self._big("images"), head_mask=self._big("head_mask"), brain_mask=self._big("brain_mask"),
+            gt_mask=self._big("gt_mask"), has_gt=np.bool_(has_gt),
             gt_pixels=gt_pixels.astype(np.int32), gt_area_mm2=(gt_pixels * pixel_mm2).astype(np.float32),
             gt_source=np.array("+".join(sources)), source=np.array(series.source),
             sop_uids=np.array(series.sop_uids), positions=series.positions.astype(np.float32),
@@ -154,11 +191,15 @@ class SliceCacher:
         out_path = Path(out_path)
         tmp = out_path.with_name(out_path.name + ".partial.npz")
         try:
-            np.savez(tmp, **arrays)
+            if self._spool is None:
+                np.savez(tmp, **arrays)
+            else:
+                _savez_spooled(tmp, arrays)
             os.replace(tmp, out_path)
         finally:
             if tmp.exists():
                 tmp.unlink()
+            self.close()
         notes = list(series.notes)
         if self.padded:
             notes.append(f"{rows} x {cols} slices padded with air to {self.side} x {self.side} (aspect ratio kept) "
@@ -172,3 +213,31 @@ class SliceCacher:
             "pad_right": right, "not_hu": not_hu, "source": series.source, "rejected_slices": len(series.rejected),
             "notes": "; ".join(notes),
         }
+
+
+class _Spooled:
+    """An array written to a raw file (C order), to be copied into an NPZ without loading it."""
+
+    def __init__(self, path, shape, dtype):
+        self.path, self.shape, self.dtype = Path(path), shape, dtype
+
+
+def _savez_spooled(path: Path, arrays: dict) -> None:
+    """np.savez(path, **arrays) where some arrays are `_Spooled`: the same members (an uncompressed zip of
+    .npy files, each with the header np.save writes), the spooled ones copied 1 MiB at a time."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, value in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                if not isinstance(value, _Spooled):
+                    npy.write_array(member, np.asanyarray(value), allow_pickle=False)
+                    continue
+                header = {"shape": value.shape, "fortran_order": False, "descr": npy.dtype_to_descr(value.dtype)}
+                npy.write_array_header_1_0(member, header)
+                with open(value.path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        member.write(chunk)
+
