@@ -36,7 +36,6 @@ NIfTI slices carry the synthetic IDs `<scan>#<k>` (see nifti.py).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -49,15 +48,13 @@ import pandas as pd
 
 from ..datasets import bhx
 from ..inputs import dicom_index, dicomio, rejections, series_select
-from ..inputs.geometry import spacing_summary
-from ..inputs.inputcheck import NON_HU_ACTIONS, hu_problem, mask_truth, square_padding
-from ..inputs.masks import masks_for_volume
-from ..inputs.windowing import Window, apply_windows, quantise, resize, resize_mask
+from ..inputs.inputcheck import NON_HU_ACTIONS, mask_truth
+from ..inputs.windowing import Window
+from .slices import AIR_PAD_HU, SliceCacher, box_pixels as _box_pixels  # noqa: F401  (kept importable here)
 
 log = logging.getLogger(__name__)
 
 _TUPLE_COLUMNS = ("pixel_spacing", "orientation", "position")
-AIR_PAD_HU = -1024.0   # what a non-square slice is padded with
 
 
 def _tuple_to_str(v) -> str:
@@ -164,118 +161,42 @@ def load_gt_masks(gt_dir: str | os.PathLike | None, series_uid: str,
         return {str(u): m for u, m in zip(z["sop_uids"], masks)}
 
 
-def _box_pixels(boxes: pd.DataFrame, rows: int, cols: int) -> np.ndarray:
-    """BHX boxes of one slice -> the (rows, cols) pixels they cover (at least one per box)."""
-    mask = np.zeros((rows, cols), bool)
-    for x, y, w, h in boxes[["x", "y", "width", "height"]].to_numpy(float):
-        c0, r0 = min(max(int(np.floor(x)), 0), cols - 1), min(max(int(np.floor(y)), 0), rows - 1)
-        c1, r1 = max(min(int(np.ceil(x + w)), cols), c0 + 1), max(min(int(np.ceil(y + h)), rows), r0 + 1)
-        mask[r0:r1, c0:c1] = True
-    return mask
-
-
 def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: Sequence[Window],
                  size: int, gt: dict[str, np.ndarray] | None = None, boxes: pd.DataFrame | None = None,
                  chunk: int = 32, not_hu: bool = False) -> dict:
-    """Window, resize and write one series; the NPZ appears atomically (temp file, then rename).
+    """Window, resize and write one series held in memory; the NPZ appears atomically (temp file, then rename).
 
     A non-square slice is first padded to a centred square with air (-1024 HU), so that its aspect
-    ratio is kept; the padding lies outside the head and brain masks. Slices are processed `chunk` at
-    a time, so memory stays near one HU volume. `gt`: full-size masks by SOPInstanceUID; `boxes`: BHX
-    boxes. The series has ground truth (`has_gt`) where `gt` is given or at least one box lies on one
-    of its slices. The slice truth comes from the full-resolution masks and boxes (`gt_pixels`,
-    `gt_area_mm2`); `gt_mask` at `size` is for localisation only. `not_hu`: the series was accepted
-    although its values do not look like HU (flagged in the cache and series.csv).
+    ratio is kept; the padding lies outside the head and brain masks. Slices are processed one at a
+    time (`slices.SliceCacher`; `chunk` is kept for callers and no longer used). `gt`: full-size
+    masks by SOPInstanceUID; `boxes`: BHX boxes. The series has ground truth (`has_gt`) where `gt` is
+    given or at least one box lies on one of its slices. The slice truth comes from the
+    full-resolution masks and boxes (`gt_pixels`, `gt_area_mm2`); `gt_mask` at `size` is for
+    localisation only. `not_hu`: the series was accepted although its values do not look like HU
+    (flagged in the cache and series.csv). DICOM series are cached without a volume (`_cache_one`).
     """
     n, rows, cols = series.hu.shape
-    top, bottom, left, right = square_padding(rows, cols)
-    side = rows + top + bottom
-    padded = (top, bottom, left, right) != (0, 0, 0, 0)
-    inside = np.ones((side, side), bool)
-    if padded:
-        inside[:] = False
-        inside[top:top + rows, left:left + cols] = True
-    inside_small = resize_mask(inside[None], size)[0]
-    ps = np.asarray(series.pixel_spacing, float)
-    pixel_mm2 = float(ps[0] * ps[1])
-    images = np.empty((n, len(windows), size, size), np.uint8)
-    head = np.empty((n, size, size), bool)
-    brain = np.empty((n, size, size), bool)
-    brain_mean = np.full(n, np.nan, np.float32)
-    for s in range(0, n, chunk):
-        hu = series.hu[s:s + chunk]
-        if padded:
-            hu = np.pad(hu, ((0, 0), (top, bottom), (left, right)), constant_values=AIR_PAD_HU)
-        images[s:s + len(hu)] = quantise(resize(apply_windows(hu, windows), size))
-        hu_small = resize(hu[:, None], size)[:, 0]
-        h, b = masks_for_volume(hu_small)
-        head[s:s + len(hu)], brain[s:s + len(hu)] = h & inside_small, b & inside_small
-        for k in range(len(hu)):
-            if brain[s + k].any():
-                brain_mean[s + k] = hu_small[k][brain[s + k]].mean()
-    gt_small = np.zeros((n, size, size), bool)
-    gt_pixels = np.zeros(n, np.int64)
-    sources = []
-    hits = bhx.boxes_by_sop(boxes, series.sop_uids)
-    if gt is not None:
-        for s in range(0, n, chunk):
-            part = np.stack([gt.get(u, np.zeros((rows, cols), bool)) for u in series.sop_uids[s:s + chunk]]) > 0
-            if part.shape[1:] != (rows, cols):
-                raise ValueError(f"ground-truth masks of series {series.series_uid} have shape {part.shape[1:]}, "
-                                 f"the images {(rows, cols)}")
-            gt_pixels[s:s + len(part)] = part.sum(axis=(1, 2))
-            for k, u in enumerate(series.sop_uids[s:s + chunk]):
-                if u in hits:        # masks and boxes together: the union counts once
-                    gt_pixels[s + k] = (part[k] | _box_pixels(hits[u], rows, cols)).sum()
-            if padded:
-                part = np.pad(part, ((0, 0), (top, bottom), (left, right)))
-            gt_small[s:s + len(part)] = resize_mask(part, size)
-        sources.append("masks")
-    if hits:
-        for k, u in enumerate(series.sop_uids):
-            if u in hits:
-                if gt is None:
-                    gt_pixels[k] = _box_pixels(hits[u], rows, cols).sum()
-                shifted = hits[u].assign(x=hits[u]["x"] + left, y=hits[u]["y"] + top)
-                gt_small[k] |= bhx.rasterise(shifted, side, side, size)
-        sources.append("boxes")
-    has_gt = bool(sources)
-    head_area = head.sum(axis=(1, 2)) * (pixel_mm2 * (side / size) ** 2)
-    arrays = dict(
-        images=images, head_mask=head, brain_mask=brain, gt_mask=gt_small, has_gt=np.bool_(has_gt),
-        gt_pixels=gt_pixels.astype(np.int32), gt_area_mm2=(gt_pixels * pixel_mm2).astype(np.float32),
-        gt_source=np.array("+".join(sources)), source=np.array(series.source),
-        sop_uids=np.array(series.sop_uids), positions=series.positions.astype(np.float32),
-        instance_numbers=series.instance_numbers.astype(np.int32), slice_index=np.arange(n, dtype=np.int32),
-        patient_id=np.array(series.patient_id), study_uid=np.array(series.study_uid),
-        series_uid=np.array(series.series_uid), pixel_spacing=np.array(series.pixel_spacing, np.float32),
-        slice_thickness=np.float32(series.slice_thickness), tilt_deg=np.float32(series.tilt_deg),
-        spacing=np.asarray(series.spacing, np.float32),
-        original_size=np.array([rows, cols], np.int32), padding=np.array([top, bottom, left, right], np.int32),
-        head_area_mm2=head_area.astype(np.float32), brain_mean_hu=brain_mean, not_hu=np.bool_(not_hu),
-        windows=np.array(json.dumps([w.__dict__ for w in windows])), image_size=np.int32(size),
-    )
-    out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".partial.npz")
+    cacher = SliceCacher(rows, cols, windows, size, n, gt=gt, boxes=boxes, series_uid=series.series_uid)
+    for hu, sop in zip(series.hu, series.sop_uids):
+        cacher.add(hu, sop)
+    return cacher.write(series, out_path, not_hu=not_hu)
+
+
+def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None):
+    """Decode, window, resize and mask a DICOM series one file at a time: (Series without `hu`, cacher).
+
+    `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory."""
+    plan = dicomio.plan_series(files)
+    gt = load_gt_masks(gt_dir, plan.series_uid, plan.notes)
+    cacher = SliceCacher(plan.rows, plan.cols, windows, size, len(plan.files), gt=gt, boxes=boxes,
+                         series_uid=plan.series_uid, spool=spool)
     try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    notes = list(series.notes)
-    if padded:
-        notes.append(f"{rows} x {cols} slices padded with air to {side} x {side} (aspect ratio kept) "
-                     f"before resizing to {size} x {size}")
-    return {
-        "patient_id": series.patient_id, "study_uid": series.study_uid, "series_uid": series.series_uid,
-        "npz": out_path.name, "n_slices": n, "slice_thickness": series.slice_thickness,
-        "tilt_deg": round(series.tilt_deg, 3), **spacing_summary(series.spacing),
-        "has_gt": has_gt, "gt_source": "+".join(sources), "gt_slices": int((gt_pixels > 0).sum()),
-        "rows": rows, "columns": cols, "pad_top": top, "pad_bottom": bottom, "pad_left": left,
-        "pad_right": right, "not_hu": not_hu, "source": series.source, "rejected_slices": len(series.rejected),
-        "notes": "; ".join(notes),
-    }
+        for sop, hu in dicomio.iter_hu(plan):
+            cacher.add(hu, sop)
+        return dicomio.finish_series(plan), cacher
+    except BaseException:
+        cacher.close()
+        raise
 
 
 SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "slice_thickness", "tilt_deg",
@@ -289,16 +210,20 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
     suid = item["series_uid"] if kind == "nifti" else item.iloc[0]["series_uid"]
     pid = item["patient_id"] if kind == "nifti" else item.iloc[0]["patient_id"]
     left_out = dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")
+    cacher = None
     try:
         if kind == "nifti":
             from ..inputs.nifti import load_volume
 
             series, gt = load_volume(item)
-        else:
-            series = dicomio.load_series(item)
-            gt = load_gt_masks(gt_dir, suid, series.notes)
-        problem = hu_problem(series.hu)
+            cacher = SliceCacher(*series.hu.shape[1:], windows, size, len(series.hu), gt=gt, series_uid=suid)
+            for hu, sop in zip(series.hu, series.sop_uids):
+                cacher.add(hu, sop)
+        else:   # one file at a time: memory does not grow with the series
+            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes, spool=Path(out_path).parent)
+        problem = cacher.hu_problem()      # inputcheck.hu_problem of the whole series
         if problem and non_hu != "accept":
+            cacher.close()
             advice = ("convert the volume to HU first" if kind == "nifti" else
                       "an image saved in a display window? set preprocess.non_hu: accept to use it anyway")
             where = item["path"] if kind == "nifti" else suid
@@ -310,12 +235,15 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
                         "windows, head and brain masks assume HU and are wrong for it (series.csv not_hu)",
                         suid, pid, problem)
             series.notes.append(f"NOT HU, accepted: {problem}")
-        row = cache_series(series, out_path, windows, size, gt, boxes, not_hu=bool(problem))
+        row = cacher.write(series, out_path, not_hu=bool(problem))
         return row, series.rejected
     except dicomio.DicomReadError as exc:
         return None, [dicomio.Rejection(exc.path, exc.reason, "load"), left_out]
     except Exception as exc:  # one bad series must not stop the shard
         return None, [dicomio.Rejection(suid, f"series failed ({dicomio.describe_error(exc)})", "load"), left_out]
+    finally:
+        if cacher is not None:
+            cacher.close()      # its spool files, where any are left
 
 
 def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int,

@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from .dicomio import _DEFLATED, Rejection, _floats, _int, _text, decoder_problem, describe_error
@@ -39,6 +40,25 @@ _INDEX_FIELDS = [
     "orientation", "position", "instance_number", "transfer_syntax", "has_pixels",
     "bits_allocated", "bits_stored", "pixel_representation", "gantry_tilt",
 ]
+
+_MISSING = object()
+#: Tags of the header fields read here, looked up once (ds.get("Keyword") looks the keyword up every call).
+_TAGS = {kw: tag_for_keyword(kw) for kw in (
+    "BitsAllocated", "BitsStored", "Columns", "ConvolutionKernel", "GantryDetectorTilt",
+    "ImageOrientationPatient", "ImagePositionPatient", "ImageType", "InstanceNumber", "Modality",
+    "NumberOfFrames", "PatientID", "PixelRepresentation", "PixelSpacing", "RescaleIntercept", "RescaleSlope",
+    "Rows", "SOPClassUID", "SOPInstanceUID", "SamplesPerPixel", "SeriesDescription", "SeriesInstanceUID",
+    "SliceThickness", "StudyInstanceUID",
+)}
+
+
+def _get(ds, keyword: str, default=None):
+    """ds.get(keyword) of a top-level element, by its tag: the value, or `default` where absent."""
+    tag = _TAGS[keyword]
+    if tag not in ds._dict:
+        return default
+    return ds[tag].value
+
 
 #: Words of a series description that mark a localizer / scout / topogram.
 LOCALIZER_WORDS = ("LOCALIZER", "LOCALISER", "SCOUT", "TOPOGRAM", "TOPO", "SURVIEW", "SCANOGRAM", "PILOT")
@@ -74,9 +94,9 @@ def _probe_pixel_data(fp, ds, file_size: int) -> tuple[bool, str]:
     if file_size - value_start < length:
         return True, (f"truncated file: the pixel data element declares {length} bytes, "
                       f"the file holds {max(file_size - value_start, 0)}")
-    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
-    bits, spp = _int(ds.get("BitsAllocated"), 16), _int(ds.get("SamplesPerPixel"), 1) or 1
-    frames = max(_int(ds.get("NumberOfFrames"), 1), 1)
+    rows, cols = _int(_get(ds, "Rows")), _int(_get(ds, "Columns"))
+    bits, spp = _int(_get(ds, "BitsAllocated"), 16), _int(_get(ds, "SamplesPerPixel"), 1) or 1
+    frames = max(_int(_get(ds, "NumberOfFrames"), 1), 1)
     need = rows * cols * spp * frames * ((bits + 7) // 8) if bits >= 8 else 0
     if need and length < need:
         return True, f"pixel data holds {length} bytes, Rows x Columns x BitsAllocated need {need}"
@@ -145,38 +165,38 @@ def _read_header(path: str) -> dict | Rejection:
 
 
 def _header_row(path, ds, tsyntax, has_pixels, pixel_problem) -> dict | Rejection:
-    modality = _text(ds.get("Modality"))
-    sop_class = _text(ds.get("SOPClassUID"))
+    modality = _text(_get(ds, "Modality"))
+    sop_class = _text(_get(ds, "SOPClassUID"))
     if modality != "CT":
         if modality or sop_class not in CT_SOP_CLASSES:
             return Rejection(path, f"modality is {modality or 'missing'}, not CT")
     if sop_class and sop_class not in CT_SOP_CLASSES:
         return Rejection(path, f"SOP class {sop_class} is not a CT image (e.g. a secondary capture or dose report)")
-    image_type = _text(ds.get("ImageType"))
-    description = _text(ds.get("SeriesDescription"))
+    image_type = _text(_get(ds, "ImageType"))
+    description = _text(_get(ds, "SeriesDescription"))
     row = {
         "path": path,
-        "patient_id": _text(ds.get("PatientID")),
-        "study_uid": _text(ds.get("StudyInstanceUID")),
-        "series_uid": _text(ds.get("SeriesInstanceUID")),
-        "sop_uid": _text(ds.get("SOPInstanceUID")),
+        "patient_id": _text(_get(ds, "PatientID")),
+        "study_uid": _text(_get(ds, "StudyInstanceUID")),
+        "series_uid": _text(_get(ds, "SeriesInstanceUID")),
+        "sop_uid": _text(_get(ds, "SOPInstanceUID")),
         "modality": modality or "CT",
         "image_type": image_type,
         "series_description": description,
-        "kernel": _text(ds.get("ConvolutionKernel")),
-        "rows": _int(ds.get("Rows")),
-        "columns": _int(ds.get("Columns")),
-        "pixel_spacing": _floats(ds.get("PixelSpacing"), 2),
-        "slice_thickness": (_floats(ds.get("SliceThickness"), 1) or (np.nan,))[0],
-        "orientation": _floats(ds.get("ImageOrientationPatient"), 6),
-        "position": _floats(ds.get("ImagePositionPatient"), 3),
-        "instance_number": _int(ds.get("InstanceNumber")),
+        "kernel": _text(_get(ds, "ConvolutionKernel")),
+        "rows": _int(_get(ds, "Rows")),
+        "columns": _int(_get(ds, "Columns")),
+        "pixel_spacing": _floats(_get(ds, "PixelSpacing"), 2),
+        "slice_thickness": (_floats(_get(ds, "SliceThickness"), 1) or (np.nan,))[0],
+        "orientation": _floats(_get(ds, "ImageOrientationPatient"), 6),
+        "position": _floats(_get(ds, "ImagePositionPatient"), 3),
+        "instance_number": _int(_get(ds, "InstanceNumber")),
         "transfer_syntax": tsyntax,
         "has_pixels": has_pixels,
-        "bits_allocated": _int(ds.get("BitsAllocated")),
-        "bits_stored": _int(ds.get("BitsStored")),
-        "pixel_representation": _int(ds.get("PixelRepresentation")),
-        "gantry_tilt": (_floats(ds.get("GantryDetectorTilt"), 1) or (np.nan,))[0],
+        "bits_allocated": _int(_get(ds, "BitsAllocated")),
+        "bits_stored": _int(_get(ds, "BitsStored")),
+        "pixel_representation": _int(_get(ds, "PixelRepresentation")),
+        "gantry_tilt": (_floats(_get(ds, "GantryDetectorTilt"), 1) or (np.nan,))[0],
     }
     missing = [k for k in ("patient_id", "series_uid", "sop_uid") if not row[k]]
     if missing:
@@ -190,17 +210,17 @@ def _header_row(path, ds, tsyntax, has_pixels, pixel_problem) -> dict | Rejectio
         return Rejection(path, pixel_problem)
     if not has_pixels:
         return Rejection(path, "no pixel data")
-    frames = _int(ds.get("NumberOfFrames"), 1)
+    frames = _int(_get(ds, "NumberOfFrames"), 1)
     if frames > 1:
         return Rejection(path, f"multi-frame image ({frames} frames); only single-slice CT files are read")
-    spp = _int(ds.get("SamplesPerPixel"), 1)
+    spp = _int(_get(ds, "SamplesPerPixel"), 1)
     if spp != 1:
         return Rejection(path, f"not a grey-scale image (SamplesPerPixel {spp})")
     if row["rows"] <= 0 or row["columns"] <= 0:
         return Rejection(path, "missing Rows / Columns")
-    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+    if _get(ds, "RescaleSlope", _MISSING) is _MISSING or _get(ds, "RescaleIntercept", _MISSING) is _MISSING:
         return Rejection(path, "missing RescaleSlope/RescaleIntercept: HU cannot be computed")
-    if _floats(ds.get("RescaleSlope"), 1) is None or _floats(ds.get("RescaleIntercept"), 1) is None:
+    if _floats(_get(ds, "RescaleSlope"), 1) is None or _floats(_get(ds, "RescaleIntercept"), 1) is None:
         return Rejection(path, "RescaleSlope/RescaleIntercept not a number: HU cannot be computed")
     if row["orientation"] is None or row["position"] is None:
         return Rejection(path, "missing ImageOrientationPatient / ImagePositionPatient")

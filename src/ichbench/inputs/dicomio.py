@@ -17,7 +17,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -125,7 +125,7 @@ class Series:
     patient_id: str
     study_uid: str
     series_uid: str
-    hu: np.ndarray                     # (n, rows, cols) float32 HU, sorted along the slice normal
+    hu: np.ndarray | None              # (n, rows, cols) float32 HU, sorted along the slice normal (None: streamed)
     sop_uids: list[str]
     positions: np.ndarray              # (n,) mm along the slice normal, increasing
     instance_numbers: np.ndarray
@@ -172,10 +172,14 @@ def _padding_mask(ds, raw: np.ndarray) -> np.ndarray:
     if limit is not None:
         lo, hi = sorted((int(pad), int(limit)))
         return (raw >= lo) & (raw <= hi)
-    return np.isin(raw, list(values))
+    mask = raw == values.pop()
+    for v in values:                # == per value: the same pixels as np.isin, several times faster
+        mask |= raw == v
+    return mask
 
 
-def _pixels_to_hu(ds, path: str, notes: list[str] | None = None) -> np.ndarray:
+def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """One file's pixels as float32 HU (written into `out` where given: a (rows, cols) float32 array)."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DicomReadError(path, "no pixel data")
@@ -212,16 +216,21 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None) -> np.ndarray:
                 if notes is not None:
                     notes.append(msg)
                 log.debug("%s: %s", path, msg)
-    padding = _padding_mask(ds, raw)
+    padding = _padding_mask(ds, raw) if "PixelPaddingValue" in ds else None   # (without it: empty)
     raw, intercept, fixed = pixelfix.apply_fix(raw, _int(ds.get("BitsStored")), _int(ds.get("PixelRepresentation")),
                                                intercept)
     if fixed and notes is not None:
         notes.append(pixelfix.NOTE)
-    hu = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    hu[padding] = -1024.0
+    if out is None or out.shape != raw.shape or out.dtype != np.float32:
+        out = np.empty(raw.shape, np.float32)
+    # the float32 operations of raw.astype(float32) * slope + intercept, without temporaries
+    np.multiply(raw, np.float32(slope), out=out, dtype=np.float32)
+    np.add(out, np.float32(intercept), out=out)
+    if padding is not None:
+        np.copyto(out, np.float32(-1024.0), where=padding)
     # Values below air come from padding outside the reconstruction circle.
-    np.maximum(hu, -1024.0, out=hu)
-    return hu
+    np.maximum(out, np.float32(-1024.0), out=out)
+    return out
 
 
 def _majority(values: Sequence) -> object:
@@ -229,16 +238,31 @@ def _majority(values: Sequence) -> object:
     return vals[int(np.argmax(counts))]
 
 
-def load_series(files: pd.DataFrame) -> Series:
-    """Load the files of one series (rows of the header index) as HU, sorted along the slice normal.
+@dataclass
+class SeriesPlan:
+    """The files of one series in stack order, before any pixel is decoded (see `plan_series`)."""
+    files: pd.DataFrame                # rows of the header index, sorted along the slice normal (column _z)
+    rows: int
+    cols: int
+    normal: np.ndarray
+    rejected: list[Rejection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    ids: dict = field(default_factory=dict)            # patient_id, study_uid, series_uid (first file)
+    decoded: list[int] = field(default_factory=list)   # positions in `files` decoded so far
 
-    Files that fail to decode are dropped and reported in `Series.rejected`; so are slices whose
-    size or orientation differs from the series' majority and second copies of a slice position.
-    Raises DicomReadError when nothing usable remains.
+    @property
+    def series_uid(self) -> str:
+        return self.ids["series_uid"]
+
+
+def plan_series(files: pd.DataFrame) -> SeriesPlan:
+    """The files of one series (rows of the header index) that form its stack, in order along the slice normal.
+
+    Slices whose size or orientation differs from the series' majority, and second copies of a slice
+    position, are left out and named in `SeriesPlan.rejected`. Reads headers only (from the index).
     """
     files = files.reset_index(drop=True)
-    first = files.iloc[0]
-    suid = first["series_uid"]
+    ids = {k: files.iloc[0][k] for k in ("patient_id", "study_uid", "series_uid")}
     rejected: list[Rejection] = []
     # majority size and orientation; the others are not part of this stack
     size_key = [f"{r}x{c}" for r, c in zip(files["rows"], files["columns"])]
@@ -263,28 +287,47 @@ def load_series(files: pd.DataFrame) -> Series:
     for path, k in zip(files["path"][dup], kept[dup]):
         rejected.append(Rejection(path, f"a second slice at the same position along the slice normal (kept {k})",
                                   "load"))
-    files = files[~dup]
     rows, cols = (int(v) for v in major_size.split("x"))
-    hu = np.empty((len(files), rows, cols), np.float32)     # filled in place: no second copy of the volume
-    keep, notes = [], []
-    for i, path in enumerate(files["path"]):
+    return SeriesPlan(files=files[~dup].reset_index(drop=True), rows=rows, cols=cols, normal=normal,
+                      rejected=rejected, ids=ids)
+
+
+def iter_hu(plan: SeriesPlan, reuse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """Decode the planned files one at a time: (SOPInstanceUID, (rows, cols) float32 HU) per decoded file.
+
+    Files that fail are skipped and named in `plan.rejected`; the decoded ones are recorded in
+    `plan.decoded` (for `finish_series`). With `reuse`, every slice is written into the same buffer:
+    use (or copy) it before taking the next. Only one file's bytes and pixels are held at a time.
+    """
+    buf = np.empty((plan.rows, plan.cols), np.float32)
+    for i, (path, sop) in enumerate(zip(plan.files["path"], plan.files["sop_uid"])):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path)
-            hu[len(keep)] = _pixels_to_hu(ds, path, notes)
-            keep.append(i)
+            hu = _pixels_to_hu(ds, path, plan.notes, out=buf if reuse else None)
+            del ds
         except DicomReadError as exc:
-            rejected.append(Rejection(exc.path, exc.reason, "load"))
+            plan.rejected.append(Rejection(exc.path, exc.reason, "load"))
+            continue
         except Exception as exc:
-            rejected.append(Rejection(path, f"unreadable ({describe_error(exc)})", "load"))
-    if not keep:
-        reasons = sorted({r.reason for r in rejected})[:3]
-        raise DicomReadError(suid, "no slice of the series could be decoded" + (f" ({'; '.join(reasons)})" if reasons else ""))
-    files = files.iloc[keep]
+            plan.rejected.append(Rejection(path, f"unreadable ({describe_error(exc)})", "load"))
+            continue
+        plan.decoded.append(i)
+        yield str(sop), hu
+
+
+def finish_series(plan: SeriesPlan, hu: np.ndarray | None = None) -> Series:
+    """The Series of the decoded files of `plan` (geometry, IDs, spacing), holding `hu` (None when
+    the pixels went elsewhere slice by slice). Raises DicomReadError when nothing was decoded."""
+    if not plan.decoded:
+        reasons = sorted({r.reason for r in plan.rejected})[:3]
+        raise DicomReadError(plan.series_uid, "no slice of the series could be decoded"
+                             + (f" ({'; '.join(reasons)})" if reasons else ""))
+    files = plan.files.iloc[plan.decoded]
     z = files["_z"].to_numpy(float)
     ends = np.array([files.iloc[0]["position"], files.iloc[-1]["position"]], float)
-    tilt = stack_tilt_deg(normal, ends if len(files) > 1 else ends[:1])
+    tilt = stack_tilt_deg(plan.normal, ends if len(files) > 1 else ends[:1])
     ps = files.iloc[0]["pixel_spacing"] or (np.nan, np.nan)
     th = float(np.nanmedian(files["slice_thickness"].astype(float))) if files["slice_thickness"].notna().any() else float("nan")
     if np.isnan(th) and len(z) > 1:       # stripped headers (RSNA): the spacing along the slice normal
@@ -295,12 +338,27 @@ def load_series(files: pd.DataFrame) -> Series:
         notes = [n for n in notes if n != pixelfix.NOTE] + [f"{pixelfix.NOTE}: {fixed} of {len(keep)} slices"]
         log.info("series %s: %s applied to %d of %d slices", suid, pixelfix.NOTE, fixed, len(keep))
     return Series(
-        patient_id=first["patient_id"], study_uid=first["study_uid"], series_uid=suid,
-        hu=hu[:len(keep)] if len(keep) < len(hu) else hu, sop_uids=list(files["sop_uid"]), positions=z,
+        patient_id=plan.ids["patient_id"], study_uid=plan.ids["study_uid"], series_uid=plan.ids["series_uid"],
+        hu=hu, sop_uids=list(files["sop_uid"]), positions=z,
         instance_numbers=files["instance_number"].to_numpy(int), pixel_spacing=(float(ps[0]), float(ps[1])),
-        slice_thickness=th, tilt_deg=tilt, spacing=np.diff(z), rejected=rejected,
-        notes=sorted(set(notes)),
+        slice_thickness=th, tilt_deg=tilt, spacing=np.diff(z), rejected=plan.rejected,
+        notes=sorted(set(plan.notes)),
     )
+
+
+def load_series(files: pd.DataFrame) -> Series:
+    """Load the files of one series (rows of the header index) as HU, sorted along the slice normal.
+
+    Files that fail to decode are dropped and reported in `Series.rejected`; so are slices whose
+    size or orientation differs from the series' majority and second copies of a slice position.
+    Raises DicomReadError when nothing usable remains. Holds the whole volume: the cache streams
+    instead (`plan_series`, `iter_hu`, `finish_series`).
+    """
+    plan = plan_series(files)
+    hu = np.empty((len(plan.files), plan.rows, plan.cols), np.float32)   # filled in place
+    for k, (_, slice_hu) in enumerate(iter_hu(plan)):
+        hu[k] = slice_hu
+    return finish_series(plan, hu[:len(plan.decoded)] if len(plan.decoded) < len(hu) else hu)
 
 
 def rejections_frame(rejections: Iterable[Rejection]) -> pd.DataFrame:

@@ -1,0 +1,372 @@
+"""Streaming preprocessing (issue 24 item 1) gives the arrays of the former whole-series algorithm, bit for bit.
+
+`_reference_cache` below is the former `cache_series` (whole HU volume, chunks of 32 slices, torch's area
+interpolation, `masks_for_volume`, `hu_problem` on the volume), kept here as the reference.
+"""
+import json
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ichbench.cache import preprocess
+from ichbench.cache.preprocess import build_index, cache_series, preprocess_shard, read_index
+from ichbench.datasets import bhx
+from ichbench.inputs import dicom_index, dicomio
+from ichbench.inputs.inputcheck import HuSample, hu_problem, square_padding
+from ichbench.inputs import masks
+from scipy import ndimage
+from ichbench.inputs.windowing import PAPER_WINDOWS, apply_windows, area_resize, quantise
+
+# --------------------------------------------------------------------------- the former algorithm
+
+
+def _torch_resize(images, size):
+    n, c, h, w = images.shape
+    if (h, w) == (size, size):
+        return images.astype(np.float32, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    mode = "area" if h >= size and w >= size else "bilinear"
+    kw = {} if mode == "area" else {"align_corners": False}
+    return F.interpolate(t, size=(size, size), mode=mode, **kw).numpy()
+
+
+def _old_windows(hu, windows):
+    out = np.empty(hu.shape[:-2] + (len(windows),) + hu.shape[-2:], dtype=np.float32)
+    for c, w in enumerate(windows):
+        channel = (hu - np.float32(w.low)) * np.float32(2.0 / w.width) - np.float32(1.0)
+        np.clip(channel, -1.0, 1.0, out=out[..., c, :, :])
+    return out
+
+
+def _old_mask_resize(m, size):
+    return _torch_resize(m[:, None].astype(np.float32), size)[:, 0] >= 0.5
+
+
+def _old_head_mask(hu):
+    m = masks._largest_component(hu > masks.AIR_HU)
+    return ndimage.binary_fill_holes(m)
+
+
+def _old_brain_mask(hu, head):
+    soft = (hu >= masks.BRAIN_HU[0]) & (hu <= masks.BRAIN_HU[1]) & head
+    bone = hu >= masks.BONE_HU
+    if bone.any():
+        closed = ndimage.binary_closing(bone, iterations=2)
+        inside = ndimage.binary_fill_holes(closed) & ~closed
+        brain = inside & soft
+        if brain.sum() > 0.05 * max(head.sum(), 1):
+            return ndimage.binary_opening(brain, iterations=1)
+    radius = max(1, int(round(0.06 * np.sqrt(max(head.sum(), 1)))))
+    inner = ndimage.binary_erosion(head, iterations=radius)
+    return ndimage.binary_opening(soft & inner, iterations=1)
+
+
+def masks_for_volume(hu):
+    heads = np.zeros(hu.shape, dtype=bool)
+    brains = np.zeros(hu.shape, dtype=bool)
+    for i in range(hu.shape[0]):
+        heads[i] = _old_head_mask(hu[i])
+        brains[i] = _old_brain_mask(hu[i], heads[i])
+    return heads, brains
+
+
+def _reference_cache(hu, sop_uids, windows, size, gt=None, boxes=None, chunk=32):
+    """The arrays the former cache_series computed from a whole (n, rows, cols) HU volume."""
+    n, rows, cols = hu.shape
+    top, bottom, left, right = square_padding(rows, cols)
+    side = rows + top + bottom
+    padded = (top, bottom, left, right) != (0, 0, 0, 0)
+    inside = np.ones((side, side), bool)
+    if padded:
+        inside[:] = False
+        inside[top:top + rows, left:left + cols] = True
+    inside_small = _old_mask_resize(inside[None], size)[0]
+    images = np.empty((n, len(windows), size, size), np.uint8)
+    head = np.empty((n, size, size), bool)
+    brain = np.empty((n, size, size), bool)
+    brain_mean = np.full(n, np.nan, np.float32)
+    for s in range(0, n, chunk):
+        h = hu[s:s + chunk]
+        if padded:
+            h = np.pad(h, ((0, 0), (top, bottom), (left, right)), constant_values=-1024.0)
+        images[s:s + len(h)] = quantise(_torch_resize(_old_windows(h, windows), size))
+        small = _torch_resize(h[:, None], size)[:, 0]
+        hm, bm = masks_for_volume(small)
+        head[s:s + len(h)], brain[s:s + len(h)] = hm & inside_small, bm & inside_small
+        for k in range(len(h)):
+            if brain[s + k].any():
+                brain_mean[s + k] = small[k][brain[s + k]].mean()
+    gt_small = np.zeros((n, size, size), bool)
+    gt_pixels = np.zeros(n, np.int64)
+    hits = bhx.boxes_by_sop(boxes, sop_uids)
+    if gt is not None:
+        for s in range(0, n, chunk):
+            part = np.stack([gt.get(u, np.zeros((rows, cols), bool)) for u in sop_uids[s:s + chunk]]) > 0
+            gt_pixels[s:s + len(part)] = part.sum(axis=(1, 2))
+            for k, u in enumerate(sop_uids[s:s + chunk]):
+                if u in hits:
+                    gt_pixels[s + k] = (part[k] | preprocess._box_pixels(hits[u], rows, cols)).sum()
+            if padded:
+                part = np.pad(part, ((0, 0), (top, bottom), (left, right)))
+            gt_small[s:s + len(part)] = _old_mask_resize(part, size)
+    for k, u in enumerate(sop_uids):
+        if u in hits:
+            if gt is None:
+                gt_pixels[k] = preprocess._box_pixels(hits[u], rows, cols).sum()
+            shifted = hits[u].assign(x=hits[u]["x"] + left, y=hits[u]["y"] + top)
+            gt_small[k] |= bhx.rasterise(shifted, side, side, size)
+    return dict(images=images, head_mask=head, brain_mask=brain, brain_mean_hu=brain_mean, gt_mask=gt_small,
+                gt_pixels=gt_pixels.astype(np.int32), not_hu=np.bool_(hu_problem(hu) is not None))
+
+
+def _assert_same(npz, ref):
+    with np.load(npz) as z:
+        for k, v in ref.items():
+            got = z[k]
+            assert got.dtype == v.dtype and got.shape == v.shape, k
+            assert got.tobytes() == v.tobytes(), f"{k} differs from the former algorithm"
+
+
+def _head_volume(n, rows, cols, seed=0):
+    """A noisy round head (skull ring, brain, a bright blob) in HU, different on every slice."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:rows, :cols]
+    out = np.empty((n, rows, cols), np.float32)
+    for k in range(n):
+        r = np.hypot((y - rows / 2) / (0.42 * rows), (x - cols / 2) / (0.38 * cols)) * (1 + 0.02 * k)
+        sl = np.where(r < 1.0, 900.0, -1000.0)
+        sl[r < 0.88] = 30.0
+        sl[(r < 0.3) & (x > cols / 2)] = 70.0
+        out[k] = np.rint(sl + rng.normal(0, 8, sl.shape))
+    return np.maximum(out, -1024)
+
+
+# --------------------------------------------------------------------------- the pieces
+
+
+@pytest.mark.parametrize("shape", [(512, 512, 128), (600, 600, 128), (513, 513, 128), (130, 130, 128),
+                                   (256, 256, 100), (137, 211, 64)])
+def test_area_resize_is_torch_area_interpolation_bit_for_bit(shape):
+    h, w, s = shape
+    x = np.random.default_rng(h).normal(0, 300, (2, 3, h, w)).astype(np.float32)
+    ours = area_resize(x, s)
+    theirs = F.interpolate(torch.from_numpy(x), size=(s, s), mode="area").numpy()
+    assert ours.tobytes() == theirs.tobytes()
+
+
+def test_area_resize_refuses_to_upsample():
+    with pytest.raises(ValueError, match="downsamples only"):
+        area_resize(np.zeros((1, 10, 10), np.float32), 20)
+
+
+def test_windows_into_a_buffer_are_the_former_windows():
+    hu = np.random.default_rng(1).normal(0, 900, (2, 64, 64)).astype(np.float32)
+    hu[0, 0, 0] = np.nan
+    out = np.empty((2, 3, 64, 64), np.float32)
+    assert apply_windows(hu, PAPER_WINDOWS, out=out) is out
+    assert out.tobytes() == _old_windows(hu, PAPER_WINDOWS).tobytes()
+    with pytest.raises(ValueError, match="out has shape"):
+        apply_windows(hu, PAPER_WINDOWS, out=np.empty((3, 64, 64), np.float32))
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_hu_sample_slice_by_slice_is_hu_problem_of_the_volume(case):
+    rng = np.random.default_rng(case)
+    n, r, c = int(rng.integers(1, 6)), int(rng.integers(3, 70)), int(rng.integers(3, 70))
+    v = [rng.normal(0, 600, (n, r, c)), np.rint(rng.normal(0, 600, (n, r, c))) * 0.5 - 1024,
+         rng.uniform(-100, 150, (n, r, c)), np.rint(rng.uniform(0, 80, (n, r, c)))][case % 4].astype(np.float32)
+    if case >= 4:
+        v[0, 0, 0] = np.nan
+    sample = HuSample(flush_at=int(rng.integers(1, 500)))
+    for sl in v:
+        sample.add(sl)
+    strided = v[..., ::4, ::4]
+    ref = np.percentile(strided[np.isfinite(strided)], [0.1, 99.9])
+    got = sample.percentiles()
+    assert got.dtype == ref.dtype and got.tobytes() == ref.tobytes()
+    assert sample.problem() == hu_problem(v)
+    assert (sample.problem() is not None) == (case % 4 >= 2)
+
+
+def test_numpy_morphology_is_scipys():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        m = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.2, 0.95)
+        k = int(rng.integers(1, 6))
+        assert np.array_equal(masks._erode(m, k), ndimage.binary_erosion(m, iterations=k))
+        assert np.array_equal(masks._dilate(m, k), ndimage.binary_dilation(m, iterations=k))
+        assert np.array_equal(masks._fill_holes(m), ndimage.binary_fill_holes(m))
+
+
+def test_head_and_brain_masks_are_the_former_ones():
+    vol = _head_volume(6, 128, 128, seed=2)
+    vol[3] = np.where(vol[3] > 500, 30.0, vol[3])     # no skull: the eroded-head fallback
+    vol[4, :, :20] = 900.0                            # bone touching the edge
+    vol[5] = np.random.default_rng(3).normal(0, 600, (128, 128))
+    for hu in vol:
+        h = masks.head_mask(hu)
+        assert np.array_equal(h, _old_head_mask(hu))
+        assert np.array_equal(masks.brain_mask(hu, h), _old_brain_mask(hu, h))
+
+
+def test_hu_sample_of_nothing_finite():
+    sample = HuSample()
+    sample.add(np.full((8, 8), np.nan, np.float32))
+    assert sample.problem() == hu_problem(np.full((1, 8, 8), np.nan)) == "no finite value: not CT in HU"
+
+
+# --------------------------------------------------------------------------- whole series
+
+
+@pytest.mark.parametrize("rows, cols", [(256, 256), (240, 200), (180, 256)])
+def test_cache_series_arrays_are_the_former_ones(tmp_path, rows, cols):
+    hu = _head_volume(37, rows, cols)              # more than one former chunk of 32
+    hu[5] = -1024.0                                 # all air
+    hu[6, :3, -5:] = np.nan                         # a NaN in the air counts as content
+    hu[7, -1, 0] = 3000.0                           # one bright pixel in the corner
+    s = dicomio.Series(patient_id="P", study_uid="st", series_uid="S", hu=hu,
+                       sop_uids=[f"S.{k}" for k in range(len(hu))], positions=np.arange(len(hu)) * 5.0,
+                       instance_numbers=np.arange(len(hu)), pixel_spacing=(0.5, 0.5), slice_thickness=5.0,
+                       tilt_deg=0.0, spacing=np.full(len(hu) - 1, 5.0))
+    gt = {u: np.zeros((rows, cols), bool) for u in s.sop_uids[:20]}
+    gt["S.3"][100:120, 90:130] = True
+    gt["S.33"] = np.zeros((rows, cols), np.uint8)
+    gt["S.33"][10:12, 10:12] = 1
+    boxes = pd.DataFrame({"sop_uid": ["S.3", "S.3", "S.35"], "x": [5.5, 150.0, 20.0], "y": [7.0, 40.0, 30.0],
+                          "width": [10.0, 30.5, 3.0], "height": [12.0, 8.0, 2.0]})
+    row = cache_series(s, tmp_path / "S.npz", PAPER_WINDOWS, 128, gt, boxes)
+    _assert_same(tmp_path / "S.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, 128, gt, boxes))
+    assert row["gt_source"] == "masks+boxes" and row["n_slices"] == 37
+    for size in (32, 100):                          # another size (a multiple and not), boxes only
+        cache_series(s, tmp_path / f"S{size}.npz", PAPER_WINDOWS, size, boxes=boxes)
+        _assert_same(tmp_path / f"S{size}.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, size, boxes=boxes))
+
+
+def _reference_of_dicom(files: pd.DataFrame, size, gt_dir=None):
+    """The former path: the whole series as one HU volume (load_series), then the former cache."""
+    series = dicomio.load_series(files)
+    gt = preprocess.load_gt_masks(gt_dir, series.series_uid)
+    return series, _reference_cache(series.hu, series.sop_uids, PAPER_WINDOWS, size, gt)
+
+
+def test_streamed_dicom_cache_is_the_former_one(tiny_synthetic, tmp_path):
+    out = tmp_path / "index"
+    out.mkdir()
+    build_index(tiny_synthetic / "dicom", out / "index.csv", out / "series.csv", out / "rejected.csv")
+    table = preprocess_shard(out / "index.csv", out / "series.csv", tmp_path / "cache", shard=0, n_shards=1,
+                             windows=PAPER_WINDOWS, size=128, gt_dir=tiny_synthetic / "masks")
+    assert len(table) == 6
+    index = read_index(out / "index.csv")
+    for suid, files in index.groupby("series_uid"):
+        series, ref = _reference_of_dicom(files, 128, tiny_synthetic / "masks")
+        _assert_same(tmp_path / "cache" / f"{suid}.npz", ref)
+        with np.load(tmp_path / "cache" / f"{suid}.npz") as z:
+            assert z["sop_uids"].tolist() == series.sop_uids
+            np.testing.assert_array_equal(z["positions"], series.positions.astype(np.float32))
+            assert json.loads(str(z["windows"]))[0]["name"] == "brain"
+
+
+def test_real_series_streamed_is_the_former_cache(shared_data, tmp_path):
+    """The first 40 slices of CQ500-CT-0 (JPEG Lossless): the streamed NPZ equals the former one."""
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    files = dicomio.plan_series(index).files.iloc[:40].drop(columns="_z")
+    for spool in (None, tmp_path):
+        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None, spool=spool)
+        assert cacher.hu_problem() is None
+        cacher.write(series, tmp_path / "s.npz")
+        _, ref = _reference_of_dicom(files, 128)
+        _assert_same(tmp_path / "s.npz", ref)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]       # no spool file left
+
+
+def test_hu_of_a_file_is_the_former_conversion(tiny_synthetic):
+    index, _ = dicom_index.index_folder(tiny_synthetic / "dicom")
+    for path in index["path"][:12]:
+        ds = pydicom.dcmread(path)
+        raw = ds.pixel_array
+        old = raw.astype(np.float32) * np.float32(float(ds.RescaleSlope)) + np.float32(float(ds.RescaleIntercept))
+        pad = ds.get("PixelPaddingValue")
+        if pad is not None:
+            old[np.isin(raw, [int(pad)])] = -1024.0
+        np.maximum(old, -1024.0, out=old)
+        assert dicomio._pixels_to_hu(ds, path).tobytes() == old.tobytes()
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _synthetic_files(folder, n, rows=256, cols=256):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hu = _head_volume(1, rows, cols)[0]
+    for k in range(n):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, f"1.2.3.{n}.{k}"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, f"1.2.3.{n}.{k}", "CT"
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "P", "1.2.3", f"1.2.3.{n}"
+        ds.Rows, ds.Columns, ds.PixelSpacing, ds.SliceThickness = rows, cols, [0.5, 0.5], 5
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 5.0 * k]
+        ds.InstanceNumber, ds.SamplesPerPixel, ds.PhotometricInterpretation = k + 1, 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = (hu + 1024 + k).astype("<i2").tobytes()
+        ds.save_as(folder / f"{k:04d}.dcm", enforce_file_format=True)
+    return dicom_index.index_folder(folder)[0]
+
+
+def test_memory_of_the_streamed_path_does_not_grow_with_the_series(tmp_path):
+    """Peak traced memory (numpy reports its buffers to tracemalloc) for 12 and for 60 slices of 256 x 256
+    at 128 px: with the per-slice arrays spooled, 48 more slices add almost nothing; kept in memory they
+    add their 97 kB a slice; the former whole-volume path held 256 kB of HU more per slice."""
+    def peak(files, n, spool):
+        tracemalloc.start()
+        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None, spool=spool)
+        cacher.write(series, tmp_path / f"{n}.npz")
+        got = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert cacher.n == n
+        return got
+
+    files = {n: _synthetic_files(tmp_path / str(n), n) for n in (12, 60)}
+    spooled = peak(files[60], 60, tmp_path / "spool") - peak(files[12], 12, tmp_path / "spool")
+    held = peak(files[60], 60, None) - peak(files[12], 12, None)
+    assert spooled < 1_000_000, f"peak grew by {spooled / 1e6:.1f} MB for 48 more slices"
+    assert held > 48 * 90_000 > 4 * spooled
+    assert not any((tmp_path / "spool").iterdir())
+    with np.load(tmp_path / "60.npz") as z:
+        assert z["images"].shape == (60, 3, 128, 128) and z["gt_mask"].shape == (60, 128, 128)
+    tracemalloc.start()
+    dicomio.load_series(files[60])                   # the whole volume: the test can tell
+    whole = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert whole > 60 * 256 * 256 * 4
+
+
+def test_a_rejected_series_leaves_no_spool_file(tmp_path):
+    folder = tmp_path / "dicom"
+    files = _synthetic_files(folder, 10, rows=64, cols=64)
+    windowed = folder.parent / "windowed"
+    windowed.mkdir()
+    for path in files["path"]:                      # values 0 .. 80: a display window, not HU
+        ds = pydicom.dcmread(path)
+        ds.RescaleIntercept = 0
+        ds.PixelData = np.clip(ds.pixel_array - 1000, 0, 80).astype("<i2").tobytes()
+        ds.save_as(windowed / (path.rsplit("/", 1)[-1]), enforce_file_format=True)
+    out = tmp_path / "index"
+    out.mkdir()
+    build_index(windowed, out / "index.csv", out / "series.csv", out / "rejected.csv")
+    table = preprocess_shard(out / "index.csv", out / "series.csv", tmp_path / "cache", shard=0, n_shards=1,
+                             windows=PAPER_WINDOWS, size=32)
+    assert table.empty
+    assert "do not look like CT in HU" in (tmp_path / "cache" / "rejected.csv").read_text()
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["rejected.csv", "series.csv"]
