@@ -40,7 +40,7 @@ class SliceSet:
         return isinstance(self.images, np.ndarray)
 
 
-def row_chunks(array, rows: int = 4096) -> Iterator[np.ndarray]:
+def row_chunks(array, rows: int = 512) -> Iterator[np.ndarray]:
     """An in-memory array as it is, a StoreArray `rows` rows at a time: the same bytes in the same order."""
     if isinstance(array, np.ndarray):
         yield array
