@@ -188,3 +188,15 @@ def test_gathered_pages_are_released_from_resident_memory(tmp_path):
     released = rss_file_mb()
     assert touched - before > 20, (before, touched)
     assert touched - released > 20, (touched, released)
+
+
+def test_pack_command_packs_a_cache_made_before_the_store(tmp_path):
+    from ichbench.cli import main
+
+    write_shard(tmp_path / "shard-0", {"a": 4, "b": 3}, seed=1)
+    assert not (tmp_path / "shard-0" / "store").exists()
+    assert main(["pack", "--cache", str(tmp_path / "shard-0")]) in (0, None)
+    images = np.load(tmp_path / "shard-0" / "store" / "images.npy")
+    with np.load(tmp_path / "shard-0" / "b.npz") as z:
+        assert images.shape == (7, 3, SIZE, SIZE) and np.array_equal(images[4:], z["images"])
+    assert main(["pack", "--cache", str(tmp_path / "nowhere")]) not in (0, None)    # a clear error, no traceback
