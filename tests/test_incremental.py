@@ -4,6 +4,7 @@
     a new method                  -> the new method's train + score jobs, and the aggregation
     windowing / image size        -> everything downstream of preprocessing (not synthesis, not indexing)
     one method's code             -> that method's train + score jobs, and the aggregation
+    how a fold is read (train.in_memory, train.memory_budget_gb) -> nothing
 
 Changes go in through `--configfile` (as the README says): `--config key=value` turns numbers into
 strings and so changes every job's params. Also here: the HTML report of the same run.
@@ -140,6 +141,16 @@ pytestmark = pytest.mark.slow
 def test_completed_run_has_nothing_to_do(project):
     assert dry_run(project) == set()
     assert dry_run(project, copy.deepcopy(project.config)) == set()
+
+
+def test_how_a_fold_is_read_reruns_nothing(project):
+    """train.in_memory and train.memory_budget_gb change how the slices are read, not the results."""
+    cfg = copy.deepcopy(project.config)
+    cfg["train"]["in_memory"] = "false"
+    cfg["train"]["memory_budget_gb"] = 0.5
+    assert dry_run(project, cfg) == set()
+    assert all((project.work / "results" / "data" / "cache" / f"shard-{k}" / "store" / "images.npy").exists()
+               for k in range(cfg["preprocess"]["shards"]))
 
 
 def test_one_hyper_parameter_reruns_that_method_only(project):

@@ -247,8 +247,21 @@ def score_files(kind):
 GPUS = 0 if str(config["train"]["device"]).strip().lower() == "cpu" else 1
 
 
+def _memory_budget_gb():
+    return float(config["train"].get("memory_budget_gb", 4))
+
+
 def train_mem_mb(wildcards, attempt):
-    return 8000 * attempt
+    """Memory of a train or score job: the slices it may load (train.memory_budget_gb) + 3 GB, at least 8000 MB."""
+    return max(8000, int(1024 * _memory_budget_gb()) + 3072) * attempt
+
+
+def data_access(wildcards, threads):
+    """--in-memory / --memory-budget-gb of train and score. How a fold is read does not change its results:
+    a param function of `threads` is one Snakemake does not record, so changing these reruns nothing."""
+    mode = config["train"].get("in_memory", "auto")
+    mode = {True: "true", False: "false"}.get(mode, str(mode).lower())
+    return f"--in-memory {mode} --memory-budget-gb {_memory_budget_gb()}"
 
 
 def uses_conda():

@@ -21,7 +21,7 @@ rule score:
     threads: 1
     resources:
         gpu=GPUS,
-        mem_mb=8000,
+        mem_mb=train_mem_mb,
         runtime=60,
     params:
         files=method_files_state,
@@ -31,10 +31,11 @@ rule score:
         pixel_specificity=config["evaluation"]["pixel_specificity"],
         loc_seed=config["evaluation"]["seed"],
         error_cases=config["evaluation"]["error_cases"],
+        data=data_access,
     shell:
         "ichbench score --model {input.model} --manifest {input.manifest} "
         "--figure-cases {input.figure_cases} --out-csv {output.scores} --out-maps {output.maps} "
         "--device {params.device} --batch-size {params.batch_size} --threads {threads} "
         "--out-loc {output.loc} --pixel-negative-rate {params.negative_rate} --loc-seed {params.loc_seed} "
         "--out-errors {output.errors} --error-cases {params.error_cases} "
-        "--pixel-specificity {params.pixel_specificity} > {log} 2>&1"
+        "--pixel-specificity {params.pixel_specificity} {params.data} > {log} 2>&1"

@@ -29,8 +29,9 @@ rule train:
         checkpoint_seconds=config["train"]["checkpoint_seconds"],
         deterministic="--deterministic" if config["train"]["deterministic"] else "",
         out=output_dir,
+        data=data_access,
     shell:
         "ichbench train --method {wildcards.method} --params '{params.hyper}' "
         "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
         "--checkpoint-every {params.checkpoint_every} --checkpoint-seconds {params.checkpoint_seconds} "
-        "--threads {threads} {params.deterministic} > {log} 2>&1"
+        "--threads {threads} {params.deterministic} {params.data} > {log} 2>&1"

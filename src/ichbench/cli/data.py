@@ -1,4 +1,4 @@
-"""Subcommands from raw scans to fold manifests: synth, index, preprocess, bhx-transfer, split."""
+"""Subcommands from raw scans to fold manifests: synth, index, preprocess, pack, bhx-transfer, split."""
 from __future__ import annotations
 
 import json
@@ -49,6 +49,17 @@ def cmd_preprocess(a) -> None:
                              boxes=[b for b in (a.boxes or []) if b] or None, non_hu=a.non_hu)
     logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
                  int(table["n_slices"].sum()) if len(table) else 0)
+    from ..cache.store import pack_shard
+
+    packed = pack_shard(a.out)      # the memory-mappable slice store beside the NPZs (cache/store.py)
+    logging.info("slice store: %s", packed or "none (no series)")
+
+
+def cmd_pack(a) -> None:
+    from ..cache.store import pack_shard
+
+    for shard in a.cache:
+        logging.info("%s: slice store %s", shard, pack_shard(shard) or "not written (no series)")
 
 
 def cmd_bhx_transfer(a) -> None:
@@ -219,6 +230,10 @@ def add_commands(command) -> None:
     s.add_argument("--non-hu", default="reject", choices=["reject", "accept"],
                    help="a series whose values do not look like CT in HU: reject it, or accept it with a warning")
     s.add_argument("--workers", type=int, default=1, help="worker processes")
+
+    s = command("pack", "pack cache shards' NPZs into memory-mappable slice stores (preprocess does it too)",
+                cmd_pack)
+    s.add_argument("--cache", nargs="+", required=True, help="cache shard folder(s) written by `preprocess`")
 
     s = command("bhx-transfer", "move BHX boxes onto the chosen series by patient coordinates", cmd_bhx_transfer)
     s.add_argument("--index", required=True, help="index.csv of `index` (geometry of every series)")

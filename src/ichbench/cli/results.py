@@ -176,11 +176,12 @@ def cmd_anomaly_figure(a) -> None:
 
     from ..cohort.splits import read_manifest
     from ..evaluation.anomaly_figure import plot_synthetic_anomalies
-    from ..training.data import load_slices
+    from ..training.data import open_slices, row_chunks
 
     rows = read_manifest(a.manifest)
-    data = load_slices(rows[rows["part"] == "train"])
-    brain = data.masks["brain_mask"].reshape(len(data), -1).sum(1)
+    # a large fold is read from the slice store: only the brain masks (in chunks) and the picked slices
+    data = open_slices(rows[rows["part"] == "train"], where=f"{a.manifest} (training slices)")
+    brain = np.concatenate([c.reshape(len(c), -1).sum(1) for c in row_chunks(data.masks["brain_mask"])])
     order = np.argsort(-brain, kind="stable")           # slices with the most brain, not neighbours
     pick = np.sort(order[:: max(1, len(order) // (4 * a.n))][: a.n])
     plot_synthetic_anomalies(data.images[pick], data.masks["head_mask"][pick], data.masks["brain_mask"][pick],

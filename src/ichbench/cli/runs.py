@@ -11,7 +11,7 @@ def cmd_train(a) -> None:
 
     rec = train(a.method, json.loads(a.params) if a.params else {}, a.manifest, a.out, device=a.device,
                 seed=a.seed, checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
-                threads=a.threads,
+                threads=a.threads, in_memory=a.in_memory, memory_budget_gb=a.memory_budget_gb,
                 # a bar only on a terminal: log files get the one line per epoch, no carriage-return frames
                 progress=not a.no_progress and sys.stderr.isatty(), deterministic=a.deterministic)
     logging.info("done: %s", json.dumps({k: rec[k] for k in ("train_seconds", "slices_per_second", "device")}))
@@ -24,7 +24,8 @@ def cmd_score(a) -> None:
                    batch_size=a.batch_size, threads=a.threads, out_loc=a.out_loc,
                    out_errors=a.out_errors, error_cases=a.error_cases,
                    pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed,
-                   pixel_specificity=a.pixel_specificity)
+                   pixel_specificity=a.pixel_specificity, in_memory=a.in_memory,
+                   memory_budget_gb=a.memory_budget_gb)
     logging.info("scored %d slices", len(t))
 
 
@@ -56,6 +57,15 @@ def cmd_predict(a) -> None:
             workers=a.workers)
 
 
+def data_access_options(s) -> None:
+    """--in-memory and --memory-budget-gb of train and score (train.in_memory, train.memory_budget_gb)."""
+    s.add_argument("--in-memory", default="auto", choices=["auto", "true", "false"],
+                   help="load the fold's slices (true), gather each batch from the slice store (false), or "
+                        "load them when they fit --memory-budget-gb (auto); the results are the same")
+    s.add_argument("--memory-budget-gb", type=float, default=4.0,
+                   help="with --in-memory auto: the most GB of slices (images and masks) loaded into memory")
+
+
 def add_commands(command) -> None:
     """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
     s = command("train", "train one method on one fold", cmd_train)
@@ -74,6 +84,7 @@ def add_commands(command) -> None:
                    help="no progress bar even on a terminal (never one when stderr is a file)")
     s.add_argument("--deterministic", action="store_true",
                    help="deterministic kernels (cuDNN, torch.use_deterministic_algorithms); slower on a GPU")
+    data_access_options(s)
 
     s = command("score", "score a fold's validation and test slices", cmd_score)
     s.add_argument("--model", required=True, help="model.pt written by `train`")
@@ -94,6 +105,7 @@ def add_commands(command) -> None:
     s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
                    help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
     s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")
+    data_access_options(s)
 
     s = command("export", "write one trained row and fold as a single model file for `predict`", cmd_export)
     s.add_argument("--method", required=True, help="Table 1 row (as under results/models/)")

@@ -17,7 +17,7 @@ import torch
 
 from ..cohort.splits import read_manifest
 from ..evaluation import localisation
-from .data import DeviceBatches, load_slices
+from .data import DEFAULT_BUDGET_GB, DeviceBatches, open_slices
 from .error_maps import write_error_maps
 from .train import load_trained
 
@@ -48,14 +48,18 @@ def resolve_batch_size(batch_size: int | str, device: torch.device) -> int:
 def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, device: str = "auto",
                batch_size: int | str = "auto", threads: int | None = None, out_loc=None,
                out_errors=None, error_cases: int = 5,
-               pixel_negative_rate: float = 0.0625, loc_seed: int = 0, pixel_specificity: float = 0.999) -> pd.DataFrame:
+               pixel_negative_rate: float = 0.0625, loc_seed: int = 0, pixel_specificity: float = 0.999,
+               in_memory: str | bool = "auto", memory_budget_gb: float = DEFAULT_BUDGET_GB) -> pd.DataFrame:
+    """Score the val and test parts of a fold manifest (see the module docstring); `in_memory`,
+    `memory_budget_gb`: load the slices, or gather each batch from the slice store (`data.open_slices`)."""
     if threads:
         torch.set_num_threads(threads)
     method, rec = load_trained(model_path, device)
     batch_size = resolve_batch_size(batch_size, method.device)
     rows = read_manifest(manifest)
     rows = rows[rows["part"].isin(["val", "test"])].reset_index(drop=True)
-    data = load_slices(rows, extra=("gt_mask",))
+    data = open_slices(rows, extra=("gt_mask",), in_memory=in_memory, memory_budget_gb=memory_budget_gb,
+                       where=f"{manifest} (validation and test slices)")
     fold = int(rows["fold"].iloc[0])
     pixel = localisation.has_pixel_scores(rec["method"], type(method))
     brain_scores = np.full(len(rows), np.nan)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..cohort.splits import read_manifest
 from ..methods import get_method
-from .data import DeviceBatches, load_slices
+from .data import DEFAULT_BUDGET_GB, DeviceBatches, open_slices, row_chunks
 from .determinism import set_deterministic
 from .digest import code_digest
 from .modelfile import load_model_file
@@ -67,7 +67,8 @@ def _atomic_save(obj: Any, path: Path) -> None:
 def _data_digest(data, rows: pd.DataFrame) -> str:
     """Digest of the training slices (pixels and identity): a checkpoint only resumes on the same data."""
     h = hashlib.sha256()
-    h.update(np.ascontiguousarray(data.images).data)
+    for chunk in row_chunks(data.images):       # the same digest for the in-memory and the store-read fold
+        h.update(np.ascontiguousarray(chunk).data)
     h.update("\n".join(f"{a}#{b}" for a, b in zip(rows["npz"], rows["slice_index"])).encode())
     return h.hexdigest()[:16]
 
@@ -115,11 +116,14 @@ def build_method(name: str, params: dict[str, Any], in_channels: int, image_size
 
 def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
           device: str = "auto", seed: int = 0, checkpoint_every: int = 1, threads: int | None = None,
-          progress: bool = True, deterministic: bool = False, checkpoint_seconds: float = 0) -> dict[str, Any]:
+          progress: bool = True, deterministic: bool = False, checkpoint_seconds: float = 0,
+          in_memory: str | bool = "auto", memory_budget_gb: float = DEFAULT_BUDGET_GB) -> dict[str, Any]:
     """Train one method on the `train` part of a fold manifest; returns the run record.
     `deterministic`: deterministic kernels (`ichbench.training.determinism`; slower on a GPU).
     Checkpoints: at the end of every `checkpoint_every`-th epoch (0: none), skipped while fewer than
-    `checkpoint_seconds` have passed since the last one (or since training started); 0 writes every one."""
+    `checkpoint_seconds` have passed since the last one (or since training started); 0 writes every one.
+    `in_memory` (auto | true | false), `memory_budget_gb`: load the slices, or gather each batch from the
+    slice store (`training.data.open_slices`); the same batches and weights either way."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -142,7 +146,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         log.warning("training on a random subset of %d of the %d training slices (max_train_slices)",
                     int(limit), len(train_rows))
         train_rows = train_rows.iloc[keep]
-    data = load_slices(train_rows)
+    data = open_slices(train_rows, in_memory=in_memory, memory_budget_gb=memory_budget_gb,
+                       where=f"{manifest} (training slices)")
     n, c, s, _ = data.images.shape
     method = build_method(method_name, params, c, s, dev)
     if subset_note:
