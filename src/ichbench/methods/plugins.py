@@ -129,7 +129,7 @@ def _entry_point_of(row: str) -> tuple[str, str] | None:
     eps = entry_points(row)
     values = sorted({v for _, v, _ in eps})
     if len(values) > 1:
-        both = " and ".join(f"entry point {row} = {v} of distribution {d}" for _, v, d in eps)
+        both = " and by ".join(f"entry point {row} = {v} of distribution {d}" for _, v, d in eps)
         raise ConfigError(f"row {row!r} is defined twice: by {both}; uninstall or rename one of them")
     if not eps:
         return None
