@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import yaml
 
 from ichbench import config
 from ichbench.errors import ConfigError
-from ichbench.methods import REGISTRY, Method, base, plugins
+from ichbench.methods import REGISTRY, Method, plugins
 from ichbench.methods.contract import ContractError, check_class, check_score_batch, dry_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +92,19 @@ def test_entry_point_resolves_and_only_the_named_plugin_is_imported(plugin_path,
         config.validate(with_rows({"MyAE": {"class": "my_row.nets:SmallConvAE"}}))
 
 
+def test_methods_lists_installed_plugins_and_says_which_do_not_load(plugin_path, tmp_path, capsys):
+    from ichbench import cli
+
+    plugin_path.syspath_prepend(str(fake_dist(tmp_path, "ichbench-my-row", {"MyAE": SPEC, "Gone": "gone_xyz:R"})))
+    plugins.clear_cache()
+    assert cli.main(["methods"]) == 0
+    out = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert {"AE", "AnatPaste", "MyAE", "Gone"} <= set(out)
+    assert "reconstruction" in out["MyAE"] and "entry point MyAE = my_row.rows:MyAE" in out["MyAE"]
+    assert "(not loaded)" in out["Gone"] and "cannot import module 'gone_xyz'" in out["Gone"]
+    assert "[" not in out["AE"]
+
+
 def test_unknown_row_says_how_to_add_one(plugin_path):
     with pytest.raises(ConfigError, match=r"unknown method.*NoSuchRow.*class: my_package.rows:MyRow"):
         config.validate(with_rows({"NoSuchRow": {}}))
@@ -156,16 +168,29 @@ def _variant(name, **attrs):
     return type(name, (_Good,), {"name": name, **attrs})
 
 
+def _noisy_loss(self, batch):
+    """A loss drawing from all three generators, as the self-supervised rows' anomaly synthesis does."""
+    import random
+
+    noise = torch.rand_like(batch["x"]) * float(np.random.rand()) * random.random()
+    return torch.mean((batch["x"] + noise - self.model(batch["x"])) ** 2), {}
+
+
 def test_good_row_passes_and_the_dry_run_leaves_the_generators_alone():
-    check_class(_Good)
-    torch.manual_seed(5)
-    np.random.seed(5)
-    expected = (torch.rand(3), np.random.rand(3))
-    torch.manual_seed(5)
-    np.random.seed(5)
-    dry_run(_Good, {}, _batch())
-    got = (torch.rand(3), np.random.rand(3))
-    assert torch.equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
+    import random
+
+    cls = _variant("Noisy", loss=_noisy_loss)
+    check_class(cls)
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    for seed in (5, 5):
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        expected = draws()
+    torch.manual_seed(5), np.random.seed(5), random.seed(5)
+    dry_run(cls, {}, _batch())
+    assert draws() == expected
 
 
 def test_missing_methods_and_bad_attributes_fail_on_the_class():
@@ -289,24 +314,22 @@ def test_score_always_checks_maps(broken_module, tmp_path, one_torch_thread):
         score_fold(tmp_path / "out" / "model.pt", manifest, tmp_path / "s.csv", tmp_path / "m.npz", device="cpu")
 
 
-def test_cli_check_method_and_train_fail_with_one_line(broken_module, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(EXAMPLE / "src"), str(broken_module)])}
-    run = [sys.executable, "-m", "ichbench"]
-    ok = subprocess.run(run + ["check-method", "MyAE", "--class", SPEC, "--size", "32"], capture_output=True,
-                        text=True, env=env, timeout=300)
-    assert ok.returncode == 0, ok.stderr
-    assert "MyAE: the row contract holds" in ok.stdout and "my_row.nets" in ok.stdout and "my_row.rows" in ok.stdout
-    bad = subprocess.run(run + ["check-method", "MyAE", "--class", SPEC, "--size", "36"], capture_output=True,
-                         text=True, env=env, timeout=300)
-    assert bad.returncode == 1 and "row 'MyAE': building the row" in bad.stderr and "divisible by 8" in bad.stderr
+def test_cli_check_method_and_train_fail_with_one_line(broken_module, tmp_path, capsys, one_torch_thread):
+    from ichbench import cli
+
+    assert cli.main(["check-method", "MyAE", "--class", SPEC, "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "MyAE: the row contract holds" in out and "my_row.nets" in out and "my_row.rows" in out
+    assert cli.main(["check-method", "MyAE", "--size", "36"]) == 1
+    err = capsys.readouterr().err
+    assert "row 'MyAE': building the row" in err and "divisible by 8" in err
     manifest = fake_fold(tmp_path)
-    proc = subprocess.run(run + ["train", "--method", "HalfMap", "--class", "broken_rows:HalfMap", "--params",
-                                 '{"epochs": 1, "batch_size": 2}', "--manifest", str(manifest), "--out",
-                                 str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "ichbench train: error: row 'HalfMap': score() returned a map of shape (2, 8, 8)" in proc.stderr
+    assert cli.main(["train", "--method", "HalfMap", "--class", "broken_rows:HalfMap", "--params",
+                     '{"epochs": 1, "batch_size": 2}', "--manifest", str(manifest), "--out", str(tmp_path / "out"),
+                     "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "ichbench train: error: row 'HalfMap': score() returned a map of shape (2, 8, 8)" in err
 
 
 # -- the code digest ------------------------------------------------------------------------------------------

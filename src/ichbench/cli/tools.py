@@ -10,10 +10,12 @@ def cmd_methods(a) -> None:
     from ..methods.plugins import all_plugin_rows, is_external, source_of
     from ..training.digest import code_digest
 
-    all_plugin_rows()              # the installed plugins' rows (this command imports them all)
+    broken = {k: v for k, v in all_plugin_rows().items() if v}   # the installed plugins' rows (all imported)
     for name, cls in REGISTRY.items():
         where = f"  [{source_of(name)}]" if is_external(name) else ""
         print(f"{name:18s} {cls.group:16s} {code_digest(name)}  {cls.paper}{where}")
+    for name, why in broken.items():
+        print(f"{name:18s} {'(not loaded)':16s} {'-' * 16}  {why}")
 
 
 def cmd_check_method(a) -> None:

@@ -171,9 +171,14 @@ def builtin_rows() -> list[str]:
     return [n for n, c in REGISTRY.items() if _is_ichbench(c)]
 
 
-def all_plugin_rows() -> list[str]:
-    """Load every installed plugin row (for `ichbench methods`: this one imports them all)."""
-    names = sorted({name for name, _, _ in entry_points()})
-    for name in names:
-        resolve(name)
-    return names
+def all_plugin_rows() -> dict[str, str | None]:
+    """Load every installed plugin row (for `ichbench methods`: this one imports them all): row name -> None
+    when it loaded, else why not (one broken plugin does not hide the others)."""
+    status: dict[str, str | None] = {}
+    for name in sorted({name for name, _, _ in entry_points()}):
+        try:
+            resolve(name)
+            status[name] = None
+        except ValueError as exc:            # ConfigError, ContractError: said, not raised
+            status[name] = str(exc)
+    return status
