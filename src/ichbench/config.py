@@ -87,12 +87,29 @@ def selected_rows(cfg: dict) -> list[str]:
     return [m for m in cfg["methods"] if m in set(rows)]
 
 
-def check_methods(cfg: dict) -> None:
-    from .methods import REGISTRY
+def method_class(cfg: dict, method: str) -> str | None:
+    """The `class: module:attribute` of a row from outside the package, as written under `methods:`."""
+    entry = cfg.get("methods", {}).get(method)
+    return entry.get("class") if isinstance(entry, dict) else None
 
-    unknown = [m for m in cfg.get("methods", {}) if m not in REGISTRY]
+
+def check_methods(cfg: dict) -> None:
+    """Every row under `methods:` resolved (built-in, `class:` or an installed plugin's entry point; a
+    ConfigError for an unknown one or a name defined twice), and the keys that name rows."""
+    from .methods import REGISTRY
+    from .methods.plugins import entry_points, resolve
+
+    unknown = []
+    for m in cfg.get("methods", {}):
+        spec = method_class(cfg, m)
+        if spec is None and m not in REGISTRY and not entry_points(m):
+            unknown.append(m)
+        else:
+            resolve(m, spec)
     if unknown:
-        raise ConfigError(f"config: unknown method(s) {unknown}; registered methods: {', '.join(REGISTRY)}")
+        raise ConfigError(f"config: unknown method(s) {unknown}; registered methods: {', '.join(REGISTRY)}; "
+                          f"a row from outside the package names its class (class: my_package.rows:MyRow) "
+                          f"or is registered by an installed package (docs/your-method.md)")
     missing = [r for r in (cfg.get("rows") or []) if r not in cfg.get("methods", {})]
     if missing:
         raise ConfigError(f"config: rows {missing} are not configured under methods "
@@ -115,7 +132,8 @@ def method_params(cfg: dict, method: str) -> dict[str, Any]:
     recipe = cfg["recipes"][cfg["recipe"]]
     merged = dict(cls.full_defaults())
     shared = {k: v for k, v in recipe.get("all", {}).items() if k not in cls.own_recipe}
-    for layer in (shared, recipe.get(method, {}), (cfg["methods"].get(method) or {})):
+    own = {k: v for k, v in (cfg["methods"].get(method) or {}).items() if k != "class"}
+    for layer in (shared, recipe.get(method, {}), own):
         for k, v in layer.items():
             if k not in merged:
                 raise ConfigError(f"config: {method} has no hyper-parameter {k!r}; known: {sorted(merged)}")

@@ -219,6 +219,15 @@ def method_digest(wildcards):
     return code_digest(wildcards.method)
 
 
+def method_class_arg(wildcards):
+    """`--class module:attribute` for a row from outside the package (its `class:` under methods, or the
+    installed entry point it was resolved from), else nothing."""
+    from ichbench.methods.plugins import spec_of
+
+    spec = spec_of(wildcards.method)
+    return f"--class {shlex.quote(spec)}" if spec else ""
+
+
 def _method_files(method):
     from ichbench.methods import get_method
 

@@ -23,6 +23,7 @@ rule train:
         files=method_files_state,
         hyper=method_params,
         code=method_digest,
+        cls=method_class_arg,
         device=config["train"]["device"],
         seed=config["train"]["seed"],
         checkpoint_every=config["train"]["checkpoint_every"],
@@ -31,7 +32,7 @@ rule train:
         out=output_dir,
         data=data_access,
     shell:
-        "ichbench train --method {wildcards.method} --params '{params.hyper}' "
+        "ichbench train --method {wildcards.method} {params.cls} --params '{params.hyper}' "
         "--manifest {input.manifest} --out {params.out} --device {params.device} --seed {params.seed} "
         "--checkpoint-every {params.checkpoint_every} --checkpoint-seconds {params.checkpoint_seconds} "
         "--threads {threads} {params.deterministic} {params.data} > {log} 2>&1"

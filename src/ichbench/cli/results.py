@@ -148,9 +148,13 @@ def cmd_errors(a) -> None:
 
 
 def _method_cls(name):
+    """A row's class, None for one this process cannot name (a `class:` row: its display name is its name)."""
     from ..methods import get_method
 
-    return get_method(name)
+    try:
+        return get_method(name)
+    except KeyError:
+        return None
 
 
 def cmd_confounds(a) -> None:

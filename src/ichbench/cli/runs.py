@@ -13,7 +13,8 @@ def cmd_train(a) -> None:
                 seed=a.seed, checkpoint_every=a.checkpoint_every, checkpoint_seconds=a.checkpoint_seconds,
                 threads=a.threads, in_memory=a.in_memory, memory_budget_gb=a.memory_budget_gb,
                 # a bar only on a terminal: log files get the one line per epoch, no carriage-return frames
-                progress=not a.no_progress and sys.stderr.isatty(), deterministic=a.deterministic)
+                progress=not a.no_progress and sys.stderr.isatty(), deterministic=a.deterministic,
+                method_class=a.method_class, check_contract=True if a.check_contract else None)
     logging.info("done: %s", json.dumps({k: rec[k] for k in ("train_seconds", "slices_per_second", "device")}))
 
 
@@ -71,6 +72,12 @@ def add_commands(command) -> None:
     s = command("train", "train one method on one fold", cmd_train)
     s.add_argument("--method", required=True, help="Table 1 row (see `ichbench methods`)")
     s.add_argument("--params", help="JSON of hyper-parameters (see `ichbench params`)")
+    s.add_argument("--class", dest="method_class", metavar="MODULE:ATTR",
+                   help="the row's class, for a row from outside the package (config `class:`; "
+                        "docs/your-method.md)")
+    s.add_argument("--check-contract", action="store_true",
+                   help="dry-run the row contract on two training slices before training also for a built-in "
+                        "row (always done for a row from outside the package)")
     s.add_argument("--manifest", required=True, help="fold manifest fold-K.csv written by `split`")
     s.add_argument("--out", required=True, help="folder for model.pt, history.csv, run.json, checkpoint.pt")
     s.add_argument("--device", default="auto", help="auto (CUDA where present, else CPU), cpu, cuda or cuda:N")

@@ -7,10 +7,54 @@ from pathlib import Path
 
 def cmd_methods(a) -> None:
     from ..methods import REGISTRY
+    from ..methods.plugins import all_plugin_rows, is_external, source_of
     from ..training.digest import code_digest
 
+    broken = {k: v for k, v in all_plugin_rows().items() if v}   # the installed plugins' rows (all imported)
     for name, cls in REGISTRY.items():
-        print(f"{name:18s} {cls.group:16s} {code_digest(name)}  {cls.paper}")
+        where = f"  [{source_of(name)}]" if is_external(name) else ""
+        print(f"{name:18s} {cls.group:16s} {code_digest(name)}  {cls.paper}{where}")
+    for name, why in broken.items():
+        print(f"{name:18s} {'(not loaded)':16s} {'-' * 16}  {why}")
+
+
+def cmd_check_method(a) -> None:
+    """Dry-run a row's contract on toy head slices: build, one training step, fit_end, score, state."""
+    import json
+
+    import torch
+
+    from .. import config
+    from ..methods import get_method
+    from ..methods.contract import dry_run
+    from ..methods.plugins import resolve, source_of
+    from ..synthetic.toy import toy_head_slices
+    from ..training.digest import code_digest, source_files
+    from ..training.train import resolve_device
+
+    params = {}
+    if a.config:
+        cfg = config.load(a.config, *a.configfile)
+        if a.row not in cfg["methods"]:
+            raise config.ConfigError(f"{a.config}: no row {a.row!r} under methods ({', '.join(cfg['methods'])})")
+        params = config.method_params(cfg, a.row)
+    elif a.method_class:
+        resolve(a.row, a.method_class, where="given by --class")
+    if a.params:
+        params.update(json.loads(a.params))
+    cls = get_method(a.row)
+    dev = resolve_device(a.device)
+    images, heads, brains = toy_head_slices(2, size=a.size, seed=0)
+    batch = {"x": torch.from_numpy(images[:, : a.channels]).to(dev)}
+    masks = {"head_mask": heads, "brain_mask": brains}
+    batch.update({k: torch.from_numpy(masks[k]).to(dev) for k in cls.needs})
+    dry_run(cls, params, batch)
+    print(f"{a.row}: the row contract holds (build, one training step, fit_end, score, state on 2 toy slices "
+          f"of {a.channels}x{a.size}x{a.size} on {dev})")
+    print(f"  source: {source_of(a.row)}")
+    print(f"  code digest {code_digest(a.row)} over:")
+    for mod, path in source_files(a.row).items():
+        print(f"    {mod:40s} {path}")
 
 
 def cmd_params(a) -> None:
@@ -50,7 +94,20 @@ def cmd_bench(a) -> None:
 
 def add_commands(command) -> None:
     """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
-    command("methods", "list the registered methods and their code digests", cmd_methods)
+    command("methods", "list the registered methods (built-in and installed plugins') and their code digests",
+            cmd_methods)
+
+    s = command("check-method", "dry-run one row's contract (build, a training step, fit_end, score) on two toy "
+                                "slices, and list the files of its code digest", cmd_check_method)
+    s.add_argument("row", help="the row's name (built-in, an installed plugin's, or with --class / --config)")
+    s.add_argument("--class", dest="method_class", metavar="MODULE:ATTR",
+                   help="the row's class, for a row from outside the package not in a config")
+    s.add_argument("--config", help="a config file: the row's `class:` and resolved hyper-parameters from it")
+    s.add_argument("--configfile", nargs="+", default=[], help="further config files merged on top in order")
+    s.add_argument("--params", help="JSON of hyper-parameters on top")
+    s.add_argument("--size", type=int, default=64, help="slice size of the toy slices")
+    s.add_argument("--channels", type=int, default=3, choices=[1, 2, 3], help="channels (windows) per slice")
+    s.add_argument("--device", default="cpu", help="cpu, auto, cuda or cuda:N")
 
     s = command("bench", "training images/s of every row vs a bare loop, generators CPU vs device, "
                          "projected paper-recipe Table 1 time (CSV)", cmd_bench)

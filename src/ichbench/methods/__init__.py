@@ -1,5 +1,7 @@
 """The Table 1 rows. Importing this package imports every module in it, and each module registers
-its rows with `@register`: adding a method is one new module here plus one entry in config.yaml.
+its rows with `@register`: adding a method is one new module here plus one entry in config.yaml. Rows from
+other packages (a `class:` under methods, or an entry point of group `ichbench.methods`) are found by
+`plugins` when a run names them; `contract` checks every row against the contract (docs/your-method.md).
 
 May import: errors, inputs, anomalies, nets.
 """

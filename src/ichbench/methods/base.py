@@ -27,17 +27,22 @@ PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat1
 
 def register(cls: type["Method"]) -> type["Method"]:
     """Class decorator: make a method selectable by its Table 1 row name."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"method {cls.name!r} registered twice")
+    if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method {cls.name!r} registered twice: by {REGISTRY[cls.name].__module__} and by "
+                         f"{cls.__module__}")
     REGISTRY[cls.name] = cls
     return cls
 
 
 def get_method(name: str) -> type["Method"]:
-    try:
+    """The class of a row: a registered one, else an installed plugin's entry point (`plugins`)."""
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown method {name!r}; registered: {', '.join(REGISTRY)}") from None
+    from .plugins import entry_points, resolve
+
+    if entry_points(name):
+        return resolve(name)
+    raise KeyError(f"unknown method {name!r}; registered: {', '.join(REGISTRY)}")
 
 
 class Method:
@@ -52,6 +57,9 @@ class Method:
     needs: ClassVar[tuple[str, ...]] = ()
     #: keys of the row's own training recipe (its reference's): `recipes.<r>.all` leaves them alone
     own_recipe: ClassVar[tuple[str, ...]] = ()
+    #: further top-level packages whose modules count in the row's code digest when its modules import them
+    #: (its own package and ichbench always count; see training/digest.py)
+    digest_packages: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: dict[str, Any], in_channels: int, image_size: int, device: torch.device):
         unknown = set(params) - set(self.full_defaults())

@@ -11,24 +11,38 @@ from ..methods import get_method
 TRAIN_LOOP = Path(__file__).with_name("train.py")
 
 
+def _in(mod, roots: set[str]) -> bool:
+    return any(mod.__name__ == r or mod.__name__.startswith(r + ".") for r in roots)
+
+
 def _source_modules(cls: type) -> set:
     """Modules whose source a method's behaviour depends on: those of its class hierarchy and, transitively,
-    the ichbench modules, classes and functions they import (so that a helper split out of a module the row
-    uses, e.g. the device generators' `device_ops`, still reruns the row when it is edited)."""
+    the modules, classes and functions they import from ichbench, from the row's own package (a row from
+    outside ichbench: the top-level package of its class) and from its `digest_packages` (so that a helper
+    split out of a module the row uses, e.g. the device generators' `device_ops`, still reruns the row when
+    it is edited)."""
+    roots = {"ichbench", cls.__module__.split(".")[0], *getattr(cls, "digest_packages", ())}
     found = set()
     for klass in cls.__mro__:
         mod = inspect.getmodule(klass)
-        if mod is not None and mod.__name__.startswith("ichbench"):
+        if mod is not None and _in(mod, roots):
             found.add(mod)
     todo = list(found)
     while todo:
         for value in vars(todo.pop()).values():
             dep = value if inspect.ismodule(value) else inspect.getmodule(value) if (
                 inspect.isclass(value) or inspect.isfunction(value)) else None
-            if dep is not None and dep.__name__.startswith("ichbench") and dep not in found:
+            if dep is not None and _in(dep, roots) and dep not in found:
                 found.add(dep)
                 todo.append(dep)
     return found
+
+
+def source_files(name: str) -> dict[str, str]:
+    """Module name -> source file of everything in a row's code digest (for `ichbench check-method`)."""
+    files = {mod.__name__: inspect.getsourcefile(mod) or "?" for mod in _source_modules(get_method(name))}
+    files["ichbench.training.train"] = str(TRAIN_LOOP)
+    return dict(sorted(files.items()))
 
 
 def code_digest(name: str) -> str:

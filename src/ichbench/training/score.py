@@ -17,6 +17,7 @@ import torch
 
 from ..cohort.splits import read_manifest
 from ..evaluation import localisation
+from ..methods.contract import ContractError, check_score_batch
 from .data import DEFAULT_BUDGET_GB, DeviceBatches, open_slices
 from .error_maps import write_error_maps
 from .train import load_trained
@@ -79,12 +80,18 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
     want_map[cases.index.to_numpy()] = True
     brain_all = data.masks["brain_mask"]
     gt_all = data.masks["gt_mask"]
+    size = int(data.images.shape[-1])
+    not_finite = None          # whether a map held NaN or inf, on the device (read once, after the fold)
     score_parts: list[torch.Tensor] = []
     brain_parts: list[torch.Tensor] = []
     maps: dict[int, np.ndarray] = {}
     for start in range(0, len(rows), batch_size):
         ii = np.arange(start, min(start + batch_size, len(rows)))
         s, m = method.score(batches.batch(torch.from_numpy(ii)))
+        check_score_batch(rec["method"], s, m, len(ii), size)      # shapes and dtypes: no device sync
+        if not_finite is None:
+            not_finite = torch.zeros((), dtype=torch.bool, device=m.device)
+        not_finite |= ~torch.isfinite(m).all()
         # maps stay on the device: only the slice scores, brain means, the figure cases' maps and the
         # localisation sample leave it, and only once the fold is scored (scores, brain means) or per batch
         score_parts.append(s.detach().double())
@@ -110,7 +117,9 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
         brain_scores = torch.cat(brain_parts).cpu().numpy()
     if not np.all(np.isfinite(scores)):
         bad = int((~np.isfinite(scores)).sum())
-        raise FloatingPointError(f"{rec['method']}: {bad} non-finite slice scores in {manifest}")
+        raise ContractError(f"row {rec['method']!r}: {bad} NaN or infinite slice scores in {manifest}")
+    if not_finite is not None and bool(not_finite):
+        raise ContractError(f"row {rec['method']!r}: its anomaly maps hold NaN or infinite values in {manifest}")
     table = rows.assign(method=rec["method"], score=scores, slice_score_brain=brain_scores)[SCORE_COLUMNS]
     if out_loc:
         if not pixel:

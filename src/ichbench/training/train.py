@@ -29,7 +29,9 @@ import torch
 from tqdm import tqdm
 
 from ..cohort.splits import read_manifest
-from ..methods import get_method
+from ..methods import REGISTRY, get_method
+from ..methods.contract import dry_run
+from ..methods.plugins import is_external, resolve, spec_of
 from .data import DEFAULT_BUDGET_GB, DeviceBatches, open_slices, row_chunks
 from .determinism import set_deterministic
 from .digest import code_digest
@@ -117,8 +119,12 @@ def build_method(name: str, params: dict[str, Any], in_channels: int, image_size
 def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
           device: str = "auto", seed: int = 0, checkpoint_every: int = 1, threads: int | None = None,
           progress: bool = True, deterministic: bool = False, checkpoint_seconds: float = 0,
-          in_memory: str | bool = "auto", memory_budget_gb: float = DEFAULT_BUDGET_GB) -> dict[str, Any]:
+          in_memory: str | bool = "auto", memory_budget_gb: float = DEFAULT_BUDGET_GB,
+          method_class: str | None = None, check_contract: bool | None = None) -> dict[str, Any]:
     """Train one method on the `train` part of a fold manifest; returns the run record.
+    `method_class`: `module:attribute` of a row from outside the package (config `class:`).
+    `check_contract`: a dry run of the row's contract on two training slices before training (None: for rows
+    from outside the package only; it leaves the random number generators as they were).
     `deterministic`: deterministic kernels (`ichbench.training.determinism`; slower on a GPU).
     Checkpoints: at the end of every `checkpoint_every`-th epoch (0: none), skipped while fewer than
     `checkpoint_seconds` have passed since the last one (or since training started); 0 writes every one.
@@ -137,7 +143,7 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
         raise ValueError(f"{manifest}: the fold has no training slices")
     if (train_rows["label"] != 0).any():
         raise ValueError(f"{manifest}: training slices must all be normal")
-    cls = get_method(method_name)
+    cls = resolve(method_name, method_class, where="given by --class") if method_class else get_method(method_name)
     limit = {**cls.full_defaults(), **params}.get("max_train_slices")
     subset_note = None
     if limit and len(train_rows) > int(limit):
@@ -149,10 +155,13 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     data = open_slices(train_rows, in_memory=in_memory, memory_budget_gb=memory_budget_gb,
                        where=f"{manifest} (training slices)")
     n, c, s, _ = data.images.shape
+    batches = DeviceBatches(data, dev, mask_keys=cls.needs)
+    if check_contract or (check_contract is None and is_external(method_name)):
+        dry_run(cls, params, batches.batch(torch.arange(min(2, n))))
+        log.info("%s: contract checked on %d training slices (one step, fit_end, score)", method_name, min(2, n))
     method = build_method(method_name, params, c, s, dev)
     if subset_note:
         method.notes.append(subset_note)
-    batches = DeviceBatches(data, dev, mask_keys=cls.needs)
     p = method.params
     epochs, bs = int(p["epochs"]), int(p["batch_size"])
     # train_first_n (two-stage rows, the reference's Repeat(train_data, 3000)): update steps draw from the
@@ -231,7 +240,8 @@ def train(method_name: str, params: dict[str, Any], manifest: str | os.PathLike,
     method.fit_end(lambda: batches.epoch(bs, shuffle=False))
     elapsed = time.perf_counter() - t0
     record = {
-        "method": method_name, "group": cls.group, "params": p, "code_digest": code_digest(method_name),
+        "method": method_name, **({"class": spec_of(method_name)} if spec_of(method_name) else {}),
+        "group": cls.group, "params": p, "code_digest": code_digest(method_name),
         "epochs": epochs, "train_slices": n, "image_shape": [c, s, s], "device": str(dev),
         "torch": str(torch.__version__), "python": platform.python_version(), **environment_record(dev), "seed": seed,
         "resumed_from_epoch": resumed_from, "train_seconds": round(elapsed, 2),
@@ -256,6 +266,9 @@ def load_trained(model_path: str | os.PathLike, device: str = "auto"):
     dev = resolve_device(device)
     blob = load_model_file(model_path, map_location=dev)
     rec = blob["record"]
+    if rec.get("class") and rec["method"] not in REGISTRY:
+        # a row from outside the package: its class, named by the record, imported from the Python path
+        resolve(rec["method"], rec["class"], where=f"named by the run record of {model_path}")
     c, s, _ = rec["image_shape"]
     method = build_method(rec["method"], rec["params"], c, s, dev)
     method.load_state_dict(blob["state"], with_optimizers=False)
