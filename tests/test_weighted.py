@@ -68,3 +68,26 @@ def test_a_sensitivity_found_in_the_wrong_place_would_show():
     # 5 false positives allowed at 95 % specificity (99 .. 95): 98.5 and 96.5 above them, 93.5 below
     assert got["sens@95spec"][0] == pytest.approx(90.0)
     assert got["sens@90spec"][0] == pytest.approx(100.0)
+
+
+def _units(seed, n=300, folds=2):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    return pd.DataFrame({"fold": np.arange(n) % folds, "sop_uid": [f"S{i}" for i in range(n)], "y": y,
+                         "score": np.round(rng.normal(size=n) + y, 1)})
+
+
+def test_delong_pairs_equal_the_merged_pair_and_fall_back_on_other_units():
+    from ichbench.evaluation.delong import DeLongPairs
+
+    a, b = _units(1), _units(2)
+    b["y"] = a["y"]
+    pairs = DeLongPairs({"A": a, "B": b})
+    assert pairs.paired_p("A", "B") == stats.delong_paired_p(a, b)          # the same numbers, bit for bit
+    assert pairs.paired_p("B", "A") == stats.delong_paired_p(b, a)
+    c = b.iloc[::-1].iloc[5:].reset_index(drop=True)                         # other order, fewer slices: the merge
+    pairs = DeLongPairs({"A": a, "C": c})
+    assert pairs.paired_p("A", "C") == stats.delong_paired_p(a, c)
+    assert np.isfinite(pairs.paired_p("A", "C")[1])
