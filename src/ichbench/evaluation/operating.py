@@ -64,9 +64,10 @@ def thresholds(val_units: pd.DataFrame, test_units: pd.DataFrame,
     """One row per (method, fold, rule): the threshold, and the validation specificity / sensitivity it gives.
     `*_units`: stats.slice_units / scan_units frames (method, fold, y, score) of the validation / test part."""
     rows = []
+    test_parts = test_units.groupby(["method", "fold"], sort=False).indices       # one pass, not one per fold
     for (method, fold), v in val_units.groupby(["method", "fold"], sort=True):
         y, s = v["y"].to_numpy(bool), v["score"].to_numpy(float)
-        t = test_units[(test_units["method"] == method) & (test_units["fold"] == fold)]
+        t = test_units.iloc[test_parts.get((method, fold), np.zeros(0, int))]
         choices = [("spec", q, quantile_threshold(s[~y], q)) for q in targets]
         choices.append(("youden", None, youden_threshold(y, s)))
         tn = t["score"].to_numpy(float)[t["y"].to_numpy(int) == 0]
@@ -107,8 +108,10 @@ def operating_points(val_units: pd.DataFrame, test_units: pd.DataFrame, method_o
     patients = stats.patient_table(test_units)
     counts = stats.patient_counts(patients, n_boot, seed) if n_boot > 0 else None
     per_fold, summary = [], []
+    by_method = dict(tuple(test_units.groupby("method", sort=False)))
+    blocks: dict = {}                 # (first, last + 1) patient column -> the draws' counts there, as float
     for method in [m for m in method_order if (thr["method"] == m).any()]:
-        units_m = test_units[test_units["method"] == method]
+        units_m = by_method.get(method, test_units.iloc[:0])
         y_m, s_m = units_m["y"].to_numpy(bool), units_m["score"].to_numpy(float)
         pidx_m, fold_m = stats.patient_index(units_m, patients), units_m["fold"].to_numpy()
         for rule, g in thr[thr["method"] == method].groupby("rule", sort=False):
@@ -126,7 +129,11 @@ def operating_points(val_units: pd.DataFrame, test_units: pd.DataFrame, method_o
                 for k in RATES:
                     fold_vals[k].append(float(point[k]))
                 if counts is not None:
-                    d = counts @ conf                                    # (draws x 4)
+                    # only the fold's patients: the others' confusion rows are 0 (the table is sorted by fold)
+                    lo, hi = int(pidx_m[sel].min()), int(pidx_m[sel].max()) + 1
+                    if (lo, hi) not in blocks:
+                        blocks[lo, hi] = counts[:, lo:hi].astype(float)
+                    d = blocks[lo, hi] @ conf[lo:hi]          # (draws x 4), exact integers in float64 (BLAS)
                     for k, v in rates(*d.T).items():
                         fold_draws[k].append(v)
             pooled_rates = rates(*pooled)

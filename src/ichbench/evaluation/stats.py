@@ -1,7 +1,6 @@
 """Statistics behind Table 1: patient-level bootstrap CIs, paired row comparisons, scan-level and pooled metrics."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -9,14 +8,14 @@ import numpy as np
 import pandas as pd
 
 from .compare import check_row, compare_rows
+from .delong import DeLongPairs, delong, delong_paired_p, midranks  # noqa: F401 (stats.delong, ... stay)
 from .ranking import ranking_rows
+from .weighted import Ranking
 
 #: Specificities at which the sensitivity is reported.
 SPECIFICITIES = (0.90, 0.95)
 METRICS = ("AUC", "AP", "sens@90spec", "sens@95spec")
 SCAN_AGGREGATIONS = ("mean", "max", "topk")
-#: Largest weight matrix (draws x units) built at once.
-_CHUNK_CELLS = 4_000_000
 
 
 # --- metrics of one ranking, for many (bootstrap) weightings at once -----------------------------------------
@@ -145,25 +144,8 @@ def patient_table(units: pd.DataFrame) -> pd.DataFrame:
 
 def _weighted(y, s, pidx, counts) -> dict[str, np.ndarray]:
     """curve_metrics for every draw of patient `counts` (draws x patients; unit i belongs to patient
-    pidx[i]): integer cumulative counts over the positives and the negatives separately, in chunks of draws."""
-    y = np.asarray(y).astype(bool)
-    order = np.argsort(-np.asarray(s, float), kind="mergesort")
-    y, pidx, ends = y[order], np.asarray(pidx)[order], _group_ends(np.asarray(s, float)[order])
-    parts = []
-    for cls_idx in (np.nonzero(y)[0], np.nonzero(~y)[0]):
-        # units of this class at or above each distinct score = its cumulative count at that position
-        parts.append((pidx[cls_idx], np.searchsorted(cls_idx, ends, side="right")))
-    step = max(1, _CHUNK_CELLS // max(len(y), 1))
-    # float32 halves the memory traffic; its integers are exact below 2^24 (sums still in float64)
-    dtype = np.float32 if len(y) * max(int(counts.max(initial=0)), 1) < 2 ** 24 else np.float64
-    out = []
-    for i in range(0, len(counts), step):
-        c = counts[i:i + step]
-        # cumulative count up to the k-th unit of the class (k = 0: none yet)
-        tp, fp = (np.where(k > 0, np.cumsum(c[:, p], axis=1, dtype=dtype)[:, np.maximum(k - 1, 0)], dtype(0))
-                  if len(p) else np.zeros((len(c), len(k)), dtype) for p, k in parts)
-        out.append(_metrics(tp, fp))
-    return {k: np.concatenate([o[k] for o in out]) for k in out[0]}
+    pidx[i]), from per-class cumulative counts (`evaluation.weighted`)."""
+    return Ranking(y, s, pidx).metrics(counts, SPECIFICITIES)
 
 
 @dataclass
@@ -229,65 +211,6 @@ def bootstrap_p(diff_draws: np.ndarray) -> float:
     return float(min(1.0, 2 * (1 + k) / (1 + len(d))))
 
 
-# --- DeLong ---------------------------------------------------------------------------------------------------
-
-
-def midranks(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n along the last axis, ties given their mean rank (as scipy.stats.rankdata)."""
-    x = np.atleast_2d(x)
-    order = np.argsort(x, axis=1, kind="mergesort")
-    xs = np.take_along_axis(x, order, axis=1)
-    out = np.empty_like(xs, dtype=float)
-    for i in range(len(x)):
-        # first and last position of each tie run -> mean rank
-        new_run = np.r_[True, xs[i, 1:] != xs[i, :-1]]
-        run = np.cumsum(new_run) - 1
-        starts = np.nonzero(new_run)[0]
-        ends = np.r_[starts[1:], len(xs[i])]
-        out[i, order[i]] = ((starts + 1 + ends) / 2)[run]
-    return out
-
-
-def delong(y, scores) -> tuple[np.ndarray, np.ndarray]:
-    """DeLong et al. (1988) for the AUCs of several scores on the same units, via midranks (Sun & Xu 2014).
-
-    `scores`: (k x n). -> (AUCs (k,), their covariance (k x k)); AUC as a fraction. Units are taken as
-    independent (a patient's slices are not), so the variance is too small for clustered slices."""
-    y = np.asarray(y).astype(bool)
-    x = np.atleast_2d(np.asarray(scores, float))
-    pos, neg = x[:, y], x[:, ~y]
-    m, n = pos.shape[1], neg.shape[1]
-    if m < 2 or n < 2:
-        k = len(x)
-        return np.full(k, np.nan), np.full((k, k), np.nan)
-    r_all = midranks(np.hstack([pos, neg]))
-    r_pos, r_neg = midranks(pos), midranks(neg)
-    auc = (r_all[:, :m].sum(axis=1) - m * (m + 1) / 2) / (m * n)
-    v_pos = (r_all[:, :m] - r_pos) / n          # per positive: share of negatives below it (ties half)
-    v_neg = 1 - (r_all[:, m:] - r_neg) / m      # per negative: share of positives above it
-    cov = np.atleast_2d(np.cov(v_pos)) / m + np.atleast_2d(np.cov(v_neg)) / n
-    return auc, cov
-
-
-def delong_paired_p(units_a: pd.DataFrame, units_b: pd.DataFrame) -> tuple[float, float]:
-    """DeLong test of mean-over-folds slice AUC difference a - b (in %), folds independent: the fold
-    differences' variances add, divided by folds^2. Units matched by (fold, sop_uid). -> (difference, p)."""
-    m = units_a.merge(units_b[["fold", "sop_uid", "score"]], on=["fold", "sop_uid"], suffixes=("", "_b"))
-    diffs, variances = [], []
-    for _, g in m.groupby("fold"):
-        auc, cov = delong(g["y"].to_numpy(), np.vstack([g["score"].to_numpy(), g["score_b"].to_numpy()]))
-        if np.isfinite(auc).all():
-            diffs.append(auc[0] - auc[1])
-            variances.append(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    if not diffs:
-        return np.nan, np.nan
-    d, v = float(np.mean(diffs)), float(np.sum(variances)) / len(diffs) ** 2
-    if v <= 0:
-        return 100 * d, 1.0 if d == 0 else 0.0
-    p = math.erfc(abs(d) / math.sqrt(v) / math.sqrt(2))      # two-sided normal p-value
-    return 100 * d, p
-
-
 def holm(p: Sequence[float]) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count)."""
     p = np.asarray(p, float)
@@ -304,11 +227,12 @@ def holm(p: Sequence[float]) -> np.ndarray:
 # --- everything for Table 1 ------------------------------------------------------------------------------------
 
 
-def paired_family(stats: dict, pairs, family: str, metric: str, units: pd.DataFrame, lvl: str, prot: str,
+def paired_family(stats: dict, pairs, family: str, metric: str, units, lvl: str, prot: str,
                   level: float = 0.95) -> list[dict]:
     """comparisons.csv records of (method, reference) pairs on one evaluation: diff = method - reference of the
     mean over folds, its percentile interval and bootstrap p on the same (paired) draws, Holm-adjusted over the
-    pairs; at slice level also DeLong's p for AUC. `stats`: method -> RowStats with draws."""
+    pairs; at slice level also DeLong's p for AUC. `stats`: method -> RowStats with draws; `units`: the units of
+    every method (a frame, or `DeLongPairs` of them, which keeps each row's DeLong placements for every pair)."""
     rows = []
     for m, ref in pairs:
         d = stats[m].mean_draws[metric] - stats[ref].mean_draws[metric]
@@ -317,7 +241,9 @@ def paired_family(stats: dict, pairs, family: str, metric: str, units: pd.DataFr
                "diff": stats[m].mean[metric] - stats[ref].mean[metric], "ci_low": lo, "ci_high": hi,
                "p_bootstrap": bootstrap_p(d)}
         if lvl == "slice" and metric == "AUC":
-            row["p_delong"] = delong_paired_p(units[units["method"] == m], units[units["method"] == ref])[1]
+            if not isinstance(units, DeLongPairs):
+                units = DeLongPairs(dict(tuple(units.groupby("method", sort=False))))
+            row["p_delong"] = units.paired_p(m, ref)[1]
         rows.append(row)
     if not rows:
         return []
@@ -354,8 +280,9 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
     for lvl, prot, units in sets if sets is not None else unit_sets(scores, protocol, scan_aggregation, top_k):
         patients = patient_table(units)
         counts = patient_counts(patients, n_boot, seed) if n_boot > 0 else None
-        methods = [m for m in method_order if (units["method"] == m).any()]
-        stats = {m: row_stats(units[units["method"] == m], patients, counts) for m in methods}
+        by_method = dict(tuple(units.groupby("method", sort=False)))          # one pass, not one per row
+        methods = [m for m in method_order if m in by_method]
+        stats = {m: row_stats(by_method[m], patients, counts) for m in methods}
         for m, st in stats.items():
             for metric in METRICS:
                 lo, hi = percentile_ci(st.mean_draws[metric], level) if counts is not None else (np.nan, np.nan)
@@ -367,20 +294,20 @@ def analyse(scores: pd.DataFrame, method_order: Sequence[str], protocol: str, *,
                     "pooled": st.pooled[metric], "pooled_ci_low": plo, "pooled_ci_high": phi,
                     "folds_used": " ".join(map(str, used)),
                     "folds_one_class": " ".join(str(f) for f in st.folds if f not in used),
-                    "n_units": int((units["method"] == m).sum()),
-                    "n_anomalous": int(units.loc[units["method"] == m, "y"].sum()),
+                    "n_units": len(by_method[m]), "n_anomalous": int(by_method[m]["y"].sum()),
                     "n_boot": n_boot, "seed": seed,
                     "draws_dropped": int((~np.isfinite(st.mean_draws[metric])).sum()) if counts is not None else 0,
                 })
         if counts is None or len(methods) < 2:
             continue
-        first += compare_rows(compare, stats, units, lvl, prot, level) if compare else []
+        pairs = DeLongPairs(by_method) if lvl == "slice" else units
+        first += compare_rows(compare, stats, pairs, lvl, prot, level) if compare else []
         cmp_rows += ranking_rows({m: stats[m].mean_draws["AUC"] for m in methods},
                                  {m: stats[m].mean["AUC"] for m in methods}, lvl, prot, level)
         best = max(methods, key=lambda m: -np.inf if not np.isfinite(stats[m].mean["AUC"]) else stats[m].mean["AUC"])
         families = [("vs best", best)] + ([("vs " + reference, reference)] if reference in stats else [])
         for family, ref in families:
-            cmp_rows += paired_family(stats, [(m, ref) for m in methods if m != ref], family, "AUC", units,
+            cmp_rows += paired_family(stats, [(m, ref) for m in methods if m != ref], family, "AUC", pairs,
                                       lvl, prot, level)
     cmp_cols = ["family", "level", "protocol", "metric", "method", "reference", "diff", "ci_low", "ci_high",
                 "p_bootstrap", "p_bootstrap_holm", "p_delong", "p_delong_holm",

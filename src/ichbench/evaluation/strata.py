@@ -39,9 +39,10 @@ leaves a stratum without a class is dropped. `n_units` / `n_patients`: the strat
 patients over all folds; `n_normal_units`: the normals ranked against them. A stratum with fewer than
 `min_units` anomalous units (for the AUC also fewer normal units) has no value (NaN) and `too_few` set.
 
-Cost: per row and fold one sorted pass per normal test scan gives, for every anomalous unit, the normals of
-each scan below it (ties half); a stratum's AUC in every draw is then a product of the draw's patient counts
-with its (anomalous patient x normal patient) sums, with no pass over the slices.
+Cost: per row and fold the normals of a stratum are sorted once; in every draw their patients' counts are
+cumulated along that order and each anomalous unit's weighted normals below it (ties half) gathered from it,
+so a draw costs a few passes over the fold's units, shared by every stratum ranked against the same normals
+(the (anomalous x normal patient) products this replaced grew with the square of the patients).
 """
 from __future__ import annotations
 
@@ -241,75 +242,89 @@ def scan_strata(u: pd.DataFrame, series: pd.DataFrame,
 # --- the metrics of one row's strata -------------------------------------------------------------------------------
 
 
-def _below(anom_scores: np.ndarray, normal_scores: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """(anomalous units x groups of normals): how many normals of each group score below each anomalous unit,
-    ties counted half (one sorted pass per group)."""
-    out = np.empty((len(anom_scores), n_groups))
-    order = np.lexsort((normal_scores, groups))
-    s, g = normal_scores[order], groups[order]
-    bounds = np.searchsorted(g, np.arange(n_groups + 1))
-    for q in range(n_groups):
-        sq = s[bounds[q]:bounds[q + 1]]
-        lt, le = np.searchsorted(sq, anom_scores, "left"), np.searchsorted(sq, anom_scores, "right")
-        out[:, q] = lt + 0.5 * (le - lt)
-    return out
-
-
-def _sum_by(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the distinct groups, rows of x summed per group)."""
-    uniq, inv = np.unique(groups, return_inverse=True)
-    order = np.argsort(inv, kind="stable")
-    return uniq, np.add.reduceat(x[order], np.searchsorted(inv[order], np.arange(len(uniq))), axis=0)
-
-
 class _RowPairs:
-    """One row's test units split by fold, with each anomalous unit's normals below it per normal scan."""
+    """One row's test units split by fold: its anomalous and normal units per fold (for the AUC: the normals
+    sorted once, each draw's normal weights cumulated along them, each anomalous unit's weighted normals below
+    it gathered from there)."""
+
+    #: largest (draws x normals) block built at once
+    chunk_cells = 2_000_000
 
     def __init__(self, u: pd.DataFrame, pidx: np.ndarray, anom: np.ndarray, normal: np.ndarray):
         self.pidx, self.score = pidx, u["score"].to_numpy(float)
-        fold, suid = u["fold"].to_numpy(), u["series_uid"].to_numpy()
+        fold = u["fold"].to_numpy()
         self.folds = []
         for f in np.unique(fold):
             a, nrm = np.nonzero(anom & (fold == f))[0], np.nonzero(normal & (fold == f))[0]
-            if not len(a) or not len(nrm):
-                continue
-            codes, uniq = pd.factorize(suid[nrm])
-            rep = nrm[np.unique(codes, return_index=True)[1]]           # one unit per normal scan
-            below = _below(self.score[a], self.score[nrm], codes, len(uniq))
-            self.folds.append((a, below, rep, np.bincount(codes, minlength=len(uniq))))
+            if len(a) and len(nrm):
+                self.folds.append((a, nrm))
 
     def auc(self, anom: np.ndarray, normal: np.ndarray | None, counts: np.ndarray) -> tuple[float, np.ndarray]:
         """Mean over folds of the stratum's AUC (%), and its value in every draw of patient `counts`."""
-        points, draws = [], []
-        for a, below, rep, n_col in self.folds:
-            sel = anom[a]
-            cols = normal[rep] if normal is not None else np.ones(len(rep), bool)
-            if not sel.any() or not cols.any():
-                continue
-            rows_p, b = _sum_by(below[sel][:, cols], self.pidx[a[sel]])
-            cols_p, b = _sum_by(b.T, self.pidx[rep[cols]])
-            b = b.T                                                       # (anomalous x normal patients)
-            n_pos = np.bincount(np.unique(self.pidx[a[sel]], return_inverse=True)[1]).astype(float)
-            n_neg = _sum_by(n_col[cols].astype(float), self.pidx[rep[cols]])[1]
-            points.append(100 * b.sum() / (n_pos.sum() * n_neg.sum()))
-            cp, cn = counts[:, rows_p].astype(float), counts[:, cols_p].astype(float)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                draws.append(100 * ((cp @ b) * cn).sum(1) / ((cp @ n_pos) * (cn @ n_neg)))
-        if not points:
-            return np.nan, np.full(len(counts), np.nan)
-        return float(np.mean(points)), np.mean(np.stack(draws, 1), axis=1)
+        return self.auc_many([(anom, normal)], counts)[0]
+
+    def auc_many(self, strata, counts: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """`auc` of every (anomalous units, their normals or None: all) in `strata`; the strata ranked against
+        the same normals share one pass over them per draw. Every sum is of integers or halves: exact."""
+        points = [[] for _ in strata]
+        draws = [[] for _ in strata]
+        for a, nrm in self.folds:
+            groups: dict = {}
+            for k, (anom, normal) in enumerate(strata):
+                cols = nrm if normal is None else nrm[normal[nrm]]
+                if anom[a].any() and len(cols):
+                    groups.setdefault(-1 if normal is None else k, (cols, []))[1].append((k, a[anom[a]]))
+            for cols, members in groups.values():
+                order = np.argsort(self.score[cols], kind="stable")
+                ns, npat = self.score[cols][order], self.pidx[cols][order]
+                where = [(k, ai, np.searchsorted(ns, self.score[ai], "left"), np.searchsorted(ns, self.score[ai], "right"))
+                         for k, ai in members]
+                for k, ai, lt, le in where:
+                    points[k].append(100 * float(np.sum(lt + 0.5 * (le - lt))) / (len(ai) * len(cols)))
+                step = max(1, self.chunk_cells // max(len(cols), 1))
+                out = {k: [] for k, *_ in where}
+                for i in range(0, len(counts), step):
+                    c = counts[i:i + step]
+                    F = np.zeros((len(c), len(cols) + 1))
+                    np.cumsum(np.take(c, npat, axis=1), axis=1, dtype=float, out=F[:, 1:])
+                    for k, ai, lt, le in where:
+                        below = np.take(F, lt, axis=1)
+                        below += 0.5 * (np.take(F, le, axis=1) - below)
+                        w = np.take(c, self.pidx[ai], axis=1)
+                        with np.errstate(invalid="ignore", divide="ignore"):
+                            out[k].append(100 * np.einsum("ij,ij->i", w, below, dtype=float)
+                                          / (w.sum(1, dtype=float) * F[:, -1]))
+                for k, v in out.items():
+                    draws[k].append(np.concatenate(v) if v else np.zeros(0))
+        return [(np.nan, np.full(len(counts), np.nan)) if not pts else
+                (float(np.mean(pts)), np.mean(np.stack(d, 1), axis=1)) for pts, d in zip(points, draws)]
 
     def sensitivity(self, anom: np.ndarray, thr: np.ndarray, counts: np.ndarray) -> tuple[float, np.ndarray]:
         """Share (%) of the stratum's units above their fold's threshold `thr` (per unit), pooled over folds."""
-        idx = np.nonzero(anom & np.isfinite(thr))[0]
-        if not len(idx):
-            return np.nan, np.full(len(counts), np.nan)
-        pat, inv = np.unique(self.pidx[idx], return_inverse=True)
-        tp = np.bincount(inv, weights=(self.score[idx] > thr[idx]).astype(float))
-        n = np.bincount(inv).astype(float)
-        c = counts[:, pat].astype(float)
+        return self.sensitivity_many([(anom, thr)], counts)[0]
+
+    def sensitivity_many(self, items, counts: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """`sensitivity` of every (anomalous units, thresholds) in `items`: each one's per-patient hits and units
+        as two columns of one (patients x 2 items) matrix, and one product with the draws' counts for all."""
+        n_pat = counts.shape[1]
+        cols, keep = [], []
+        for anom, thr in items:
+            idx = np.nonzero(anom & np.isfinite(thr))[0]
+            keep.append(len(idx) > 0)
+            if len(idx):
+                cols += [np.bincount(self.pidx[idx], weights=(self.score[idx] > thr[idx]).astype(float),
+                                     minlength=n_pat), np.bincount(self.pidx[idx], minlength=n_pat).astype(float)]
+        d = counts.astype(float) @ np.stack(cols, 1) if cols and len(counts) else np.zeros((len(counts), len(cols)))
+        out, i = [], 0
         with np.errstate(invalid="ignore", divide="ignore"):
-            return float(100 * tp.sum() / n.sum()), 100 * (c @ tp) / (c @ n)
+            for ok in keep:
+                if not ok:
+                    out.append((np.nan, np.full(len(counts), np.nan)))
+                    continue
+                tp, n = cols[i], cols[i + 1]
+                out.append((float(100 * tp.sum() / n.sum()), 100 * d[:, i] / d[:, i + 1]))
+                i += 2
+        return out
 
 
 def level_table(test: pd.DataFrame, val: pd.DataFrame, strata_of, method_order: Sequence[str], *, level: str,
@@ -323,8 +338,9 @@ def level_table(test: pd.DataFrame, val: pd.DataFrame, strata_of, method_order: 
     counts = (stats.patient_counts(patients, n_boot, seed) if n_boot > 0
               else np.zeros((0, len(patients)), np.int32))
     out = []
-    for method in [m for m in method_order if (test["method"] == m).any()]:
-        u = test[test["method"] == method].reset_index(drop=True)
+    by_method = dict(tuple(test.groupby("method", sort=False)))                   # one pass, not one per row
+    for method in [m for m in method_order if m in by_method]:
+        u = by_method[method].reset_index(drop=True)
         pidx = stats.patient_index(u, patients)
         tm = thr[thr["method"] == method] if not thr.empty else thr
         rules = {r: u["fold"].map(g.set_index("fold")["threshold"]).to_numpy(float)
@@ -332,14 +348,20 @@ def level_table(test: pd.DataFrame, val: pd.DataFrame, strata_of, method_order: 
         strata = list(strata_of(u))
         pairs = _RowPairs(u, pidx, strata[0][2], (u["scan_label"] == 0).to_numpy())
         n_normal_all = int((u["scan_label"] == 0).sum())
-        for kind, name, anom, normal in strata:
+        n_normal_of = lambda normal: n_normal_all if normal is None else int(normal.sum())  # noqa: E731
+        auc_of = [k for k, (_, _, anom, normal) in enumerate(strata)
+                  if int(anom.sum()) >= min_units and n_normal_of(normal) >= min_units]
+        aucs = dict(zip(auc_of, pairs.auc_many([strata[k][2:] for k in auc_of], counts)))
+        sens_of = [(j, r) for j, (_, _, anom, _) in enumerate(strata) if int(anom.sum()) >= min_units for r in rules]
+        sens = dict(zip(sens_of, pairs.sensitivity_many([(strata[j][2], rules[r]) for j, r in sens_of], counts)))
+        for j, (kind, name, anom, normal) in enumerate(strata):
             n_units = int(anom.sum())
             n_normal = n_normal_all if normal is None else int(normal.sum())
             base = {"method": method, "stratum_kind": kind, "stratum": name, "level": level, "labels": labels,
                     "n_units": n_units, "n_patients": int(len(np.unique(pidx[anom]))), "n_normal_units": n_normal}
-            metrics = [("AUC", n_units < min_units or n_normal < min_units, lambda: pairs.auc(anom, normal, counts))]
-            metrics += [(f"sensitivity@{r}", n_units < min_units, lambda t=t: pairs.sensitivity(anom, t, counts))
-                        for r, t in rules.items()]
+            metrics = [("AUC", n_units < min_units or n_normal < min_units, lambda j=j: aucs[j])]
+            metrics += [(f"sensitivity@{r}", n_units < min_units, lambda j=j, r=r: sens[j, r])
+                        for r in rules]
             for metric, too_few, compute in metrics:
                 value, draws = (np.nan, None) if too_few else compute()
                 lo, hi = stats.percentile_ci(draws, ci_level) if draws is not None and len(draws) else (np.nan, np.nan)
