@@ -329,20 +329,22 @@ def finish_series(plan: SeriesPlan, hu: np.ndarray | None = None) -> Series:
     ends = np.array([files.iloc[0]["position"], files.iloc[-1]["position"]], float)
     tilt = stack_tilt_deg(plan.normal, ends if len(files) > 1 else ends[:1])
     ps = files.iloc[0]["pixel_spacing"] or (np.nan, np.nan)
-    th = float(np.nanmedian(files["slice_thickness"].astype(float))) if files["slice_thickness"].notna().any() else float("nan")
+    th = float(np.nanmedian(files["slice_thickness"].astype(float))) if files["slice_thickness"].notna().any() \
+        else float("nan")
+    notes = list(plan.notes)
     if np.isnan(th) and len(z) > 1:       # stripped headers (RSNA): the spacing along the slice normal
         th = float(np.median(np.diff(z)))
         notes.append("no SliceThickness: the median spacing along the slice normal is used")
     fixed = notes.count(pixelfix.NOTE)
     if fixed:
-        notes = [n for n in notes if n != pixelfix.NOTE] + [f"{pixelfix.NOTE}: {fixed} of {len(keep)} slices"]
-        log.info("series %s: %s applied to %d of %d slices", suid, pixelfix.NOTE, fixed, len(keep))
+        notes = [n for n in notes if n != pixelfix.NOTE] + [f"{pixelfix.NOTE}: {fixed} of {len(files)} slices"]
+        log.info("series %s: %s applied to %d of %d slices", plan.series_uid, pixelfix.NOTE, fixed, len(files))
     return Series(
         patient_id=plan.ids["patient_id"], study_uid=plan.ids["study_uid"], series_uid=plan.ids["series_uid"],
         hu=hu, sop_uids=list(files["sop_uid"]), positions=z,
         instance_numbers=files["instance_number"].to_numpy(int), pixel_spacing=(float(ps[0]), float(ps[1])),
         slice_thickness=th, tilt_deg=tilt, spacing=np.diff(z), rejected=plan.rejected,
-        notes=sorted(set(plan.notes)),
+        notes=sorted(set(notes)),
     )
 
 
