@@ -291,7 +291,7 @@ def test_a_series_not_in_hu_is_rejected_with_the_pipelines_reason(exported, run,
     folder.mkdir()
     for p in sorted(_scan_dirs(run["dicom"])[0].rglob("*.dcm")):
         ds = pydicom.dcmread(p)
-        ds.RescaleSlope, ds.RescaleIntercept = 0.01, 0         # values of a display image: no air, no bone
+        ds.RescaleSlope, ds.RescaleIntercept = 0.01, -200      # no air, no bone (intercept below -100: not the RSNA fix)
         ds.save_as(folder / p.name)
     data = tmp_path / "pipeline"
     data.mkdir()
