@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -429,3 +430,51 @@ def test_predict_chooses_the_series_the_pipeline_chooses(exported, tmp_path):
         got[which] = method.score({"x": torch.from_numpy(x.images).float().div(127.5).sub(1)})[0].numpy()
     np.testing.assert_allclose(scores["score"], got[True], rtol=1e-5)
     assert np.abs(scores["score"].to_numpy() - got[False]).max() > 1e-4      # the other series scores otherwise
+
+
+def test_a_plugin_row_is_exported_with_its_class_and_predicts_from_it(exported, run, tmp_path, monkeypatch, capsys):
+    """The export of a row from outside the package names its class; predict imports it where the registry lacks
+    the row, and without the class's package on the path says so, naming the class."""
+    from ichbench.methods import REGISTRY, plugins
+    from ichbench.training.train import build_method
+
+    spec = "my_row.rows:MyAE"
+    saved = dict(REGISTRY), dict(plugins.SPECS), dict(plugins.SOURCES)
+    folder = str(_scan_dirs(run["dicom"])[0])
+    monkeypatch.syspath_prepend(str(ROOT / "examples" / "my_row" / "src"))
+    try:
+        plugins.resolve("MyAE", spec)
+        method = build_method("MyAE", {"width": 8, "code": 16, "l1_weight": 0.5}, 3, 128, torch.device("cpu"))
+
+        def as_plugin(b):
+            b["record"].update(method="MyAE", params=dict(method.params), **{"class": spec})
+            b["state"] = {**method.state_dict(), "optimizers": [], "schedulers": []}
+            b["row"] = "MyAE"
+
+        model = _tampered(exported, tmp_path / "my.pt", as_plugin)
+        for d, s in zip((REGISTRY, plugins.SPECS, plugins.SOURCES), saved):
+            d.clear()
+            d.update(s)
+        assert "MyAE" not in REGISTRY
+        assert _predict(model, tmp_path / "o", "--dicom-dir", folder) == 0
+        assert "MyAE" in REGISTRY and plugins.spec_of("MyAE") == spec
+        scores = pd.read_csv(tmp_path / "o" / "slice_scores.csv")
+        assert len(scores) > 0 and np.isfinite(scores["score"]).all()
+        assert json.loads((tmp_path / "o" / "prediction.json").read_text())["row"] == "MyAE"
+        # the class's package is not on the path: a message naming the class, no traceback
+        for d, s in zip((REGISTRY, plugins.SPECS, plugins.SOURCES), saved):
+            d.clear()
+            d.update(s)
+        for mod in [m for m in sys.modules if m == "my_row" or m.startswith("my_row.")]:
+            del sys.modules[mod]
+        monkeypatch.setattr(sys, "path", [p for p in sys.path if "my_row" not in p])
+        capsys.readouterr()
+        assert _predict(model, tmp_path / "o2", "--dicom-dir", folder) == 1
+        err = capsys.readouterr().err
+        assert "class my_row.rows:MyAE" in err and "could not be loaded" in err and "Traceback" not in err
+    finally:
+        for d, s in zip((REGISTRY, plugins.SPECS, plugins.SOURCES), saved):
+            d.clear()
+            d.update(s)
+        for mod in [m for m in sys.modules if m == "my_row" or m.startswith("my_row.")]:
+            del sys.modules[mod]

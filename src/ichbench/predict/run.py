@@ -31,6 +31,7 @@ import torch
 from ..errors import ModelFileError
 from ..inputs.windowing import dequantise
 from ..methods import REGISTRY, get_method
+from ..methods.plugins import resolve
 from ..training.data import DeviceBatches, load_slices
 from ..training.digest import code_digest
 from ..training.score import resolve_batch_size
@@ -51,6 +52,14 @@ def load_exported(exported: dict[str, Any], device: torch.device,
     """The exported row, ready for scoring on `device`, and notes (its code changed since training)."""
     rec = exported["record"]
     name = rec["method"]
+    spec = rec.get("class")
+    if spec and name not in REGISTRY:
+        # a row from outside the package: the export names its class; import it from the Python path
+        try:
+            resolve(name, spec, where=f"named by {where}")
+        except ValueError as exc:            # ConfigError, ContractError
+            raise ModelFileError(f"{where}: row {name!r} comes from outside ichbench (class {spec}) and could not "
+                                 f"be loaded: {exc}") from None
     try:
         get_method(name)
     except KeyError:
