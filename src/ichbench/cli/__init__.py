@@ -67,19 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _said(exc: BaseException) -> bool:
+    """Whether an error is one of those a command reports as one line (bad input, configuration, files).
+    The modules defining the input errors are not imported for this: an error of theirs can only come from a
+    module already loaded, and importing them costs every job a second (pydicom, the label readers)."""
+    from ..errors import ConfigError
+
+    kinds: list[type] = [ConfigError, FileNotFoundError, ValueError, RuntimeError]
+    for module, name in (("ichbench.datasets.labels", "LabelError"), ("ichbench.inputs.dicomio", "DicomReadError")):
+        if module in sys.modules:
+            kinds.append(getattr(sys.modules[module], name))
+    return isinstance(exc, tuple(kinds))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from ..datasets.labels import LabelError
-    from ..errors import ConfigError
-    from ..inputs.dicomio import DicomReadError
     from ..training.heap import keep_freed_memory
 
     keep_freed_memory()     # training and scoring steps reuse freed activations instead of faulting them in again
     try:
         args.func(args)
-    except (ConfigError, DicomReadError, LabelError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        if args.verbose:
+    except Exception as exc:    # noqa: BLE001 - only the kinds _said() names are said; the rest is raised
+        if args.verbose or not _said(exc):
             raise
         print(f"ichbench {args.command}: error: {exc}", file=sys.stderr)
         return 1

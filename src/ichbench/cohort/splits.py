@@ -24,9 +24,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
-from ..inputs.series_select import scan_key_column
 
 MANIFEST_COLUMNS = ["fold", "part", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
                     "npz", "scan_label", "slice_truth", "label", "protocol", "scan_id"]
@@ -72,6 +70,8 @@ def collect_slices(shard_dirs: Sequence[str | os.PathLike], min_area_mm2: float 
     if not rows:
         return pd.DataFrame(columns=["scan_id", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
                                      "npz", "slice_truth"])
+    from ..inputs.series_select import scan_key_column   # lazy: pydicom is not needed to read a manifest
+
     out = pd.concat(rows, ignore_index=True)
     out.insert(0, "scan_id", out[scan_key_column(scan_key)])
     return out
@@ -143,6 +143,9 @@ def assign_folds(patients: pd.DataFrame, n_folds: int, val_fraction: float, seed
         if counts.get(cls, 0) < n_folds:
             raise ValueError(f"{n_folds} stratified folds need at least {n_folds} patients of each class; "
                              f"the cohort has {counts.get(0, 0)} normal and {counts.get(1, 0)} pathological")
+    # lazy: scikit-learn costs ~2 CPU-s to import, in every train and score job that reads a manifest
+    from sklearn.model_selection import StratifiedKFold
+
     p = patients.sort_values("patient_id").reset_index(drop=True)
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     rng = np.random.default_rng(seed)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 
 def ranking_rows(draws: dict[str, np.ndarray], points: dict[str, float], level_name: str, protocol: str,
                  level: float = 0.95) -> list[dict]:
     """`draws`: method -> its AUC per bootstrap draw (same draws for all rows); `points`: method -> mean AUC.
     -> one comparisons.csv row per method (family `ranking`)."""
+    from scipy.stats import rankdata      # lazy: scipy.stats costs ~1.5 CPU-s to import in every score job
+
     methods: Sequence[str] = list(draws)
     d = np.stack([np.asarray(draws[m], float) for m in methods])          # (rows, draws)
     d = d[:, np.isfinite(d).all(0)]
