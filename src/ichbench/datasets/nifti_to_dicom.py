@@ -68,6 +68,39 @@ def resample_slices(mask: np.ndarray, affine: np.ndarray, files: pd.DataFrame) -
     return out
 
 
+def slices_by_index(mask: np.ndarray, affine: np.ndarray, files: pd.DataFrame) -> dict[str, np.ndarray] | None:
+    """mask (i, j, k) of a volume rebuilt from exactly these DICOM files (as ITK / GDCM stack them: voxel
+    slice k = the k-th file along the slice normal, i and j = the pixel columns and rows) -> {sop_uid: (rows,
+    cols) uint8}. Which in-plane axis is which, their flips and the direction of k are read from the affine;
+    the positions are not, so a gantry tilt the rebuilt affine ignores shifts nothing. None where the mask's
+    shape does not fit the files (another slice count or matrix): resample_slices then."""
+    rows, cols = files["rows"].astype(int), files["columns"].astype(int)
+    if mask.ndim != 3 or mask.shape[2] != len(files) or rows.nunique() != 1 or cols.nunique() != 1:
+        return None
+    iop = _floats(files["orientation"].iloc[0])
+    u, v = iop[:3], iop[3:]
+    normal = np.cross(u, v)
+    along = np.array([_floats(p) @ normal for p in files["position"]])
+    order = np.argsort(along, kind="stable")
+    lps = affine[:3, :3] * np.array([[-1.0], [-1.0], [1.0]])        # voxel axes in LPS
+    d = lps / np.maximum(np.linalg.norm(lps, axis=0), 1e-12)
+    if d[:, 2] @ normal < 0:
+        order = order[::-1]
+    first_is_col = abs(d[:, 0] @ u) >= abs(d[:, 0] @ v)
+    s0 = np.sign(d[:, 0] @ (u if first_is_col else v)) or 1.0
+    s1 = np.sign(d[:, 1] @ (v if first_is_col else u)) or 1.0
+    out = {}
+    sops = files["sop_uid"].to_numpy()
+    for k, f in enumerate(order):
+        sl = np.asarray(mask[:, :, k]) > 0
+        sl = sl[::int(s0), ::int(s1)]
+        arr = sl.T if first_is_col else sl                           # -> (rows, cols)
+        if arr.shape != (int(rows.iloc[0]), int(cols.iloc[0])):
+            return None
+        out[sops[f]] = arr.astype(np.uint8)
+    return out
+
+
 def write_masks(folders, index: pd.DataFrame, out: str | os.PathLike) -> dict[str, int]:
     """Match the masks below `folders` to the index's studies / series, resample them, write one
     `<series>.npz` per matched series into `out`. -> counts (masks, matched, unmatched, series, slices_with_gt)."""
