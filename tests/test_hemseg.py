@@ -19,7 +19,7 @@ from ichbench.errors import ConfigError
 from ichbench.inputs import dicom_index
 
 RSNA = [
-    dict(patient=1, study=1, n=8, bleed={3, 4}),
+    dict(patient=1, study=1, n=12, bleed={3, 4}),   # 12 slices: jsonl keys "0", "1", "10", "11", "2", ...
     dict(patient=1, study=2, n=8),                                                  # not a HemSeg scan
     dict(patient=2, study=3, n=8, bleed={2, 3}, tilt_deg=25.0, subtype="intraventricular"),
     dict(patient=3, study=4, n=8, bleed={5}, subtype="subdural"),
@@ -111,13 +111,13 @@ def test_locate_picks_the_version_and_names_missing_files(data, tmp_path):
 def test_only_the_listed_files_are_indexed(derived):
     base, info, out, log, _ = derived
     listed = (out / "files.txt").read_text().split()
-    # 6 x 8 slices of RSNA's files (the repeat once), not the decoy study nor the corrupted file
-    assert len(listed) == 48 and log[0].endswith("1 names listed twice, used once); 48 found in "
+    # 12 + 5 x 8 slices of RSNA's files (the repeat once), not the decoy study nor the corrupted file
+    assert len(listed) == 52 and log[0].endswith("1 names listed twice, used once); 52 found in "
                                                  f"{base / 'rsna' / 'stage_2_train'}, 9 missing")
     index = pd.read_csv(out / "index.csv", dtype=str)
-    assert len(index) == 48 and rsna_id("study", 2) not in set(index["study_uid"])
+    assert len(index) == 52 and rsna_id("study", 2) not in set(index["study_uid"])
     files, missing = dicom_index.listed_files(base / "rsna" / "stage_2_train", out / "files.txt")
-    assert len(files) == 48 and not missing
+    assert len(files) == 52 and not missing
     (out / "more.txt").write_text("# a comment\n" + listed[0] + "\n\nID_000000000.dcm\n" + listed[0] + "\n")
     files, missing = dicom_index.listed_files(base / "rsna" / "stage_2_train", out / "more.txt")
     assert len(files) == 1 and len(missing) == 1 and "listed in" in missing[0].reason
@@ -136,7 +136,7 @@ def test_derived_tables_labels_subtypes_and_exclusions(derived):
     assert info_t.loc[sid[1], "subtypes"] == "IPH" and info_t.loc[sid[3], "subtypes"] == "IVH"
     assert info_t.loc[sid[4], "subtypes"] == "SDH" and (info_t["subtype_source"] == "rsna").all()
     sl = pd.read_csv(d / "slice_labels.csv", dtype=str, keep_default_na=False).set_index("sop_uid")
-    assert sl["hemorrhage"].astype(int).sum() == 2 + 2 + 1 and len(sl) == 40
+    assert sl["hemorrhage"].astype(int).sum() == 2 + 2 + 1 and len(sl) == 44
     assert any("4 are the StudyInstanceUID, 1 the SeriesInstanceUID, 0 neither" in line for line in lines)
     assert any("5 by stack order, 0 by patient coordinates" in line and "3 masks all zero" in line for line in lines)
     assert any("1 slices with hemorrhage by RSNA but not in the mask" in line and "the 1 scans holding them keep "
@@ -155,7 +155,7 @@ def test_masks_land_on_the_bleed_pixels_of_tilted_slices(derived):
         z = np.load(out / "d" / "masks" / f"{series}.npz")
         got = dict(zip(z["sop_uids"], z["masks"]))
         for k, sop in enumerate(info["sops"][s["study"]]):
-            want = head_hu(64, 64, k, 8, bleed=True) != head_hu(64, 64, k, 8, bleed=False)
+            want = head_hu(64, 64, k, s["n"], bleed=True) != head_hu(64, 64, k, s["n"], bleed=False)
             assert np.array_equal(got[sop] > 0, want if k in s["bleed"] else np.zeros_like(want)), (series, k)
     # resampling the same mask by its affine would miss: the rebuilt affine does not carry the tilt
     name = hemseg_name(HEMSEG[1], info)
@@ -217,7 +217,7 @@ def test_hemseg_toy_snakemake_run(data, tmp_path):
     base, info = data
     toy_dataset_run(tmp_path, _ds(base))
     res = tmp_path / "results" / "data"
-    assert len(pd.read_csv(res / "index.csv")) == 48                 # only HemSeg's listed files were indexed
+    assert len(pd.read_csv(res / "index.csv")) == 52                 # only HemSeg's listed files were indexed
     cohort = pd.read_csv(res / "cohort.csv").set_index("scan_class")
     assert cohort.loc["all", "scans"] == 5 and cohort.loc["all", "patients"] == 5
     assert cohort.loc["pathological", "scans"] == 3
@@ -227,4 +227,4 @@ def test_hemseg_toy_snakemake_run(data, tmp_path):
     assert rejected["reason"].str.contains("left out by the dataset adapter: HemSeg scan").sum() == 2
     log = (tmp_path / "logs" / "data" / "dataset_labels.log").read_text()
     assert "4 are the StudyInstanceUID, 1 the SeriesInstanceUID" in log
-    assert "48 found in" in (tmp_path / "logs" / "data" / "dataset_files.log").read_text()
+    assert "52 found in" in (tmp_path / "logs" / "data" / "dataset_files.log").read_text()
