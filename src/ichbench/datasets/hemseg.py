@@ -292,7 +292,8 @@ class HemSeg(Adapter):
         except Exception as exc:
             raise LabelError(f"{path}: cannot read the HemSeg label volume ({type(exc).__name__})") from None
         data = data[..., 0] if data.ndim == 4 else data
-        c["other_values"] += int(bool(set(np.unique(data).tolist()) - {0, 1}))
+        lo, hi = data.min(), data.max()             # np.unique over the volume costs 10x these
+        c["other_values"] += int(lo < 0 or hi > 1 or (data.dtype.kind == "f" and bool(((data != 0) & (data != 1)).any())))
         m = nifti_to_dicom.slices_by_index(data, img.affine, rows)
         if m is not None:
             c["by_order"] += 1
