@@ -180,6 +180,21 @@ def test_stack_order_follows_the_affine_axes(derived):
     assert nifti_to_dicom.slices_by_index(data[:, :, :-1], aff, rows) is None          # another slice count
 
 
+def test_dataset_exclude_and_a_broken_jsonl_stop_or_leave_out(data, derived, tmp_path):
+    base, info, out, _, _ = derived
+    ds = _ds(base, exclude={hemseg_name(HEMSEG[1], info): "my reason"})
+    adapter.get("hemseg").derive(ds, out / "index.csv", tmp_path / "d")
+    excl = pd.read_csv(tmp_path / "d" / "excluded.csv", dtype=str).set_index("scan_id")["reason"]
+    assert excl[rsna_id("study", 3)].endswith(": my reason") and len(excl) == 3
+    with pytest.raises(ConfigError, match="dataset.exclude: 'x' is neither"):
+        adapter.resolve(_ds(base, exclude="x"))
+    clone = tmp_path / "clone"
+    shutil.copytree(base / "3DCT-SD-IVH-ICH", clone)
+    (clone / "annotion_file_info_500.jsonl").write_text("{broken\n")
+    with pytest.raises(ConfigError, match=r"dataset hemseg: .*annotion_file_info_500.jsonl, line 1: not a JSON"):
+        adapter.resolve({**_ds(base), "root": str(clone)})
+
+
 def test_without_the_rsna_csv_there_are_no_subtypes(data, tmp_path):
     base, info = data
     rsna_copy = tmp_path / "rsna"
@@ -215,7 +230,7 @@ def test_hemseg_toy_snakemake_run(data, tmp_path):
     from test_datasets import toy_dataset_run
 
     base, info = data
-    toy_dataset_run(tmp_path, _ds(base))
+    toy_dataset_run(tmp_path, _ds(base, version=500))
     res = tmp_path / "results" / "data"
     assert len(pd.read_csv(res / "index.csv")) == 52                 # only HemSeg's listed files were indexed
     cohort = pd.read_csv(res / "cohort.csv").set_index("scan_class")

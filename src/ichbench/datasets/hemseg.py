@@ -109,6 +109,16 @@ def read_splits(folder: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["name", "split", "split_label"]).drop_duplicates("name")
 
 
+def exclusions(ds: dict) -> dict[str, str]:
+    """dataset.exclude ({scan: reason} or a list; a scan named by its RSNA study UID or its HemSeg name; null = none)."""
+    v = ds.get("exclude") or {}
+    if isinstance(v, (list, tuple)):
+        return {str(x): "listed in dataset.exclude" for x in v}
+    if not isinstance(v, dict):
+        raise ConfigError(f"dataset.exclude: {v!r} is neither a mapping scan: reason nor a list of scans")
+    return {str(k): str(r or "listed in dataset.exclude") for k, r in v.items()}
+
+
 @register
 class HemSeg(Adapter):
     name = "hemseg"
@@ -120,7 +130,7 @@ class HemSeg(Adapter):
     gives = {"scans": "one per RSNA study named in the jsonl (patients from PatientID); only its files indexed",
              "scan labels": "any mask voxel (or an RSNA-positive slice)", "slice labels": "the masks (+ RSNA rows)",
              "pixel labels": "the masks, binary (IPH and IVH not told apart)",
-             "subtypes": "from stage_2_train.csv where present, else none",
+             "subtypes": "from stage_2_train.csv where present, else none", "excluded": "dataset.exclude (none by default)",
              "counts": "HemSeg-500: 525 scans (334 / 85 / 106); HemSeg-200: 222 (133 / 44 / 45), 209 patients"}
 
     def rsna_study(self, scan_id: str) -> str | None:
@@ -163,7 +173,11 @@ class HemSeg(Adapter):
 
     def locate(self, root: Path, ds: dict) -> Resolved:
         f = self._files(root, ds)
-        scans = read_jsonl(f["jsonl"])
+        try:
+            scans = read_jsonl(f["jsonl"])
+        except LabelError as exc:
+            raise ConfigError(f"dataset hemseg: {exc}") from None
+        exclusions(ds)
         present = sum((f["images"] / f"{s[0]}.dcm").is_file() for s in scans["sops"] if s)
         if not present:
             raise ConfigError(f"dataset hemseg: none of the {len(scans)} HemSeg-{f['version']} scans has its first "
@@ -186,7 +200,7 @@ class HemSeg(Adapter):
 
     def derive(self, ds: dict, index_csv, out: Path) -> list[str]:
         f = self._files(Path(ds["root"]), ds)
-        scans, masks = read_jsonl(f["jsonl"]), mask_table(f["labels"]).set_index("name")
+        scans, masks, excl = read_jsonl(f["jsonl"]), mask_table(f["labels"]).set_index("name"), exclusions(ds)
         splits = read_splits(f["base"]).set_index("name")
         index = pd.read_csv(index_csv, dtype=str, keep_default_na=False,
                             usecols=["sop_uid", "study_uid", "series_uid", "patient_id", "position", "orientation",
@@ -221,6 +235,10 @@ class HemSeg(Adapter):
             if s.name not in masks.index:
                 excluded.append((study, f"HemSeg scan {s.name}: no label volume {s.name}.nii.gz in "
                                         f"{f['labels']}/{{train,val,test}}/label"))
+                continue
+            why = excl.get(study) or excl.get(s.name) or excl.get(f"ID_{s.name}")
+            if why:
+                excluded.append((study, f"HemSeg scan {s.name}: {why}"))
                 continue
             seen[study] = s.name
             kind = "study" if study == f"ID_{s.name}" else "series" if series == f"ID_{s.name}" else "neither"
