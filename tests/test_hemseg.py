@@ -72,6 +72,11 @@ def test_both_jsonl_forms_and_their_quirks(data, tmp_path):
     # string keys "0", "1", "10", ... "2" read in numeric order; the slice named twice is used once and counted
     assert list(t500.loc[first, "sops"]) == info["sops"][1] and t500.loc[first, "repeats"] == 1
     assert t200.loc[first, "sops"] == t500.loc[first, "sops"] and t200.loc[first, "patient"] == rsna_id("patient", 1)
+    lab = base / "3DCT-SD-IVH-ICH" / "HemSeg-500"
+    img = nib.load(lab / "train" / "label" / f"{first}.nii.gz")
+    assert nib.aff2axcodes(img.affine) == ("L", "P", "S") and img.get_data_dtype() == np.int16
+    assert nib.load(lab / "val" / "label" / f"{hemseg_name(HEMSEG[1], info)}.nii.gz").get_data_dtype() == np.uint8
+    assert (base / "3DCT-SD-IVH-ICH" / "data" / "IPH_IVH_label" / "train" / "label" / f"{first}.nii.gz").is_file()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"scan_name": "ab12", "slice_list": ["0a1"]}\nnot json\n')
     with pytest.raises(LabelError, match=r"bad.jsonl, line 2: not a JSON object"):
@@ -128,7 +133,7 @@ def test_derived_tables_labels_subtypes_and_exclusions(derived):
     d = out / "d"
     scans = pd.read_csv(d / "scan_labels.csv", dtype=str).set_index("scan_id")["label"].astype(int).to_dict()
     sid = {s: rsna_id("study", s) for s in (1, 3, 4, 5, 6, 7, 99)}
-    assert scans == {sid[1]: 1, sid[3]: 1, sid[4]: 1, sid[5]: 0, sid[7]: 0}     # study 4: hemorrhage by RSNA's rows only
+    assert scans == {sid[1]: 1, sid[3]: 1, sid[4]: 1, sid[5]: 0, sid[7]: 0}     # 4: by RSNA's rows only
     excl = pd.read_csv(d / "excluded.csv", dtype=str).set_index("scan_id")["reason"]
     assert "none of its 8 RSNA slices were found in" in excl[sid[99]] and "not downloaded" in excl[sid[99]]
     assert "1 of its 9 RSNA slices are missing or unreadable" in excl[sid[6]]
@@ -171,10 +176,12 @@ def test_stack_order_follows_the_affine_axes(derived):
     base, info, out, _, _ = derived
     index = pd.read_csv(out / "index.csv", dtype=str, keep_default_na=False)
     rows = index[index["study_uid"] == rsna_id("study", 1)]
-    img = nib.load(base / "3DCT-SD-IVH-ICH" / "HemSeg-500" / "train" / "label" / f"{hemseg_name(HEMSEG[0], info)}.nii.gz")
+    img = nib.load(base / "3DCT-SD-IVH-ICH" / "HemSeg-500" / "train" / "label"
+                   / f"{hemseg_name(HEMSEG[0], info)}.nii.gz")
     data, aff = np.asanyarray(img.dataobj), img.affine
     ref = nifti_to_dicom.slices_by_index(data, aff, rows)
-    flipped = aff @ np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, -1, data.shape[2] - 1], [0, 0, 0, 1.0]])
+    flip = np.array([[-1, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, -1, data.shape[2] - 1], [0, 0, 0, 1.0]])
+    flipped = aff @ flip
     again = nifti_to_dicom.slices_by_index(data[::-1, :, ::-1], flipped, rows)
     assert all(np.array_equal(ref[s], again[s]) for s in ref) and sum(m.sum() for m in ref.values()) > 0
     assert nifti_to_dicom.slices_by_index(data[:, :, :-1], aff, rows) is None          # another slice count

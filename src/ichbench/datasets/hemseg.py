@@ -1,4 +1,4 @@
-"""The HemSeg adapter (Song et al. 2024, arXiv:2405.14559): IPH / IVH voxel masks on RSNA stage-2 train scans, images read from the user's RSNA download.
+"""The HemSeg adapter (Song et al. 2024): IPH / IVH voxel masks on RSNA stage-2 train scans, read on the RSNA files.
 
 HemSeg ships labels only; its images are RSNA's. Layout (../shared/docs/DATASETS.md section 5): under
 `dataset.root`, a clone of songchangwei/3DCT-SD-IVH-ICH with its zips unzipped in place,
@@ -110,7 +110,7 @@ def read_splits(folder: Path) -> pd.DataFrame:
 
 
 def exclusions(ds: dict) -> dict[str, str]:
-    """dataset.exclude ({scan: reason} or a list; a scan named by its RSNA study UID or its HemSeg name; null = none)."""
+    """dataset.exclude ({scan: reason} or a list; a scan is its RSNA study UID or its HemSeg name; null = none)."""
     v = ds.get("exclude") or {}
     if isinstance(v, (list, tuple)):
         return {str(x): "listed in dataset.exclude" for x in v}
@@ -130,12 +130,15 @@ class HemSeg(Adapter):
     gives = {"scans": "one per RSNA study named in the jsonl (patients from PatientID); only its files indexed",
              "scan labels": "any mask voxel (or an RSNA-positive slice)", "slice labels": "the masks (+ RSNA rows)",
              "pixel labels": "the masks, binary (IPH and IVH not told apart)",
-             "subtypes": "from stage_2_train.csv where present, else none", "excluded": "dataset.exclude (none by default)",
+             "subtypes": "from stage_2_train.csv where present, else none",
+             "excluded": "dataset.exclude (none by default)",
              "counts": "HemSeg-500: 525 scans (334 / 85 / 106); HemSeg-200: 222 (133 / 44 / 45), 209 patients"}
 
     def rsna_study(self, scan_id: str) -> str | None:
         s = str(scan_id)
-        return s if re.fullmatch(r"ID_[0-9a-fA-F]+", s) else (f"ID_{s}" if re.fullmatch(r"[0-9a-fA-F]{10}", s) else None)
+        if re.fullmatch(r"ID_[0-9a-fA-F]+", s):
+            return s
+        return f"ID_{s}" if re.fullmatch(r"[0-9a-fA-F]{10}", s) else None
 
     def _files(self, root: Path, ds: dict) -> dict:
         want = str(ds.get("version") or "auto")
@@ -158,8 +161,8 @@ class HemSeg(Adapter):
                 raise self.missing(f"{jname} (the RSNA slices of each scan; in the repository's top folder)", t + t2)
         rroot = Path(ds.get("rsna_root") or root)
         if not rroot.is_dir():
-            raise ConfigError(f"dataset.rsna_root: {rroot} is not a folder (the RSNA 2019 download with stage_2_train/; "
-                              "HemSeg ships no images)")
+            raise ConfigError(f"dataset.rsna_root: {rroot} is not a folder (the RSNA 2019 download with "
+                              "stage_2_train/; HemSeg ships no images)")
         images, t = find(rroot, rsna.IMAGE_DIRS)
         if images is None:
             raise ConfigError(f"dataset hemseg: RSNA's slice folder not found; looked for "
@@ -282,9 +285,10 @@ class HemSeg(Adapter):
         pd.DataFrame(record, columns=["scan_id", "hemseg_name", "uid_match", "label_folder", "split_list",
                                       "split_label", "mask_slices", "mask_mapping"]).to_csv(Path(out) / SCANS_TABLE,
                                                                                             index=False)
+        n_patients = index.loc[index["study_uid"].isin(set(scan_t["scan_id"])), "patient_id"].nunique()
         lines = [f"HemSeg-{f['version']}: {len(scans)} scans in {f['jsonl']}, {len(masks)} label volumes in "
-                 f"{f['labels']}; {len(scan_t)} scans of {index[index['study_uid'].isin(set(scan_t['scan_id']))]['patient_id'].nunique()} "
-                 f"patients kept ({int(scan_t['label'].sum())} with hemorrhage), {len(excluded)} left out (excluded.csv)",
+                 f"{f['labels']}; {len(scan_t)} scans of {n_patients} patients kept ({int(scan_t['label'].sum())} "
+                 f"with hemorrhage), {len(excluded)} left out (excluded.csv)",
                  f"scan names matched to RSNA: {c['uid_study']} are the StudyInstanceUID, {c['uid_series']} the "
                  f"SeriesInstanceUID, {c['uid_neither']} neither (found by their slice lists); {c['patient_differs']} "
                  "jsonl patients differ from the DICOM PatientID",
@@ -293,10 +297,12 @@ class HemSeg(Adapter):
                  f"{c['other_values']} with values other than 0 and 1 (> 0 taken as hemorrhage)"]
         if rsna_labels is not None:
             lines.append(f"{f['rsna_csv']}: {c['rsna_only_slices']} slices with hemorrhage by RSNA but not in the mask "
-                         f"(counted as hemorrhage: the {c['withheld']} scans holding them keep slice labels only, no pixel truth), "
+                         f"(counted as hemorrhage: the {c['withheld']} scans holding them keep slice labels only, "
+                         "no pixel truth), "
                          f"{c['mask_not_rsna']} in the mask but not by RSNA")
         else:
-            lines.append("no stage_2_train.csv beside the RSNA slices: no subtypes (the masks do not tell IPH from IVH)")
+            lines.append("no stage_2_train.csv beside the RSNA slices: no subtypes (the masks do not tell IPH "
+                         "from IVH)")
         lines.append(f"HemSeg parts recorded in {SCANS_TABLE} (label folder and split lists), not used for the folds")
         return lines
 
@@ -311,7 +317,8 @@ class HemSeg(Adapter):
             raise LabelError(f"{path}: cannot read the HemSeg label volume ({type(exc).__name__})") from None
         data = data[..., 0] if data.ndim == 4 else data
         lo, hi = data.min(), data.max()             # np.unique over the volume costs 10x these
-        c["other_values"] += int(lo < 0 or hi > 1 or (data.dtype.kind == "f" and bool(((data != 0) & (data != 1)).any())))
+        odd = lo < 0 or hi > 1 or (data.dtype.kind == "f" and bool(((data != 0) & (data != 1)).any()))
+        c["other_values"] += int(odd)
         m = nifti_to_dicom.slices_by_index(data, img.affine, rows)
         if m is not None:
             c["by_order"] += 1
