@@ -2,7 +2,8 @@
 
 Writes small copies of each dataset in its shipped layout with the tests' format writers (512 x 512 slices,
 tests/dataset_formats.py), then times, in this one process and alternating the datasets, the header index
-(`build_index` / the NIfTI index) and the cache (`preprocess_shard`, 128 px, 3 windows) on one core, and
+(`build_index` / the NIfTI index; for hemseg also its file list and the masks onto the slices, the rule
+dataset_labels) and the cache (`preprocess_shard`, 128 px, 3 windows) on one core, and
 the same for the real CQ500-CT-0 series of ../shared/data as the baseline (ratios against it).
 
     .venv/bin/python scripts/bench_adapters.py [--rounds 2] [--slices 30]
@@ -18,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from dataset_formats import write_bhsd, write_ctich, write_instance, write_rsna  # noqa: E402
+from dataset_formats import write_bhsd, write_ctich, write_hemseg, write_instance, write_rsna  # noqa: E402
 
 from ichbench.cache.preprocess import build_index, preprocess_shard  # noqa: E402
 from ichbench.datasets import adapter  # noqa: E402
@@ -36,6 +37,11 @@ def _write(name: str, root: Path, n: int) -> dict:
         write_bhsd(root, {f"ID_{i:08x}_ID_{i:010x}": dict(n=n, bleed={3}) for i in range(3)}, size=512)
     elif name == "instance":
         write_instance(root, {1 + i: dict(n=n, bleed={3}) for i in range(3)}, size=512)
+    elif name == "hemseg":      # 4 HemSeg scans among 8 RSNA studies: only the 4 listed are indexed
+        studies = [dict(patient=i, study=i, n=n, shape=(512, 512), bleed={3}) for i in range(8)]
+        info = write_rsna(root / "rsna", studies)
+        write_hemseg(root / "labels", studies[::2], info)
+        return {"name": name, "root": str(root / "labels"), "rsna_root": str(root / "rsna")}
     return {"name": name, "root": str(root)}
 
 
@@ -44,10 +50,16 @@ def _time(ds: dict, work: Path, scan_key: str) -> tuple[float, float, int]:
     work.mkdir(parents=True, exist_ok=True)
     files = [work / f for f in ("index.csv", "series_candidates.csv", "rejected_index.csv")]
     t0 = time.perf_counter()
+    listed = None
+    if ds.get("name") == "hemseg":        # its file list (rule dataset_files) and masks onto slices (dataset_labels)
+        listed = work / "index_files.txt"
+        adapter.get("hemseg").index_files(ds, listed)
     if r["source"] == "nifti":
         build_nifti_index(r["nifti_dir"], *files, masks_dir=r.get("nifti_masks_dir"), min_slices=4)
     else:
-        build_index(r["dicom_dir"], *files, min_slices=4, min_extent_mm=20, scan_key=scan_key)
+        build_index(r["dicom_dir"], *files, min_slices=4, min_extent_mm=20, scan_key=scan_key, file_list=listed)
+    if listed:
+        adapter.get("hemseg").derive(ds, files[0], work / "dataset")
     t1 = time.perf_counter()
     table = preprocess_shard(files[0], files[1], work / "shard-0", shard=0, n_shards=1, windows=PAPER_WINDOWS,
                              size=128)
@@ -62,7 +74,7 @@ def main() -> None:
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sets = {name: _write(name, tmp / name, a.slices) for name in ("rsna", "ctich", "bhsd", "instance")}
+        sets = {name: _write(name, tmp / name, a.slices) for name in ("rsna", "ctich", "bhsd", "instance", "hemseg")}
         cq = ROOT.parent / "shared" / "data" / "cq500" / "dicom" / "CQ500-CT-0"
         if cq.is_dir():
             sets = {"CQ500-CT-0 (baseline)": {"source": "dicom", "dicom_dir": str(cq)}, **sets}

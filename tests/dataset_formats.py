@@ -8,10 +8,13 @@ ventricles, a bleed where asked), written as each dataset ships them (see ../sha
   correction, a corrupted `ID_6431af929.dcm`, a repeated slice position, a non-square series, and
   `stage_2_train.csv` with six rows per slice and a duplicated slice.
 - `write_nifti_volume`: one NIfTI volume (int16 HU or uint16 / uint8 masks) with a given affine.
+- `write_hemseg`: HemSeg-500 / IPH_IVH_label masks for `write_rsna` studies, rebuilt as SimpleITK stacks them
+  (tilt not in the affine, LPS), with both jsonl forms and the split lists.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +280,73 @@ def write_hemseg_mask(folder: Path, study: dict, spacing: float = 0.48828125) ->
         data[:, :, k] = diff.T
     name = rsna_id("study", study["study"])[3:]
     return write_nifti_volume(Path(folder) / f"{name}.nii.gz", data, aff, dtype=np.int16)
+
+
+def _itk_mask(study: dict, spacing: float = 0.48828125) -> tuple[np.ndarray, np.ndarray]:
+    """The label volume HemSeg's dcm2nii.py (SimpleITK ImageSeriesReader) rebuilds from a `write_rsna` study:
+    voxel slice k = the k-th written file along the normal, i / j = pixel columns / rows; the affine has the
+    first slice's position as origin and the slice normal as its k axis (the gantry tilt is not in it), so its
+    axis codes are LPS. -> (data (cols, rows, slices) of {0, 1}, affine)."""
+    n, (R, C) = study.get("n", 8), study.get("shape", (64, 64))
+    ks = [k for k in range(n) if k not in study.get("skip", ())]
+    tilt = np.radians(study.get("tilt_deg", 11.0))
+    u, v = np.array([1.0, 0, 0]), np.array([0, np.cos(tilt), -np.sin(tilt)])
+    normal = np.cross(u, v)
+    flip = np.diag([-1.0, -1.0, 1.0])
+    aff = np.eye(4)
+    aff[:3, 0], aff[:3, 1], aff[:3, 2] = flip @ (spacing * u), flip @ (spacing * v), flip @ (5.0 * normal)
+    aff[:3, 3] = flip @ np.array([-16.0, -9.8, 100.0 + ks[0] * 5.0 / normal[2]])
+    data = np.zeros((C, R, len(ks)), np.uint8)
+    if not study.get("empty_mask"):
+        for j, k in enumerate(ks):
+            if k in study.get("bleed", ()):
+                data[:, :, j] = (head_hu(R, C, k, n, bleed=True) != head_hu(R, C, k, n, bleed=False)).T
+    return data, aff
+
+
+def hemseg_name(study: dict, rsna: dict) -> str:
+    """A HemSeg scan name: the 10 hex digits of the study's (or, with name_by series, the series') RSNA UID."""
+    uid = rsna["series"][study["study"]] if study.get("name_by") == "series" else rsna_id("study", study["study"])
+    return uid[3:]
+
+
+def write_hemseg(root: Path, studies: list[dict], rsna: dict, splits: bool = True) -> Path:
+    """HemSeg labels for `write_rsna` studies, as a clone of songchangwei/3DCT-SD-IVH-ICH with its zips unzipped:
+    `HemSeg-500/{part}/label/<name>.nii.gz` for every study and `data/IPH_IVH_label/{part}/label/` for those with
+    `in200` (HemSeg-200 is a subset); int16 masks (uint8 where `uint8`), values {0, 1}, LPS (_itk_mask);
+    `annotion_file_info_500.jsonl` (patient_name, scan_name, slice_list a dict with string keys in string order,
+    `repeat` listing a slice twice) and `annotion_file_info.jsonl` (patient, scan_, slice_list a list, no ID_);
+    train_set.csv / val_set.csv / test_set.csv (filename,label). Each study: write_rsna's keys and part
+    (train | val | test), name_by (study | series), in200, uint8, empty_mask, extra_slices (names listed that
+    the RSNA copy lacks), not_in_rsna (a study write_rsna did not write: its slices are made up)."""
+    root = Path(root)
+    lines = {"500": [], "200": []}
+    split_rows = {p: [] for p in ("train", "val", "test")}
+    for s in studies:
+        if s.get("not_in_rsna"):
+            name, sops = rsna_id("study", s["study"])[3:], [rsna_id("sop", s["study"], k) for k in range(s.get("n", 8))]
+        else:
+            name, sops = hemseg_name(s, rsna), list(rsna["sops"][s["study"]])
+        sops = sops + [rsna_id("sop", s["study"], "extra", i) for i in range(s.get("extra_slices", 0))]
+        data, aff = _itk_mask(s)
+        part = s.get("part", "train")
+        listed = sops + sops[:1] if s.get("repeat") else sops
+        bare = [x[3:] for x in listed]
+        pid = rsna_id("patient", s["patient"])
+        keyed = {str(i): x for i, x in enumerate(bare)}
+        keyed = {k: keyed[k] for k in sorted(keyed)}             # "0", "1", "10", "11", ..., "2" as shipped
+        lines["500"].append(json.dumps({"patient_name": pid, "scan_name": name, "slice_list": keyed}))
+        folders = ["HemSeg-500"] + (["data/IPH_IVH_label"] if s.get("in200") else [])
+        if s.get("in200"):
+            lines["200"].append(json.dumps({"patient": pid, "scan_": name, "slice_list": bare}))
+        for folder in folders:
+            write_nifti_volume(root / folder / part / "label" / f"{name}.nii.gz", data, aff,
+                               dtype=np.uint8 if s.get("uint8") else np.int16)
+        split_rows[part].append(f"{name},{int(bool(s.get('bleed')))}")
+    (root / "annotion_file_info_500.jsonl").write_text("\n".join(lines["500"]) + "\n")
+    (root / "annotion_file_info.jsonl").write_text("\n".join(lines["200"]) + "\n")
+    if splits:
+        for part, rows in split_rows.items():
+            (root / f"{part}_set.csv").write_text("filename,label\n" + "".join(f"{r}\n" for r in rows))
+    (root / "dcm2nii.py").write_text("")
+    return root

@@ -34,7 +34,8 @@ SYNTHETIC = DATASET["source"] == "synthetic"
 NIFTI = DATASET["source"] == "nifti"
 DERIVED = RESOLVED.derived  # labels from the rule dataset_labels (results/data/dataset/)
 SCAN_KEY = RESOLVED.scan_key
-ADAPTER_KEYS = ("name", "root", "exclude", "masks")
+ADAPTER_KEYS = ("name", "root", "exclude", "masks", "version", "rsna_root")
+INDEX_FILES = RESOLVED.index_files  # the adapter's file list (rule dataset_files), else the whole folder
 
 METHOD_PATTERN = "|".join(re.escape(m) for m in METHODS)
 
@@ -62,6 +63,8 @@ def index_inputs(wildcards):
             inputs["masks"] = DATASET["nifti_masks_dir"]
         return inputs
     inputs = {"data": dicom_dir()}
+    if INDEX_FILES:
+        inputs["files"] = INDEX_FILES
     if config["preprocess"].get("series_override"):
         inputs["override"] = config["preprocess"]["series_override"]
     return inputs
@@ -83,6 +86,8 @@ def index_args(wildcards, input):
         args += f" --bone-patterns {q(json.dumps(list(pre['bone_patterns'])))}"
     if SCAN_KEY != "patient":
         args += f" --scan-key {SCAN_KEY}"
+    if INDEX_FILES:
+        args += f" --file-list {q(input.files)}"
     return args
 
 

@@ -27,6 +27,29 @@ if SYNTHETIC:
             "ichbench synth --out {params.out_dir} --params '{params.synthetic}' " "--workers {threads} > {log} 2>&1"
 
 
+if INDEX_FILES:
+
+    rule dataset_files:
+        input:
+            RESOLVED.index_inputs,
+        output:
+            INDEX_FILES,
+        log:
+            "logs/data/dataset_files.log",
+        benchmark:
+            "benchmarks/data/dataset_files.tsv"
+        conda:
+            CONDA_ENV
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        params:
+            dataset=lambda wildcards: shlex.quote(dataset_json()),
+        shell:
+            "ichbench dataset-files --dataset {params.dataset} --out {output} > {log} 2>&1"
+
+
 rule index_dicom:
     input:
         unpack(index_inputs),

@@ -87,9 +87,11 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
 def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_csv, *,
                 min_slices: int = 8, min_extent_mm: float = 60.0, workers: int = 1,
                 series_override: str | os.PathLike | None = None, bone_patterns: Sequence[str] = (),
-                axial_tolerance_deg: float = 30.0, selected_csv=None, scan_key: str = "patient") -> pd.DataFrame:
+                axial_tolerance_deg: float = 30.0, selected_csv=None, scan_key: str = "patient",
+                file_list: str | os.PathLike | None = None) -> pd.DataFrame:
     """Index the DICOM folder by headers and choose one series per scan: per patient, or with
-    `scan_key="study"` per study (series_select.SCAN_KEYS).
+    `scan_key="study"` per study (series_select.SCAN_KEYS). `file_list`: only the files it names (one a
+    line, relative to the folder; dicom_index.listed_files), e.g. a dataset adapter's scans of a large folder.
 
     Writes the file index, the per-series candidates with the choice and its reason, the per-scan
     manifest of the choice (`series_selected.csv` beside the candidates unless `selected_csv`) and
@@ -100,7 +102,7 @@ def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_cs
         raise FileNotFoundError(f"DICOM folder {dicom_dir} does not exist")
     override = series_select.read_series_override(series_override)
     t0 = time.perf_counter()
-    index, rejected = dicom_index.index_folder(dicom_dir, workers=workers)
+    index, rejected = dicom_index.index_folder(dicom_dir, workers=workers, file_list=file_list)
     rejected = rejections.refine_file_reasons(rejected)
     n_files = len(index) + len(rejected)
     dt = time.perf_counter() - t0

@@ -31,7 +31,8 @@ def cmd_index(a) -> None:
                            min_slices=a.min_slices, min_extent_mm=a.min_extent_mm, workers=a.workers,
                            series_override=a.series_override or None,
                            bone_patterns=json.loads(a.bone_patterns) if a.bone_patterns else (),
-                           axial_tolerance_deg=a.axial_tolerance_deg, scan_key=a.scan_key)
+                           axial_tolerance_deg=a.axial_tolerance_deg, scan_key=a.scan_key,
+                           file_list=a.file_list or None)
     scans = cand["scan_id"] if "scan_id" in cand else cand["patient_id"]
     logging.info("%d series of %d scans (%d patients); %d selected (see %s)", len(cand), scans.nunique(),
                  cand["patient_id"].nunique(),
@@ -157,6 +158,14 @@ def cmd_dataset_labels(a) -> None:
         logging.info("%s", line)
 
 
+def cmd_dataset_files(a) -> None:
+    from ..datasets import adapter
+
+    ds = json.loads(a.dataset)
+    for line in adapter.get(adapter.name_of(ds)).index_files(ds, Path(a.out)):
+        logging.info("%s", line)
+
+
 def _excluded(problems, path):
     """A dataset adapter's excluded.csv (scan_id, reason): those scans are reported with the adapter's reason."""
     import pandas as pd
@@ -212,6 +221,8 @@ def add_commands(command) -> None:
     s.add_argument("--axial-tolerance-deg", type=float, default=30.0,
                    help="largest angle (degrees) between the slice normal and the head axis of an axial series")
     s.add_argument("--workers", type=int, default=1, help="worker processes reading headers")
+    s.add_argument("--file-list", help="index only the files this text file names (one a line, relative to "
+                   "--dicom-dir or absolute), e.g. a dataset adapter's scans of a large folder")
     s.add_argument("--scan-key", default="patient", choices=["patient", "study"],
                    help="what a scan is: one per PatientID, or one per StudyInstanceUID (RSNA)")
 
@@ -284,3 +295,8 @@ def add_commands(command) -> None:
     s.add_argument("--dataset", required=True, help="JSON of the config's dataset: mapping (name, root, ...)")
     s.add_argument("--index", required=True, help="index.csv of `index`")
     s.add_argument("--out", required=True, help="folder of the derived tables (adapter.DERIVED_FILES)")
+
+    s = command("dataset-files", "write the list of files a dataset adapter's scans are read from (rule dataset_files)",
+                cmd_dataset_files)
+    s.add_argument("--dataset", required=True, help="JSON of the config's dataset: mapping (name, root, ...)")
+    s.add_argument("--out", required=True, help="the text file of paths `index --file-list` reads")

@@ -50,6 +50,10 @@ class Resolved:
     scan_key: str = "patient"                    # patient | study (series_select.SCAN_KEYS)
     label_files: list[str] = field(default_factory=list)   # inputs of the rule dataset_labels
     derived: bool = False                        # labels come from the rule dataset_labels
+    #: the file list the rule dataset_files writes (Adapter.index_files) and `index --file-list` reads, where
+    #: the scans are a few files of a large folder (hemseg: its scans among RSNA's 750 k slices); None = all
+    index_files: str | None = None
+    index_inputs: list[str] = field(default_factory=list)  # inputs of the rule dataset_files
 
 
 class Adapter:
@@ -70,6 +74,10 @@ class Adapter:
 
     def derive(self, ds: dict, index_csv: str | os.PathLike, out: Path) -> list[str]:
         return []
+
+    def index_files(self, ds: dict, out: Path) -> list[str]:
+        """Write the list of image files to index into `out` (where `Resolved.index_files` is set); log lines."""
+        raise NotImplementedError(f"dataset {self.name} indexes its whole folder")
 
     def rsna_study(self, scan_id: str) -> str | None:
         """The RSNA stage-2 train StudyInstanceUID a scan was made from (BHSD and HemSeg are built from RSNA
@@ -102,7 +110,7 @@ def register(cls: type[Adapter]) -> type[Adapter]:
 
 
 def _load() -> None:
-    from . import bhsd, cq500, ctich, generic, instance, rsna  # noqa: F401  (they register)
+    from . import bhsd, cq500, ctich, generic, hemseg, instance, rsna  # noqa: F401  (they register)
 
 
 def adapters() -> dict[str, type[Adapter]]:

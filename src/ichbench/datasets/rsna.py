@@ -187,7 +187,8 @@ class RSNA(Adapter):
             m = nifti_to_dicom.write_masks(masks, full, Path(out) / "masks")
             mask_lines.append(f"pixel truth from {m['masks']} NIfTI masks in {', '.join(masks)}: {m['matched']} "
                               f"matched to a study or series by name ({m['unmatched']} not), {m['series']} series, "
-                              f"{m['slices_with_gt']} slices with hemorrhage pixels after resampling")
+                              f"{m['slices_with_gt']} slices with hemorrhage pixels ({m['by_order']} series mapped by stack order, "
+                              f"{m['by_coordinates']} by patient coordinates)")
         lines = [f"{labels_csv}: {c['rows']} rows, {c['slices']} slices ({c['positive_slices']} with hemorrhage); "
                  f"{c['duplicate_rows']} duplicated rows dropped, {c['conflicting_rows']} rows of slices listed twice "
                  f"with different labels (counted as 1), {c['any_disagrees']} slices whose 'any' disagrees with "

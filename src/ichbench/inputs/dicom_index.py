@@ -15,6 +15,7 @@ import re
 import struct
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -239,12 +240,33 @@ def iter_files(root: str | os.PathLike) -> list[str]:
     return out
 
 
-def index_folder(root: str | os.PathLike, workers: int = 1) -> tuple[pd.DataFrame, list[Rejection]]:
-    """Read the headers of every file below root, each file opened once.
+def listed_files(root: str | os.PathLike, file_list: str | os.PathLike) -> tuple[list[str], list[Rejection]]:
+    """The files a list names (one path a line, absolute or relative to root; blank lines and `#` comments
+    skipped; repeats once) -> (existing files, rejections of the listed paths that are not files). A dataset
+    adapter whose scans are a few of a large folder (HemSeg's of RSNA's 750 k slices) indexes only those."""
+    out, missing, seen = [], [], set()
+    for line in Path(file_list).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = line if os.path.isabs(line) else os.path.join(root, line)
+        if path in seen:
+            continue
+        seen.add(path)
+        if os.path.isfile(path):
+            out.append(path)
+        else:
+            missing.append(Rejection(path, f"listed in {file_list} but not a file"))
+    return out, missing
+
+
+def index_folder(root: str | os.PathLike, workers: int = 1,
+                 file_list: str | os.PathLike | None = None) -> tuple[pd.DataFrame, list[Rejection]]:
+    """Read the headers of every file below root (or only those `file_list` names), each file opened once.
 
     Returns the header index (one row per usable CT image file) and the rejected files with reasons.
     """
-    files = iter_files(root)
+    files, unlisted = listed_files(root, file_list) if file_list else (iter_files(root), [])
     if workers > 1 and len(files) > 64:
         chunk = max(16, min(256, len(files) // (workers * 8) or 16))
         with ProcessPoolExecutor(workers) as pool:
@@ -252,7 +274,7 @@ def index_folder(root: str | os.PathLike, workers: int = 1) -> tuple[pd.DataFram
     else:
         results = [_read_header(f) for f in files]
     rows = [r for r in results if not isinstance(r, Rejection)]
-    rejected = [r for r in results if isinstance(r, Rejection)]
+    rejected = unlisted + [r for r in results if isinstance(r, Rejection)]
     index = pd.DataFrame(rows, columns=_INDEX_FIELDS)
     dup = index["sop_uid"].duplicated(keep="first")
     for path, sop in zip(index.loc[dup, "path"], index.loc[dup, "sop_uid"]):
