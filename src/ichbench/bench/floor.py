@@ -152,13 +152,17 @@ class RowFlops:
 
 def count_params(name: str) -> dict[str, Any]:
     """The hyper-parameters a row is counted with: its defaults (the paper's), float32, eager, NCHW, the
-    device's synthetic anomalies, and the bench's settings for rows that need files (AE-PL's VGG weights)."""
+    device's synthetic anomalies, and the bench's settings for rows that need files (AE-PL's VGG weights,
+    its feature statistics off): none of these changes a FLOP count."""
     from .throughput import BENCH_OVERRIDES
 
     params: dict[str, Any] = {"batch_size": 2, "precision": "fp32", "compile": False, "channels_last": "false",
                               **BENCH_OVERRIDES.get(name, {})}
-    if "synthesis" in REGISTRY[name].full_defaults():
+    defaults = REGISTRY[name].full_defaults()
+    if "synthesis" in defaults:
         params["synthesis"] = "device"
+    if "feature_normalization" in defaults:     # AE-PL: an elementwise step, no file needed to count
+        params["feature_normalization"] = False
     return params
 
 
