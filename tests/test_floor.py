@@ -88,6 +88,12 @@ def test_every_registered_row_is_in_the_floor_table(tmp_path):
         assert (float(r["fit_gflop_per_image"]) > 0) == (r["row"] in bench.TWO_STAGE), r["row"]
         # one peak for every FLOP: hours = FLOPs / peak
         assert float(r["floor_hours"]) == pytest.approx(float(r["recipe_eflop"]) * 1e18 / 2e12 / 3600, rel=2e-3)
+    # the Poisson rows' synthesis is matrix products, counted apart: their step's networks cost FPI's
+    by = {r["row"]: r for r in per_row}
+    for n in ("NSA", "NSA-Intensity", "FPI-Poisson"):
+        assert float(by[n]["synth_gflop_per_image"]) > 0, n
+        assert by[n]["train_gflop_per_image"] == by["FPI"]["train_gflop_per_image"], n
+    assert float(by["FPI"]["synth_gflop_per_image"]) == 0
     # the two-stage rows' step runs the ResNet on the batch and on its augmented copy: 2 images per slice
     one, two = (next(r for r in per_row if r["row"] == n) for n in ("CutPaste", "CutPaste-2stage"))
     assert int(two["job_images"]) == 25_600 * 64 and int(one["job_images"]) == 19_000 * 250
