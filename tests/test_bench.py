@@ -32,6 +32,14 @@ def test_bench_writes_the_csv(tmp_path):
     # the projection: 5 folds of each row's job, one job at a time
     assert float(total["table1_hours"]) == pytest.approx(5 * (float(ae["job_hours"]) + float(cp["job_hours"])),
                                                          rel=2e-3)
+    # the floor columns: FLOPs counted at the recipe's 128 px; a CPU's peak is unknown, so no floor hours
+    assert float(ae["train_gflop_per_image"]) == pytest.approx(0.3336, abs=1e-4)
+    assert float(cp["train_gflop_per_image"]) == pytest.approx(3.577, abs=1e-3)
+    for r in (ae, cp):
+        assert float(r["recipe_eflop"]) > 0 and float(r["achieved_tflops"]) > 0
+        assert r["floor_hours"] == "" and "peak unknown" in r["floor_note"]
+    assert float(total["recipe_eflop"]) == pytest.approx(float(ae["recipe_eflop"]) + float(cp["recipe_eflop"]),
+                                                         rel=2e-3)
 
 
 def test_bench_names_an_unknown_row(tmp_path, capsys):

@@ -18,7 +18,15 @@ For every registered row, on toy head slices already in memory on the device (`s
   device path (batched torch on the device);
 - `job_images`, `job_hours`: one paper-recipe training job (slices x epochs images; two-stage rows: steps x
   batch) at the best of our measured rates for the row (`device_gen_img_s` where faster), and
-  `table1_hours` (last row, `row` = "Table 1"): the sum over rows x folds, one job at a time.
+  `table1_hours` (last row, `row` = "Table 1"): the sum over rows x folds, one job at a time;
+- the arithmetic floor (`ichbench.bench.floor`), counted at the recipe's 128 x 128: `train_gflop_per_image`
+  (the row's own networks, forward + backward), `frozen_gflop_per_image` (AE-PL's VGG),
+  `score_gflop_per_image`, `recipe_eflop` (all folds, training and scoring), `floor_hours` at
+  `peak_tflops` (the device's peak for the row's precision, `floor.DEVICE_PEAKS`, or `--peak-tflops`; on a
+  CPU unknown unless given: `floor_note` says which), `vs_floor` = 5 x `job_hours` / `floor_hours` (only
+  when the bench runs at the recipe's size);
+  `achieved_tflops`, the best measured images/s x the FLOPs per image at the bench's size, and
+  `achieved_vs_peak`.
 
 The rates hold for the measured size and batch; the projection assumes the paper's 128 x 128 (pass
 --size 128 for a projection that means it). Rows that cannot run (e.g. missing weights) get an `error`.
@@ -40,6 +48,7 @@ from ..anomalies import two_stage as an
 from ..anomalies.device import DEVICE_GENERATORS, OnDevice
 from ..methods import REGISTRY
 from ..synthetic.toy import toy_head_slices
+from . import floor
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +58,11 @@ BENCH_OVERRIDES: dict[str, dict[str, Any]] = {"AE-PL": {"allow_random_vgg": True
 
 COLUMNS = ["row", "group", "device", "size", "batch", "precision", "ours_img_s", "bare_img_s", "ours_vs_bare",
            "reference_img_s", "reference_workers", "ours_vs_reference", "device_gen_img_s", "gen_cpu_img_s",
-           "gen_device_img_s", "gen_device_vs_cpu", "job_images", "job_hours", "table1_hours", "error"]
+           "gen_device_img_s", "gen_device_vs_cpu", "job_images", "job_hours", "table1_hours",
+           # the arithmetic floor (`ichbench.bench.floor`): FLOPs per input slice at the recipe's 128 px,
+           # the recipe's EFLOP, hours at the device's peak, measured FLOP/s at the bench's size
+           "train_gflop_per_image", "frozen_gflop_per_image", "score_gflop_per_image", "recipe_eflop",
+           "peak_tflops", "floor_hours", "vs_floor", "achieved_tflops", "achieved_vs_peak", "floor_note", "error"]
 
 
 def _sync(dev: torch.device) -> None:
@@ -164,12 +177,14 @@ def reference_rate(method, generator, arrays, batch_size: int, workers: int, dev
 
 
 def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev: torch.device, seconds: float,
-              workers: int, recipe: dict[str, int]) -> dict[str, Any]:
+              workers: int, recipe: dict[str, int], precision: str | None = None) -> dict[str, Any]:
     cls = REGISTRY[name]
     out: dict[str, Any] = {"row": name, "group": cls.group, "device": str(dev), "size": size,
                            "batch": len(batch["x"])}
     torch.manual_seed(0)
     params = {"batch_size": len(batch["x"]), **BENCH_OVERRIDES.get(name, {})}
+    if precision:
+        params["precision"] = precision
     method = cls(params, in_channels=3, image_size=size, device=dev)
     out["precision"] = method.params["precision"]
     method.configure_schedulers(10_000, 1)
@@ -214,14 +229,40 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
     else:
         out["job_images"] = recipe["slices"] * recipe["epochs"]
     out["job_hours"] = out["job_images"] / best / 3600
+    out["best_img_s"] = best
     return out
+
+
+def add_floor(r: dict[str, Any], dev: torch.device, recipe: dict[str, int], peak_tflops: float | None) -> None:
+    """The floor columns of one timed row: its FLOPs counted at the recipe's size (and at the bench's, for
+    the achieved FLOP/s), the recipe's EFLOP and floor hours at the device's peak for the row's precision."""
+    try:
+        f = floor.row_flops(r["row"], recipe["size"], str(dev))
+        peaks, source = floor.resolve_peaks(dev, r["precision"], peak_tflops)
+        fr = floor.floor_row(f, r["precision"], peaks, source, recipe)
+        at_size = f if r["size"] == recipe["size"] else floor.row_flops(r["row"], r["size"], str(dev))
+    except Exception as e:  # noqa: BLE001 - a row's failed count must not lose its timings
+        log.warning("bench %s: FLOPs not counted: %s", r["row"], e)
+        r["floor_note"] = f"not counted: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        return
+    r.update({k: fr[k] for k in ("train_gflop_per_image", "frozen_gflop_per_image", "score_gflop_per_image",
+                                 "recipe_eflop") if k in fr})
+    r["floor_note"] = source
+    r["achieved_tflops"] = r["best_img_s"] * at_size.step.total / 1e12
+    if peaks is not None:
+        r["peak_tflops"], r["floor_hours"] = fr["peak_tflops"], fr["floor_hours"]
+        if r["size"] == recipe["size"]:          # the projection means the recipe only at its size
+            r["vs_floor"] = recipe["folds"] * r["job_hours"] / r["floor_hours"]
+        r["achieved_vs_peak"] = r["achieved_tflops"] / floor.effective_peak(at_size.step, peaks)
 
 
 def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, seconds: float = 3.0,
               device: str = "auto", rows: list[str] | None = None, workers: int | None = None, folds: int = 5,
               slices: int = 19_000, epochs: int = 250, two_stage_steps: int = 25_600,
-              two_stage_batch: int = 64) -> list[dict[str, Any]]:
-    """Benchmark the rows (all registered by default) and write the CSV; returns its rows."""
+              two_stage_batch: int = 64, precision: str | None = None, peak_tflops: float | None = None,
+              recipe_size: int = 128, scored_slices: int = 88_808) -> list[dict[str, Any]]:
+    """Benchmark the rows (all registered by default) and write the CSV; returns its rows. `precision`
+    (fp32 | bf16) replaces every row's own; `peak_tflops` the device's peak from `floor.DEVICE_PEAKS`."""
     from ..training.train import resolve_device
 
     dev = resolve_device(device)
@@ -233,13 +274,20 @@ def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, s
     arrays = toy_head_slices(max(batch, 2), size, seed=0)
     batch_t = {"x": torch.from_numpy(arrays[0]).to(dev), "head_mask": torch.from_numpy(arrays[1]).to(dev),
                "brain_mask": torch.from_numpy(arrays[2]).to(dev)}
+    if precision not in (None, "fp32", "bf16"):
+        raise ValueError(f"bench: precision must be fp32 or bf16, not {precision!r}")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise ValueError(f"bench: --peak-tflops must be a positive number of TFLOP/s, not {peak_tflops}")
     recipe = {"slices": slices, "epochs": epochs, "two_stage_steps": two_stage_steps,
-              "two_stage_batch": two_stage_batch}
+              "two_stage_batch": two_stage_batch, "folds": folds, "scored_slices": scored_slices,
+              "size": recipe_size}
     results = []
     for name in names:
         t0 = time.perf_counter()
         try:
-            r = bench_row(name, arrays, batch_t, size, dev, seconds, workers, recipe)
+            r = bench_row(name, arrays, batch_t, size, dev, seconds, workers, recipe, precision)
+            add_floor(r, dev, recipe, peak_tflops)
+            r.pop("best_img_s", None)
         except Exception as e:  # one row's failure (e.g. out of memory) must not lose the others
             log.warning("bench %s failed: %s", name, e)
             r = {"row": name, "group": REGISTRY[name].group, "device": str(dev), "size": size, "batch": batch,
@@ -249,9 +297,17 @@ def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, s
                  time.perf_counter() - t0)
         results.append(r)
     total = sum(folds * r["job_hours"] for r in results if "job_hours" in r)
-    results.append({"row": "Table 1", "device": str(dev), "size": size, "batch": batch,
-                    "table1_hours": total,
-                    "error": "" if all("job_hours" in r for r in results) else "rows with errors are left out"})
+    timed = [r for r in results if "job_hours" in r]
+    last = {"row": "Table 1", "device": str(dev), "size": size, "batch": batch, "table1_hours": total,
+            "recipe_eflop": sum(r.get("recipe_eflop", 0.0) for r in timed),
+            "floor_note": "; ".join(sorted({r["floor_note"] for r in timed if r.get("floor_note")})),
+            "error": "" if all("job_hours" in r for r in results) else "rows with errors are left out"}
+    if timed and all("floor_hours" in r for r in timed):
+        last["floor_hours"] = sum(r["floor_hours"] for r in timed)
+        if size == recipe["size"]:
+            last["vs_floor"] = total / last["floor_hours"]
+        last["peak_tflops"] = last["recipe_eflop"] * 1e6 / (last["floor_hours"] * 3600)
+    results.append(last)
     write_csv(out_csv, results, COLUMNS)
     return results
 

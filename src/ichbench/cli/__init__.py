@@ -15,6 +15,7 @@
     python -m ichbench confounds --manifests results/splits/fold-*.csv --out results/confounds.csv ...
     python -m ichbench methods            # the registered Table 1 rows
     python -m ichbench bench --out results/bench.csv   # throughput of every row, projected Table 1 time
+    python -m ichbench floor --out results/floor.csv --gpu "NVIDIA H200"   # FLOPs per row, the recipe's floor
     python -m ichbench export --method AE-U --fold 0 --out ae-u.pt     # one trained row as one file
     python -m ichbench predict --model ae-u.pt --dicom-dir SCAN/ --out OUT/   # ... on a new scan (or --nifti)
 

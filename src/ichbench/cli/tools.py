@@ -1,4 +1,5 @@
-"""Subcommands for looking inside: the registered rows, their resolved parameters, the throughput bench."""
+"""Subcommands for looking inside: the registered rows, their resolved parameters, the throughput bench, the
+arithmetic floor."""
 from __future__ import annotations
 
 import logging
@@ -79,9 +80,13 @@ def cmd_bench(a) -> None:
         levels = parse_levels(a.concurrent)
     if not a.concurrent_only:
         rows = run_bench(a.out, size=a.size, batch=a.batch, seconds=a.seconds, device=a.device,
-                         rows=a.rows or None, workers=a.workers)
-        logging.info("bench written to %s; projected paper-recipe Table 1: %.2f h on %s", a.out,
-                     rows[-1]["table1_hours"], rows[-1]["device"])
+                         rows=a.rows or None, workers=a.workers, precision=a.precision,
+                         peak_tflops=a.peak_tflops)
+        last = rows[-1]
+        floor = (f"{last['floor_hours']:.2f} h at the arithmetic floor" if "floor_hours" in last
+                 else f"floor: {last.get('floor_note') or 'not counted'}")
+        logging.info("bench written to %s; projected paper-recipe Table 1: %.2f h on %s (%.2f EFLOP; %s)", a.out,
+                     last["table1_hours"], last["device"], last.get("recipe_eflop", 0.0), floor)
     if levels:
         from ..bench.concurrent import run_concurrent
 
@@ -90,6 +95,17 @@ def cmd_bench(a) -> None:
                              seconds=a.concurrent_seconds)
         logging.info("concurrent training written to %s: %s", out,
                      ", ".join(f"{r['processes']} x: {r['img_s_total'] or 0:.1f} img/s" for r in got))
+
+
+def cmd_floor(a) -> None:
+    from ..bench.floor import run_floor
+
+    rows = run_floor(a.out, size=a.size, device=a.device, rows=a.rows or None, precision=a.precision,
+                     gpu=a.gpu, peak_tflops=a.peak_tflops)
+    last = rows[-1]
+    hours = f"{last['floor_hours']:.2f} h" if "floor_hours" in last else "unknown (no peak)"
+    logging.info("floor written to %s: paper recipe %.3f EFLOP, floor %s; %s", a.out, last["recipe_eflop"],
+                 hours, last["peak_source"])
 
 
 def add_commands(command) -> None:
@@ -125,7 +141,24 @@ def add_commands(command) -> None:
     s.add_argument("--concurrent-seconds", type=float, default=10.0, help="timed seconds per --concurrent level")
     s.add_argument("--concurrent-row", default="AE", help="the row the --concurrent processes train")
     s.add_argument("--concurrent-only", action="store_true", help="only the --concurrent measurement")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="every row's precision (default: each row's own, fp32); also picks the floor's peak")
+    s.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOP/s for the floor columns (default: the table in "
+                        "ichbench.bench.floor for a known GPU; unknown on a CPU)")
     s.add_argument("rows", nargs="*", help="rows to time (default: all registered)")
+
+    s = command("floor", "the paper recipe's arithmetic floor: every row's FLOPs per image (counted with "
+                         "torch's FlopCounterMode), recipe EFLOP, hours at a device's peak (CSV)", cmd_floor)
+    s.add_argument("--out", default="results/floor.csv", help="CSV to write")
+    s.add_argument("--size", type=int, default=128, help="slice size to count at (the paper's 128)")
+    s.add_argument("--device", default="cpu", help="where to run the counted steps: cpu, cuda or cuda:N")
+    s.add_argument("--gpu", default=None,
+                   help="peaks of this GPU from the table, e.g. 'NVIDIA H200' (default: the --device's, if CUDA)")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="the precision the floor assumes for every row (default: each row's own, fp32)")
+    s.add_argument("--peak-tflops", type=float, default=None, help="one peak TFLOP/s for every FLOP instead")
+    s.add_argument("rows", nargs="*", help="rows to count (default: all registered)")
 
     s = command("params", "print each row's resolved hyper-parameters, as the workflow passes them", cmd_params)
     s.add_argument("--config", default="config.yaml", help="the workflow's config file (Snakefile `configfile:`)")
