@@ -31,6 +31,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/splits.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/score.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/report.smk"
 
 
