@@ -26,8 +26,9 @@ from . import adapter
 EXTERNAL_DIR = "results/external"
 #: Datasets whose patient IDs share one name space (the same ID is the same person): DICOM PatientIDs of
 #: CQ500 copies (cq500, a generic dicom folder, the synthetic generator's CQ500-shaped IDs), and RSNA
-#: PatientIDs (rsna; BHSD volumes `<PatientID>_<Study>` name RSNA patients). Others: their adapter name.
-KINDS = {"synthetic": "dicom", "dicom": "dicom", "cq500": "dicom", "rsna": "rsna", "bhsd": "rsna"}
+#: PatientIDs (rsna and hemseg: RSNA scans; BHSD volumes `<PatientID>_<Study>` name RSNA patients). Others:
+#: their adapter name.
+KINDS = {"synthetic": "dicom", "dicom": "dicom", "cq500": "dicom", "rsna": "rsna", "bhsd": "rsna", "hemseg": "rsna"}
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
