@@ -7,6 +7,7 @@ rule table1:
         maps=score_files("maps"),
         cohort="results/data/cohort.csv",
         strata="results/strata.md",
+        external=external_table_files(),
     output:
         table=report("results/table1.csv", caption="../report/table1.rst", category="Table 1"),
         per_fold="results/table1_per_fold.csv",
@@ -36,7 +37,7 @@ rule table1:
         seed=config["table"]["seed"],
         scan_aggregation=config["table"]["scan_aggregation"],
         scan_top_k=config["table"]["scan_top_k"],
-        compare=f"--compare {shlex.quote(config['table']['compare'])}" if config["table"].get("compare") else "",
+        compare=table_extra_args,
         targets=" ".join(str(q) for q in config["evaluation"]["target_specificity"]),
     shell:
         "ichbench table --scores {input.scores} --maps {input.maps} --methods '{params.methods}' "
@@ -185,7 +186,8 @@ rule runtimes:
         + expand("benchmarks/{step}/{method}/fold-{fold}.tsv", step=["train", "score"], method=METHODS, fold=FOLDS)
         + ["benchmarks/report/confounds.tsv"]
         + ["benchmarks/report/table1.tsv", "benchmarks/report/figure1.tsv", "benchmarks/report/stats_figures.tsv"]
-        + ["benchmarks/report/strata.tsv", "benchmarks/report/errors.tsv"],
+        + ["benchmarks/report/strata.tsv", "benchmarks/report/errors.tsv"]
+        + external_benchmarks(),
     output:
         report("results/runtimes.csv", caption="../report/runtimes.rst", category="Runtimes"),
     log:

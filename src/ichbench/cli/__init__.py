@@ -20,7 +20,7 @@
     python -m ichbench predict --model ae-u.pt --dicom-dir SCAN/ --out OUT/   # ... on a new scan (or --nifti)
 
 `snakemake` runs exactly these commands (see workflow/rules/). One module per group of subcommands
-(data, runs, results, tools), each a thin parser over the rooms' functions.
+(data, runs, results, tools, external), each a thin parser over the rooms' functions.
 
 May import: every room.
 """
@@ -30,7 +30,7 @@ import argparse
 import logging
 import sys
 
-from . import data, results, runs, tools
+from . import data, external, results, runs, tools
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func)
         return s
 
-    for group in (data, runs, results, tools):
+    for group in (data, runs, results, tools, external):
         group.add_commands(command)
     return p
 

@@ -20,6 +20,10 @@ def cmd_table(a) -> None:
     table, long = table1(scores, records, methods, a.protocol, ddof=a.ddof)
     display = {m: getattr(_method_cls(m), "display", m) for m in methods}
     table.insert(1, "row", table["method"].map(display))
+    if a.external:          # evaluation.external: AUC / AP columns per external set (evaluation/external.py)
+        from ..evaluation.external import table1_columns
+
+        table = table1_columns(table, pd.read_csv(a.external), a.protocol)
     table.to_csv(a.out, index=False, float_format="%.4f")
     long.to_csv(a.out_long, index=False, float_format="%.4f")
     sets = stats.unit_sets(scores, a.protocol, a.scan_aggregation, a.scan_top_k)
@@ -255,7 +259,9 @@ def add_commands(command) -> None:
     s.add_argument("--out-ci", default="", help="CSV of the bootstrap CIs (table1_ci.csv)")
     s.add_argument("--out-comparisons", default="", help="CSV of the paired row comparisons")
     _bootstrap_options(s)
-    s.add_argument("--include-md", nargs="*", default=[], help="Markdown sections appended to table1.md (strata.md)")
+    s.add_argument("--include-md", nargs="*", action="extend", default=[],
+                   help="Markdown sections appended to table1.md (strata.md; repeatable)")
+    s.add_argument("--external", default="", help="table1_external.csv (`external-table`): its columns join Table 1")
     s.add_argument("--out-operating", default="", help="CSV of the thresholds fixed on validation, applied to test")
     s.add_argument("--out-operating-folds", default="", help="the same per fold, with the thresholds")
     s.add_argument("--target-specificity", type=float, nargs="+", default=[0.90, 0.95, 0.99],

@@ -26,7 +26,7 @@ def cmd_score(a) -> None:
                    out_errors=a.out_errors, error_cases=a.error_cases,
                    pixel_negative_rate=a.pixel_negative_rate, loc_seed=a.loc_seed,
                    pixel_specificity=a.pixel_specificity, in_memory=a.in_memory,
-                   memory_budget_gb=a.memory_budget_gb)
+                   memory_budget_gb=a.memory_budget_gb, test_manifest=a.test_manifest or None)
     logging.info("scored %d slices", len(t))
 
 
@@ -112,6 +112,8 @@ def add_commands(command) -> None:
     s.add_argument("--pixel-negative-rate", type=float, default=0.0625,
                    help="share of non-hemorrhage pixels sampled for pixel AUROC / Dice")
     s.add_argument("--loc-seed", type=int, default=0, help="seed of that pixel sample")
+    s.add_argument("--test-manifest", help="an external set's manifest.csv (`external-manifest`): its slices are "
+                                           "scored in place of the fold's test part (evaluation.external)")
     data_access_options(s)
 
     s = command("export", "write one trained row and fold as a single model file for `predict`", cmd_export)

@@ -50,15 +50,22 @@ def score_fold(model_path, manifest, out_csv, out_maps, *, figure_cases=None, de
                batch_size: int | str = "auto", threads: int | None = None, out_loc=None,
                out_errors=None, error_cases: int = 5,
                pixel_negative_rate: float = 0.0625, loc_seed: int = 0, pixel_specificity: float = 0.999,
-               in_memory: str | bool = "auto", memory_budget_gb: float = DEFAULT_BUDGET_GB) -> pd.DataFrame:
+               in_memory: str | bool = "auto", memory_budget_gb: float = DEFAULT_BUDGET_GB,
+               test_manifest=None) -> pd.DataFrame:
     """Score the val and test parts of a fold manifest (see the module docstring); `in_memory`,
-    `memory_budget_gb`: load the slices, or gather each batch from the slice store (`data.open_slices`)."""
+    `memory_budget_gb`: load the slices, or gather each batch from the slice store (`data.open_slices`).
+    `test_manifest`: an external set's manifest (cohort/external.py) whose slices replace the fold's test part
+    (the fold's validation part stays: it sets the pixel and operating thresholds)."""
     if threads:
         torch.set_num_threads(threads)
     method, rec = load_trained(model_path, device)
     batch_size = resolve_batch_size(batch_size, method.device)
     rows = read_manifest(manifest)
     rows = rows[rows["part"].isin(["val", "test"])].reset_index(drop=True)
+    if test_manifest is not None:
+        test = read_manifest(test_manifest).assign(fold=int(rows["fold"].iloc[0]), part="test")
+        rows = pd.concat([rows[rows["part"] == "val"], test], ignore_index=True)
+        manifest = f"{manifest} + {test_manifest}"
     data = open_slices(rows, extra=("gt_mask",), in_memory=in_memory, memory_budget_gb=memory_budget_gb,
                        where=f"{manifest} (validation and test slices)")
     fold = int(rows["fold"].iloc[0])
