@@ -20,7 +20,8 @@ from ichbench.inputs import dicom_index, dicomio
 from ichbench.inputs.inputcheck import HuSample, hu_problem, square_padding
 from ichbench.inputs import masks
 from scipy import ndimage
-from ichbench.inputs.windowing import PAPER_WINDOWS, apply_windows, area_resize, quantise, window_resize
+from ichbench.inputs.sweep import window_resize
+from ichbench.inputs.windowing import PAPER_WINDOWS, apply_windows, area_resize, quantise
 
 # --------------------------------------------------------------------------- the former algorithm
 

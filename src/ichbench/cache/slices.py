@@ -3,7 +3,7 @@
 The arithmetic of the cache (see preprocess.py for the NPZ format), shared by the in-memory path
 (`preprocess.cache_series`, a Series with its HU volume) and the streaming path (`preprocess._cache_one`,
 which decodes one DICOM file at a time): a slice is padded to a square with air, windowed and
-area-resized in one sweep (`windowing.window_resize`), quantised, and its masks are computed at S x S, so
+area-resized in one sweep (`sweep.window_resize`), quantised, and its masks are computed at S x S, so
 memory holds one full-resolution slice and the small arrays of the series. Every value is computed
 with the same float32 operations, in the same order, as the former whole-series code (chunks of 32
 slices), so the NPZ arrays are identical to it (tests/test_stream.py).
@@ -22,7 +22,8 @@ from ..datasets import bhx
 from ..inputs.geometry import spacing_summary
 from ..inputs.inputcheck import HuSample, square_padding
 from ..inputs.masks import brain_mask, head_mask
-from ..inputs.windowing import Window, quantise, resize_mask, window_resize
+from ..inputs.sweep import window_resize
+from ..inputs.windowing import Window, quantise, resize_mask
 
 AIR_PAD_HU = -1024.0   # what a non-square slice is padded with
 
