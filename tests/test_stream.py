@@ -20,6 +20,7 @@ from ichbench.inputs import dicom_index, dicomio
 from ichbench.inputs.inputcheck import HuSample, hu_problem, square_padding
 from ichbench.inputs import masks
 from scipy import ndimage
+from ichbench.inputs.sweep import window_resize
 from ichbench.inputs.windowing import PAPER_WINDOWS, apply_windows, area_resize, quantise
 
 # --------------------------------------------------------------------------- the former algorithm
@@ -47,8 +48,16 @@ def _old_mask_resize(m, size):
     return _torch_resize(m[:, None].astype(np.float32), size)[:, 0] >= 0.5
 
 
+def _old_largest_component(mask):
+    labels, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
+    return labels == (1 + int(np.argmax(sizes)))
+
+
 def _old_head_mask(hu):
-    m = masks._largest_component(hu > masks.AIR_HU)
+    m = _old_largest_component(hu > masks.AIR_HU)
     return ndimage.binary_fill_holes(m)
 
 
@@ -193,14 +202,44 @@ def test_hu_sample_slice_by_slice_is_hu_problem_of_the_volume(case):
     assert (sample.problem() is not None) == (case % 4 >= 2)
 
 
-def test_numpy_morphology_is_scipys():
+def test_opencv_morphology_is_scipys():
     rng = np.random.default_rng(5)
-    for _ in range(200):
-        m = rng.random(tuple(rng.integers(1, 40, 2))) < rng.uniform(0.2, 0.95)
+    for i in range(300):
+        shape = tuple(rng.integers(1, 40, 2))
+        m = rng.random(shape) < rng.uniform(0.05, 0.95)
+        if i % 3 == 0:                   # many components of equal size: the tie goes to the first in raster order
+            m = np.zeros(shape, bool)
+            m[::2, ::2] = rng.random(m[::2, ::2].shape) < 0.7
+            m[1::4, ::4] |= m[::4, ::4][:m[1::4, ::4].shape[0]]
+        if i % 5 == 1:
+            m = m[:, ::-1]               # not contiguous
         k = int(rng.integers(1, 6))
         assert np.array_equal(masks._erode(m, k), ndimage.binary_erosion(m, iterations=k))
         assert np.array_equal(masks._dilate(m, k), ndimage.binary_dilation(m, iterations=k))
         assert np.array_equal(masks._fill_holes(m), ndimage.binary_fill_holes(m))
+        assert np.array_equal(masks._largest_component(m), _old_largest_component(m))
+
+
+def test_largest_component_tie_goes_to_the_first_in_raster_order():
+    m = np.zeros((6, 8), bool)
+    m[1, 0:2] = True                     # starts on row 1
+    m[0, 5] = m[1, 5] = True             # starts on row 0: scipy's label 1, the one kept
+    assert np.array_equal(masks._largest_component(m), _old_largest_component(m))
+    assert masks._largest_component(m)[0, 5] and not masks._largest_component(m)[1, 0]
+
+
+@pytest.mark.parametrize("shape, size", [((512, 512), 128), ((256, 256), 128), ((384, 256), 128), ((256, 256), 64),
+                                         ((240, 200), 128), ((128, 128), 128), ((300, 300), 100)])
+def test_window_resize_is_windows_then_area_resize(shape, size):
+    rng = np.random.default_rng(shape[0] + size)
+    hu = np.rint(rng.normal(0, 900, shape)).astype(np.float32)
+    hu[:5, :7] = rng.normal(40, 30, (5, 7)).astype(np.float32)       # non-integer values inside the windows
+    hu[0, 0], hu[-1, -1], hu[3, 3] = np.nan, -0.0, np.inf
+    windows, small = window_resize(hu, PAPER_WINDOWS, size)
+    ref_w = _torch_resize(_old_windows(hu, PAPER_WINDOWS)[None], size)[0]
+    ref_hu = _torch_resize(hu[None, None], size)[0, 0]
+    assert windows.shape == ref_w.shape and windows.tobytes() == ref_w.tobytes()
+    assert small.shape == ref_hu.shape and small.tobytes() == ref_hu.tobytes()
 
 
 def test_head_and_brain_masks_are_the_former_ones():
@@ -282,6 +321,46 @@ def test_real_series_streamed_is_the_former_cache(shared_data, tmp_path):
         _, ref = _reference_of_dicom(files, 128)
         _assert_same(tmp_path / "s.npz", ref)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]       # no spool file left
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2"])
+def test_native_pixels_are_pydicoms_pixel_array(syntax):
+    """The direct read of plain native files gives pixel_array's values and dtype (bits above BitsStored
+    replaced by the sign, odd lengths padded); anything else (big endian, excess bytes) is left to pydicom."""
+    import io
+    import warnings
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    rng = np.random.default_rng(len(syntax))
+    fast = 0
+    for bits, stored, rep, (rows, cols), extra in [
+            (16, 16, 1, (16, 16), 0), (16, 12, 1, (7, 5), 0), (16, 12, 0, (7, 5), 0), (16, 1, 1, (3, 3), 0),
+            (8, 8, 0, (7, 5), 1), (8, 4, 1, (4, 4), 0), (32, 20, 1, (5, 4), 0), (32, 32, 0, (2, 3), 0),
+            (16, 16, 1, (4, 4), 2)]:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = syntax, "1.2", "1.2.3"
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit = rows, cols, bits, stored, stored - 1
+        ds.PixelRepresentation, ds.SamplesPerPixel, ds.PhotometricInterpretation = rep, 1, "MONOCHROME2"
+        ds.PixelData = rng.integers(0, 256, rows * cols * bits // 8 + extra, dtype=np.uint8).tobytes()
+        ds["PixelData"].VR = "OW" if bits > 8 else "OB"
+        buf = io.BytesIO()
+        ds.save_as(buf, implicit_vr=syntax == "1.2.840.10008.1.2", little_endian=syntax != "1.2.840.10008.1.2.2",
+                   enforce_file_format=True)
+        ds = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+        ours = dicomio._native_pixels(ds, syntax)
+        if ours is None:
+            assert syntax == "1.2.840.10008.1.2.2" or extra == 2
+            continue
+        fast += 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = ds.pixel_array
+        assert (ours.dtype.kind, ours.dtype.itemsize) == (ref.dtype.kind, ref.dtype.itemsize)
+        assert np.array_equal(ours, ref), (bits, stored, rep)
+    assert fast == (0 if syntax == "1.2.840.10008.1.2.2" else 8)
 
 
 def test_hu_of_a_file_is_the_former_conversion(tiny_synthetic):

@@ -2,8 +2,8 @@
 
 The arithmetic of the cache (see preprocess.py for the NPZ format), shared by the in-memory path
 (`preprocess.cache_series`, a Series with its HU volume) and the streaming path (`preprocess._cache_one`,
-which decodes one DICOM file at a time): a slice is padded to a square with air, windowed at full
-resolution into reused buffers, area-resized, quantised, and its masks are computed at S x S, so
+which decodes one DICOM file at a time): a slice is padded to a square with air, windowed and
+area-resized in one sweep (`sweep.window_resize`), quantised, and its masks are computed at S x S, so
 memory holds one full-resolution slice and the small arrays of the series. Every value is computed
 with the same float32 operations, in the same order, as the former whole-series code (chunks of 32
 slices), so the NPZ arrays are identical to it (tests/test_stream.py).
@@ -22,7 +22,8 @@ from ..datasets import bhx
 from ..inputs.geometry import spacing_summary
 from ..inputs.inputcheck import HuSample, square_padding
 from ..inputs.masks import brain_mask, head_mask
-from ..inputs.windowing import Window, apply_windows, quantise, resize, resize_mask
+from ..inputs.sweep import window_resize
+from ..inputs.windowing import Window, quantise, resize_mask
 
 AIR_PAD_HU = -1024.0   # what a non-square slice is padded with
 
@@ -63,7 +64,6 @@ class SliceCacher:
             inside[self.top:self.top + rows, self.left:self.left + cols] = True
         self.inside_small = resize_mask(inside[None], size)[0]
         self._pad = np.full((self.side, self.side), AIR_PAD_HU, np.float32) if self.padded else None
-        self._win = np.empty((len(self.windows), self.side, self.side), np.float32)
         n = max(int(capacity), 0)
         self.capacity = n
         shapes = {"images": (len(self.windows), size, size), "head_mask": (size, size),
@@ -100,9 +100,8 @@ class SliceCacher:
         if self.padded:
             self._pad[self.top:self.top + self.rows, self.left:self.left + self.cols] = hu
             hu = self._pad
-        size = self.size
-        image = quantise(resize(apply_windows(hu, self.windows, out=self._win)[None], size)[0])
-        hu_small = resize(hu[None, None], size)[0, 0]
+        windowed, hu_small = window_resize(hu, self.windows, self.size)
+        image = quantise(windowed)
         h = head_mask(hu_small)
         b = brain_mask(hu_small, h)
         head, brain = h & self.inside_small, b & self.inside_small
@@ -112,7 +111,7 @@ class SliceCacher:
         gt = self._add_truth(k, sop_uid)
         for name, value in (("images", image), ("head_mask", head), ("brain_mask", brain), ("gt_mask", gt)):
             if self._spool is not None:
-                self._spool[name][1].write(np.ascontiguousarray(value).tobytes())
+                self._spool[name][1].write(np.ascontiguousarray(value).data)
             else:
                 self._arrays[name][k] = value
         self.sop_uids.append(sop_uid)

@@ -52,6 +52,9 @@ _TAGS = {kw: tag_for_keyword(kw) for kw in (
     "SliceThickness", "StudyInstanceUID",
 )}
 
+#: What the index reads of a header (the other elements, sequences among them, are skipped unparsed).
+_READ_TAGS = sorted(set(_TAGS.values()) | {tag_for_keyword("SpecificCharacterSet")})
+
 
 def _get(ds, keyword: str, default=None):
     """ds.get(keyword) of a top-level element, by its tag: the value, or `default` where absent."""
@@ -145,14 +148,16 @@ def _read_header(path: str) -> dict | Rejection:
         size = os.path.getsize(path)
         with open(path, "rb") as fp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, specific_tags=_READ_TAGS)
             tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
             if tsyntax == _DEFLATED:
                 has_pixels, pixel_problem = _has_pixel_data_slow(path), ""
             else:
                 has_pixels, pixel_problem = _probe_pixel_data(fp, ds, size)
-                if not has_pixels and _header_cut_off(ds, size):
-                    return Rejection(path, "truncated file: it ends inside the header, before any pixel data")
+                if not has_pixels:     # where the header ends needs every element: read it whole
+                    fp.seek(0)
+                    if _header_cut_off(pydicom.dcmread(fp, stop_before_pixels=True), size):
+                        return Rejection(path, "truncated file: it ends inside the header, before any pixel data")
     except InvalidDicomError:
         return Rejection(path, "not a DICOM file (no DICM preamble)")
     except Exception as exc:  # truncated or corrupt headers raise many different errors

@@ -24,6 +24,7 @@ import pandas as pd
 import pydicom
 
 from . import pixelfix
+from .native import native_pixels as _native_pixels
 from .geometry import slice_normal, stack_tilt_deg
 
 log = logging.getLogger(__name__)
@@ -193,9 +194,11 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray
     if problem:
         raise DicomReadError(path, problem)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
+        arr = _native_pixels(ds, ts)
+        if arr is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = ds.pixel_array
     except Exception as exc:
         raise DicomReadError(path, f"pixel data cannot be decoded (transfer syntax {ts or '?'}: {describe_error(exc)})") from None
     if arr.ndim != 2:
@@ -224,12 +227,16 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray
     if out is None or out.shape != raw.shape or out.dtype != np.float32:
         out = np.empty(raw.shape, np.float32)
     # the float32 operations of raw.astype(float32) * slope + intercept, without temporaries
-    np.multiply(raw, np.float32(slope), out=out, dtype=np.float32)
+    if np.float32(slope) == 1:            # x * 1 is x: the conversion alone
+        np.copyto(out, raw, casting="unsafe")
+    else:
+        np.multiply(raw, np.float32(slope), out=out, dtype=np.float32)
     np.add(out, np.float32(intercept), out=out)
     if padding is not None:
         np.copyto(out, np.float32(-1024.0), where=padding)
-    # Values below air come from padding outside the reconstruction circle.
-    np.maximum(out, np.float32(-1024.0), out=out)
+    # Values below air come from padding outside the reconstruction circle. (np.clip with an infinite
+    # upper bound gives np.maximum's values, NaN included, at a third of its cost in numpy 2.4.)
+    np.clip(out, np.float32(-1024.0), np.float32(np.inf), out=out)
     return out
 
 

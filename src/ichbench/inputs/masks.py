@@ -3,65 +3,63 @@
 Used by methods that need the object (the self-supervised patch synthesis keeps patches on the head,
 AnatPaste pastes inside the brain, DAE zeroes its noise outside the head).
 
-The morphology is scipy.ndimage's with its default 4-connected cross and border value 0, written
-with numpy shifts (erosion, dilation) and one labelling (hole filling) because scipy's general
-routines cost ten times more on a 128 x 128 slice; tests/test_stream.py checks both give the same
-masks.
+The morphology is scipy.ndimage's (binary erosion, dilation, hole filling and labelling with its
+default 4-connected cross and border value 0), computed with OpenCV's routines on the uint8 view of
+the mask, 3-8x cheaper on a 128 x 128 slice and without importing scipy (0.3 CPU-seconds at
+start-up); tests/test_stream.py checks every routine against scipy's on random masks.
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
-from scipy import ndimage
 
 AIR_HU = -500.0
 BONE_HU = 300.0
 BRAIN_HU = (-15.0, 100.0)
 
+_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+
+
+def _u8(m: np.ndarray) -> np.ndarray:
+    """A 2D boolean mask as a contiguous uint8 array of 0 and 1 (a view where it already is one)."""
+    return np.ascontiguousarray(m, dtype=bool).view(np.uint8)
+
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n <= 1:
+    """The largest 4-connected component of a 2D mask (the mask itself where it has at most one), as
+    ndimage.label + sum_labels + argmax: of equal sizes, the component met first in raster order."""
+    mask = np.asarray(mask, dtype=bool)
+    n, labels = cv2.connectedComponents(_u8(mask), connectivity=4, ltype=cv2.CV_32S)
+    if n <= 2:                               # background and at most one component
         return mask
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
-    return labels == (1 + int(np.argmax(sizes)))
+    area = np.bincount(labels.ravel(), minlength=n)[1:]     # (cheaper than OpenCV's WithStats)
+    best = np.flatnonzero(area == area.max()) + 1
+    if len(best) > 1:                        # OpenCV numbers components in its own scan order
+        flat = labels.ravel()
+        best = best[[int(np.argmin([np.argmax(flat == b) for b in best]))]]
+    return labels == best[0]
 
 
 def _erode(m: np.ndarray, iterations: int = 1) -> np.ndarray:
     """ndimage.binary_erosion(m, iterations=...) of a 2D mask: the 4-connected cross, outside counts as 0."""
-    m = m.astype(bool)
-    for _ in range(iterations):
-        out = m.copy()
-        out[1:] &= m[:-1]
-        out[:-1] &= m[1:]
-        out[:, 1:] &= m[:, :-1]
-        out[:, :-1] &= m[:, 1:]
-        out[0] = out[-1] = False
-        out[:, 0] = out[:, -1] = False
-        m = out
-    return m
+    out = cv2.erode(_u8(m), _CROSS, iterations=int(iterations), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
 
 
 def _dilate(m: np.ndarray, iterations: int = 1) -> np.ndarray:
     """ndimage.binary_dilation(m, iterations=...) of a 2D mask: the 4-connected cross, outside counts as 0."""
-    m = m.astype(bool)
-    for _ in range(iterations):
-        out = m.copy()
-        out[1:] |= m[:-1]
-        out[:-1] |= m[1:]
-        out[:, 1:] |= m[:, :-1]
-        out[:, :-1] |= m[:, 1:]
-        m = out
-    return m
+    out = cv2.dilate(_u8(m), _CROSS, iterations=int(iterations), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return out.view(bool)
 
 
 def _fill_holes(m: np.ndarray) -> np.ndarray:
-    """ndimage.binary_fill_holes(m) of a 2D mask: background not 4-connected to the image edge is filled."""
-    labels, n = ndimage.label(~m)
-    outside = np.zeros(n + 1, bool)
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        outside[edge] = True
-    outside[0] = False                      # label 0: the mask itself
-    return ~outside[labels]
+    """ndimage.binary_fill_holes(m) of a 2D mask: background not 4-connected to the image edge is filled
+    (a flood fill of the background from a ring of background around the image)."""
+    m = np.asarray(m, dtype=bool)
+    background = np.ones((m.shape[0] + 2, m.shape[1] + 2), np.uint8)
+    np.logical_not(m, out=background[1:-1, 1:-1].view(bool))
+    cv2.floodFill(background, None, (0, 0), 2, flags=4)
+    return background[1:-1, 1:-1] != 2
 
 
 def head_mask(hu: np.ndarray) -> np.ndarray:
