@@ -498,3 +498,30 @@ def test_bhsd_scans_that_are_rsna_scans_are_found_by_name():
     dup = adapter.duplicates(rsna_scans, "rsna", bhsd_scans, "bhsd")
     assert dup == {"ID_0237f3c9_ID_40015688b9": "ID_40015688b9", "ID_2db7ee14_ID_1111111111": "ID_1111111111"}
     assert adapter.duplicates(rsna_scans, "rsna", ["049"], "ctich") == {}
+
+
+def test_an_rsna_study_whose_series_cannot_be_cached_is_named_by_its_study(tmp_path):
+    """Where a scan is a study, a series left out at caching is recorded under its study (not the PatientID), so
+    the split says the files held no usable series instead of calling the scan a missing download."""
+    from ichbench.inputs import rejections
+
+    got = write_rsna(tmp_path / "rsna", [dict(patient=1, study=1, n=8, mode="int16"),
+                                         dict(patient=1, study=2, n=8, mode="int16")], corrupted=False)
+    bad = tmp_path / "rsna" / "stage_2_train"
+    for sop in got["sops"][2]:                       # study 2: values far from CT in HU
+        ds = pydicom.dcmread(bad / f"{sop}.dcm")
+        ds.RescaleIntercept = 20000
+        ds.save_as(bad / f"{sop}.dcm")
+    data = tmp_path / "data"
+    data.mkdir()
+    build_index(bad, data / "index.csv", data / "series.csv", data / "rejected_index.csv", min_slices=4,
+                min_extent_mm=20, scan_key="study")
+    preprocess_shard(data / "index.csv", data / "series.csv", data / "cache", shard=0, n_shards=1,
+                     windows=PAPER_WINDOWS, size=32)
+    rejected = pd.read_csv(data / "cache" / "rejected.csv", dtype=str, keep_default_na=False)
+    study2 = pd.read_csv(data / "index.csv", dtype=str).query("sop_uid in @got['sops'][2]")["study_uid"].iloc[0]
+    left = rejected[rejected["reason"].str.startswith("scan left out")]
+    assert list(left["item"]) == [study2]
+    said = rejections.explain_unlabelled_scans(
+        [(study2, "listed in the label file but no usable series was cached")], rejected)
+    assert said[0][1].startswith(rejections.NO_USABLE_SERIES)

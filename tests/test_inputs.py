@@ -270,3 +270,19 @@ def test_real_bhx_boxes_give_full_resolution_area(shared_data, tmp_path):
         area = float(z["gt_area_mm2"][0])
     # the union of the 3 boxes: at least the largest, at most their sum (plus the pixel rounding at each edge)
     assert areas.max() <= area <= (areas + (boxes["width"] + boxes["height"] + 2) * px).sum()
+
+
+def test_a_series_shifted_above_soft_tissue_is_not_hu():
+    """A wrong RescaleIntercept that moves the whole head up by 20,000 keeps a 'bone' high end, but nothing is as
+    low as soft tissue: not CT in HU. A head in HU (air, tissue, bone) passes."""
+    from ichbench.inputs.inputcheck import HuSample, hu_problem
+
+    rng = np.random.default_rng(0)
+    head = np.concatenate([np.full(4000, -1000.0), rng.normal(35, 10, 8000), np.full(1000, 1200.0)])
+    head = head.reshape(1, 13, 1000).astype(np.float32)
+    assert hu_problem(head, stride=1) is None
+    said = hu_problem(head + 21024, stride=1)
+    assert said is not None and "no soft tissue" in said
+    sample = HuSample(stride=1)
+    sample.add((head + 21024)[0])
+    assert "no soft tissue" in (sample.problem() or "")

@@ -211,7 +211,9 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
     kind, item, out_path, windows, size, gt_dir, boxes, non_hu = args
     suid = item["series_uid"] if kind == "nifti" else item.iloc[0]["series_uid"]
     pid = item["patient_id"] if kind == "nifti" else item.iloc[0]["patient_id"]
-    left_out = dicomio.Rejection(pid, f"scan left out: its series {suid} could not be loaded", "load")
+    # the scan the cohort knows (a study where scans are studies, e.g. RSNA), so the split names why it is missing
+    sid = pid if kind == "nifti" or "scan_id" not in item else item.iloc[0]["scan_id"]
+    left_out = dicomio.Rejection(sid, f"scan left out: its series {suid} could not be loaded", "load")
     cacher = None
     try:
         if kind == "nifti":
@@ -230,7 +232,7 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
                       "an image saved in a display window? set preprocess.non_hu: accept to use it anyway")
             where = item["path"] if kind == "nifti" else suid
             return None, series.rejected + [dicomio.Rejection(where, f"{problem}; {advice}", "load"),
-                                            dicomio.Rejection(pid, f"scan left out: its series {suid} is not "
+                                            dicomio.Rejection(sid, f"scan left out: its series {suid} is not "
                                                                    "CT in HU", "load")]
         if problem:
             log.warning("!!! series %s of scan %s: %s; ACCEPTED because preprocess.non_hu is accept: "
@@ -263,7 +265,7 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
     out_dir.mkdir(parents=True, exist_ok=True)
     if boxes is not None and not isinstance(boxes, pd.DataFrame):
         boxes = bhx.read_bhx(boxes)
-    chosen = pd.read_csv(series_csv, dtype={"patient_id": str, "series_uid": str, "study_uid": str})
+    chosen = pd.read_csv(series_csv, dtype={"patient_id": str, "series_uid": str, "study_uid": str, "scan_id": str})
     chosen = chosen[chosen["selected"].astype(bool)]
     chosen = chosen[[shard_of(u, n_shards) == shard for u in chosen["series_uid"]]]
     nifti = "source" in chosen and (chosen["source"] == "nifti").any()
@@ -274,6 +276,7 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
     else:
         index = read_index(index_csv)
         groups = {u: g for u, g in index[index["series_uid"].isin(set(chosen["series_uid"]))].groupby("series_uid")}
+        scan_of = dict(zip(chosen["series_uid"], chosen["scan_id"].astype(str))) if "scan_id" in chosen else {}
         jobs = []
         for suid in chosen["series_uid"]:
             files = groups.get(suid)
@@ -282,6 +285,8 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
             b = None
             if boxes is not None and len(boxes):
                 b = boxes[boxes["sop_uid"].isin(set(files["sop_uid"]))]
+            if "scan_id" in chosen:
+                files = files.assign(scan_id=scan_of[suid])
             jobs.append(("dicom", files, out_dir / f"{suid}.npz", tuple(windows), size, gt_dir, b, non_hu))
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -19,6 +19,10 @@ NON_HU_ACTIONS = ("reject", "accept")
 def _judge(lo: float, hi: float) -> str | None:
     if lo > HU_AIR_MAX and hi < HU_BONE_MIN:
         return f"values {lo:.4g} .. {hi:.4g} do not look like CT in HU (no air, no bone)"
+    if lo > HU_BONE_MIN:
+        # 99.9 % of the values above bone's threshold: no air and no soft tissue anywhere (e.g. a wrong
+        # RescaleIntercept that shifts the whole series)
+        return f"values {lo:.4g} .. {hi:.4g} do not look like CT in HU (no air, no soft tissue)"
     return None
 
 
