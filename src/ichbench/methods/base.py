@@ -137,7 +137,15 @@ class Method:
     # -- training ---------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.model.parameters(), lr=self.params["lr"],
-                                 weight_decay=self.params["weight_decay"])]
+                                 weight_decay=self.params["weight_decay"], **self.optimizer_options())]
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Keyword arguments for every row's torch optimiser: `foreach=True` on a CPU, where torch's default
+        is its per-tensor Python loop. The multi-tensor update does the same arithmetic in the same order, bit
+        for bit (`tests/test_step_overhead.py`), in fewer calls (AE, 64 px: Adam's step 12.6 -> 9.6 ms of
+        CPU). `fused=True` would be 5x faster still but rounds differently, so results would change. Other
+        devices keep torch's default (foreach on CUDA already)."""
+        return {"foreach": True} if self.device.type == "cpu" else {}
 
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
         """Called once before training, when the number of steps is known."""
