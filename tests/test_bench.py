@@ -25,7 +25,11 @@ def test_bench_writes_the_csv(tmp_path):
         assert r["error"] == ""
         assert float(r["ours_img_s"]) > 0 and float(r["bare_img_s"]) > 0
         assert float(r["ours_vs_bare"]) == pytest.approx(float(r["ours_img_s"]) / float(r["bare_img_s"]), rel=1e-3)
+        assert float(r["ours_vs_bare_cpu"]) > 0                               # CPU seconds, bare / ours
     assert ae["reference_img_s"] == "" and ae["gen_cpu_img_s"] == ""          # no generator in a reconstruction row
+    assert ae["bare_synth_img_s"] == "" and float(cp["bare_synth_img_s"]) > 0  # the fair bare loop makes its batch
+    assert float(cp["ours_vs_bare_synth"]) == pytest.approx(float(cp["ours_img_s"]) / float(cp["bare_synth_img_s"]),
+                                                            rel=1e-3)
     for key in ("reference_img_s", "gen_cpu_img_s", "gen_device_img_s", "device_gen_img_s"):
         assert float(cp[key]) > 0
     assert int(ae["job_images"]) == 19_000 * 250

@@ -55,6 +55,20 @@ from .two_stage import CLONE_FLAGS, Synthesis, from_uint8_hwc, to_uint8_hwc
 MIN_POISSON_PIXELS = 50
 
 
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """This process's pool of `workers` threads for the per-image work, made once and kept (a pool per call
+    started and joined its threads at every training step). Keyed by process id as well: a forked child
+    (a DataLoader worker) gets its own, since threads do not survive a fork."""
+    key = (os.getpid(), workers)
+    pool = _POOLS.get(key)
+    if pool is None:
+        pool = _POOLS[key] = ThreadPoolExecutor(workers, thread_name_prefix="ichbench-anomalies")
+    return pool
+
+
 @dataclass(frozen=True)
 class PatchPlacement:
     """Patch count, size and placement rules (reference `train_med.py` constants: half-width bounds 3 % - 40 %,
@@ -155,8 +169,7 @@ class PatchExample(PatchRules):
 
         workers = min(max(1, self.workers), os.cpu_count() or 1, n)
         if workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                done = list(pool.map(one, range(n)))
+            done = list(thread_pool(workers).map(one, range(n)))
         else:
             done = [one(b) for b in range(n)]
         out = from_uint8_hwc(np.stack([d[0] for d in done]), x)

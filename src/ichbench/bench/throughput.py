@@ -10,6 +10,12 @@ For every registered row, on toy head slices already in memory on the device (`s
   `loss` under its autocast, backward, optimizer step; no scheduler, no logging, no `float(loss)`. For the
   self-supervised rows the bare loop trains on one synthetic batch made before timing, so it measures the
   network alone; `ours_vs_bare` = ours / bare (1 = no overhead);
+- `ours_vs_bare_cpu` (CPU only): the same ratio from CPU seconds per step (`time.process_time`, all threads),
+  bare / ours: less moved by other processes on the machine than the wall-clock rates;
+- self-supervised rows: `bare_synth_img_s`, the fair bare loop of a row that must make its training batch:
+  the bare step on a batch made afresh each step by the row's own batch maker (one-stage rows
+  `segmentation_batch`: rotation/shift and the synthetic anomaly; two-stage rows `pairs`: jitter and the
+  augmented copies), and `ours_vs_bare_synth` = ours / that;
 - self-supervised rows: `reference_img_s`, the reference's way (MedIAnomaly): a DataLoader with
   `workers` worker processes, each making one synthetic anomaly per slice on the CPU with this package's
   CPU generator, feeding the bare step; `device_gen_img_s`, our training step with the device generator
@@ -28,6 +34,11 @@ For every registered row, on toy head slices already in memory on the device (`s
   `achieved_tflops`, the best measured images/s x the FLOPs per image at the bench's size, and
   `achieved_vs_peak`.
 
+Ours, bare and the fair bare loop are timed in turn (`paired_rates`: blocks of steps, ours / bare / ...,
+the order reversed every other round, 5 rounds (2 for rows slower than `seconds` a step), the median block
+per loop), so that all of them see the same load
+of the machine; timing one after the other moved the ratio by +-20 % on a loaded machine.
+
 The rates hold for the measured size and batch; the projection assumes the paper's 128 x 128 (pass
 --size 128 for a projection that means it). Rows that cannot run (e.g. missing weights) get an `error`.
 """
@@ -37,6 +48,7 @@ import copy
 import csv
 import logging
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +69,7 @@ TWO_STAGE = ("CutPaste-2stage", "AnatPaste")
 BENCH_OVERRIDES: dict[str, dict[str, Any]] = {"AE-PL": {"allow_random_vgg": True}}
 
 COLUMNS = ["row", "group", "device", "size", "batch", "precision", "ours_img_s", "bare_img_s", "ours_vs_bare",
+           "ours_vs_bare_cpu", "bare_synth_img_s", "ours_vs_bare_synth",
            "reference_img_s", "reference_workers", "ours_vs_reference", "device_gen_img_s", "gen_cpu_img_s",
            "gen_device_img_s", "gen_device_vs_cpu", "job_images", "job_hours", "table1_hours",
            # the arithmetic floor (`ichbench.bench.floor`): FLOPs per input slice at the recipe's 128 px,
@@ -80,6 +93,43 @@ def rate(fn: Callable[[], Any], images: int, dev: torch.device, seconds: float, 
         calls += 1
     _sync(dev)
     return calls * images / (time.perf_counter() - t0)
+
+
+def paired_rates(fns: dict[str, Callable[[], Any]], images: int, dev: torch.device, seconds: float,
+                 rounds: int = 5) -> dict[str, tuple[float, float]]:
+    """Several step functions timed in turn, so that each sees the same machine load: one timed warm-up call
+    each, then up to `rounds` rounds (at least 2; fewer where a call takes longer than seconds / rounds) of
+    one block of calls per function (a block ~ seconds / rounds), the order reversed every other round.
+    -> name -> (images/s of the median block, median CPU seconds per call)."""
+    per_call = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        per_call[name] = max(time.perf_counter() - t0, 1e-9)
+    rounds = max(2, min(rounds, int(seconds / max(per_call.values()))))
+    block = {name: max(1, int(seconds / rounds / t)) for name, t in per_call.items()}
+    walls: dict[str, list[float]] = {name: [] for name in fns}
+    cpus: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            fn, n = fns[name], block[name]
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(n):
+                fn()
+            _sync(dev)
+            walls[name].append((time.perf_counter() - w0) / n)
+            cpus[name].append((time.process_time() - c0) / n)
+    return {name: (images / statistics.median(walls[name]), statistics.median(cpus[name])) for name in fns}
+
+
+def made_batch(method, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A self-supervised row's training batch made afresh, as its `training_step` makes it (one-stage rows:
+    `segmentation_batch`, two-stage rows: `pairs`)."""
+    if hasattr(method, "pairs"):
+        return method.pairs(batch)
+    return method.segmentation_batch(batch)
 
 
 def bare_step(method, batch: dict[str, torch.Tensor]) -> None:
@@ -191,7 +241,6 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
     b = len(batch["x"])
     steps = iter(range(10**9))
     state = copy.deepcopy(method.state_dict())
-    out["ours_img_s"] = rate(lambda: method.training_step(batch, next(steps)), b, dev, seconds)
     selfsup = name in DEVICE_GENERATORS
     if selfsup:
         bare_batch = step_batch(method, batch, method.synthesise(batch))
@@ -199,9 +248,20 @@ def bench_row(name: str, arrays, batch: dict[str, torch.Tensor], size: int, dev:
         bare_batch = batch
     # the same memory format as the row's step (channels_last: auto is on for CUDA)
     bare_batch = {**bare_batch, "x": method.to_memory_format(bare_batch["x"])}
-    method.load_state_dict(state)
-    out["bare_img_s"] = rate(lambda: bare_step(method, bare_batch), b, dev, seconds)
+    fns = {"ours": lambda: method.training_step(batch, next(steps)), "bare": lambda: bare_step(method, bare_batch)}
+    if selfsup:
+        def bare_synth() -> None:
+            made = made_batch(method, batch)
+            bare_step(method, {**made, "x": method.to_memory_format(made["x"])})
+        fns["bare_synth"] = bare_synth
+    got = paired_rates(fns, b, dev, seconds)
+    out["ours_img_s"], out["bare_img_s"] = got["ours"][0], got["bare"][0]
     out["ours_vs_bare"] = out["ours_img_s"] / out["bare_img_s"]
+    if dev.type == "cpu":
+        out["ours_vs_bare_cpu"] = got["bare"][1] / got["ours"][1]
+    if selfsup:
+        out["bare_synth_img_s"] = got["bare_synth"][0]
+        out["ours_vs_bare_synth"] = out["ours_img_s"] / out["bare_synth_img_s"]
     best = out["ours_img_s"]
     if selfsup:
         # the row's own generators, from its hyper-parameters (whatever `synthesis` the step above used)
@@ -293,7 +353,7 @@ def run_bench(out_csv: str | os.PathLike, *, size: int = 128, batch: int = 64, s
             r = {"row": name, "group": REGISTRY[name].group, "device": str(dev), "size": size, "batch": batch,
                  "error": f"{type(e).__name__}: {e}".replace("\n", " ").strip()}
         log.info("bench %s: %s (%.1f s)", name, {k: (round(v, 3) if isinstance(v, float) else v)
-                                                 for k, v in r.items() if k.endswith(("img_s", "hours", "bare"))},
+                                                 for k, v in r.items() if k.endswith(("img_s", "hours", "bare", "_cpu", "_synth"))},
                  time.perf_counter() - t0)
         results.append(r)
     total = sum(folds * r["job_hours"] for r in results if "job_hours" in r)

@@ -137,7 +137,15 @@ class Method:
     # -- training ---------------------------------------------------------------------------
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [torch.optim.Adam(self.model.parameters(), lr=self.params["lr"],
-                                 weight_decay=self.params["weight_decay"])]
+                                 weight_decay=self.params["weight_decay"], **self.optimizer_options())]
+
+    def optimizer_options(self) -> dict[str, Any]:
+        """Keyword arguments for every row's torch optimiser: `foreach=True` on a CPU, where torch's default
+        is its per-tensor Python loop. The multi-tensor update does the same arithmetic in the same order, bit
+        for bit (`tests/test_step_overhead.py`), in fewer calls (AE, 64 px, batch 16, alternating: Adam's step
+        10.4 -> 10.0 ms of CPU, the whole step 1.3 % less). `fused=True` (2.3 against 12.6 ms in one run)
+        rounds differently, so results would change. Other devices keep torch's default (foreach on CUDA)."""
+        return {"foreach": True} if self.device.type == "cpu" else {}
 
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
         """Called once before training, when the number of steps is known."""

@@ -54,9 +54,9 @@ class GANomaly(AutoEncoderMethod):
         p = self.params
         betas = (p["beta1"], 0.999)
         return [torch.optim.Adam(self.model.generator.parameters(), lr=p["lr"], betas=betas,
-                                 weight_decay=p["weight_decay"]),
+                                 weight_decay=p["weight_decay"], **self.optimizer_options()),
                 torch.optim.Adam(self.model.discriminator.parameters(), lr=p["lr"], betas=betas,
-                                 weight_decay=p["weight_decay"])]
+                                 weight_decay=p["weight_decay"], **self.optimizer_options())]
 
     # -- losses -------------------------------------------------------------------------------
     def _generator_loss(self, x: torch.Tensor):

@@ -213,12 +213,17 @@ class PatchSegmentationMethod(SelfSupervisedMethod):
 
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(self.optimizers[0], factor)]
 
-    def training_step(self, batch, step):
+    def segmentation_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch the loss sees: each slice rotated and shifted, then given a synthetic anomaly
+        (x, pixel label)."""
         p = self.params
         x, head = rotate_shift(batch["x"], batch.get("head_mask"), self.torch_generator or self.rng,
                                float(p["rotate_degrees"]), int(p["shift_pixels"]))
         syn = self.synthesise({**batch, "x": x, "head_mask": head})
-        return super().training_step({"x": syn.x, "label": syn.label}, step)
+        return {"x": syn.x, "label": syn.label}
+
+    def training_step(self, batch, step):
+        return super().training_step(self.segmentation_batch(batch), step)
 
     def loss(self, batch):
         logits = self.model(batch["x"]).float()
@@ -256,7 +261,7 @@ class EmbeddingGaussianMethod(SelfSupervisedMethod):
     def configure_optimizers(self):
         p = self.params
         return [torch.optim.SGD(self.model.parameters(), lr=p["lr"], momentum=p["momentum"],
-                                weight_decay=p["weight_decay"])]
+                                weight_decay=p["weight_decay"], **self.optimizer_options())]
 
     def configure_schedulers(self, steps_per_epoch: int, epochs: int) -> None:
         lr, lr_min, per, total = self.params["lr"], self.params["lr_min"], max(1, steps_per_epoch), max(1, epochs)
