@@ -30,6 +30,7 @@ from ..errors import ConfigError
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("cq500", "rsna")
+STAGES = ("index", "labels", "preprocess", "split", "train", "score", "aggregate")   # labels: RSNA only
 #: The AE row as config.yaml gives it, for one epoch (batch and rate of the demo recipe).
 AE_PARAMS = {"latent_dim": 16, "width": 16, "hidden": 1024, "epochs": 1, "batch_size": 32, "lr": 0.001}
 WINDOWS = [{"name": "brain", "level": 40, "width": 80}, {"name": "subdural", "level": 75, "width": 215},
@@ -186,8 +187,11 @@ def stage_items(stage: str, root: Path, summary: dict) -> tuple[int, str]:
 
 def run_size(layout: str, n_slices: int, out: Path, *, workers: int = 1, threads: int = 1,
              image_size: int = 256, slices_per_scan: tuple[int, int] = SLICES_PER_SCAN,
-             keep: bool = False) -> list[dict]:
-    """Write one cohort and run every stage on it -> one row per stage (the cohort's writing included)."""
+             keep: bool = False, until: str = "aggregate") -> list[dict]:
+    """Write one cohort and run the stages on it up to `until` -> one row per stage (the cohort's writing
+    included)."""
+    if until not in STAGES:
+        raise ConfigError(f"--until {until!r}: one of {', '.join(STAGES)}")
     root = out / f"{layout}-{n_slices}"
     if root.exists():
         shutil.rmtree(root)
@@ -204,7 +208,10 @@ def run_size(layout: str, n_slices: int, out: Path, *, workers: int = 1, threads
     rows = [dict(base, stage="write", wall_s=time.perf_counter() - t0, cpu_s=cpu, peak_rss_mib=float("nan"))]
     log.info("%s %d: cohort of %d scans, %d slices, %d files written in %.1f s", layout, n_slices,
              summary["n_patients"], summary["n_slices"], summary["n_files"], rows[0]["wall_s"])
+    last = STAGES.index(until)
     for stage, args in stage_commands(layout, cohort.resolve(), workers=workers, threads=threads):
+        if STAGES.index(stage) > last:
+            break
         got = run_child(args, root, root / "logs" / f"{stage}.log")
         rows.append(dict(base, stage=stage, **got))
         log.info("%s %d: %-10s %7.1f s wall, %7.1f CPU s, %6.0f MiB peak", layout, n_slices, stage,
@@ -221,7 +228,7 @@ def run_size(layout: str, n_slices: int, out: Path, *, workers: int = 1, threads
 
 def run_scale(layout: str, sizes: list[int], out: str | Path, *, workers: int = 1, threads: int = 1,
               image_size: int = 256, slices_per_scan: tuple[int, int] = SLICES_PER_SCAN,
-              keep: bool = False) -> dict:
+              keep: bool = False, until: str = "aggregate") -> dict:
     """Every size of one layout -> {"rows", "growth", "projection"}, written to <out>/bench-scale-<layout>.csv
     and .json, with the printed table (bench.scale_report)."""
     from . import scale_report
@@ -236,7 +243,7 @@ def run_scale(layout: str, sizes: list[int], out: str | Path, *, workers: int = 
     rows = []
     for n in sizes:
         rows += run_size(layout, n, out, workers=workers, threads=threads, image_size=image_size,
-                         slices_per_scan=slices_per_scan, keep=keep)
+                         slices_per_scan=slices_per_scan, keep=keep, until=until)
     result = {"layout": layout, "sizes": sizes, "machine": machine(), "started": started,
               "load_average": [round(load0, 2), round(os.getloadavg()[0], 2)], "rows": rows,
               "growth": scale_report.growth(rows), "projection": scale_report.projection(rows, workers=workers)}

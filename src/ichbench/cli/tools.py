@@ -100,7 +100,7 @@ def cmd_bench_scale(a) -> None:
     sizes = parse_sizes(a.sizes, per_scan)
     for layout in a.layout:
         result = run_scale(layout, sizes, a.out, workers=a.workers, threads=a.threads, image_size=a.image_size,
-                           slices_per_scan=per_scan, keep=a.keep)
+                           slices_per_scan=per_scan, keep=a.keep, until=a.until)
         print(format_tables(result), flush=True)
         logging.info("bench-scale %s written to %s/bench-scale-%s.{csv,json,md}", layout, a.out, layout)
 
@@ -153,6 +153,9 @@ def add_commands(command) -> None:
                    help="pixels of the written slices (CQ500 and RSNA ship 512; 256 halves the writing time)")
     s.add_argument("--slices-per-scan", default="24,36",
                    help="MIN,MAX slices of a scan (drawn per scan; 13 at least, the 60 mm extent of 5 mm slices)")
+    s.add_argument("--until", default="aggregate",
+                   choices=["index", "labels", "preprocess", "split", "train", "score", "aggregate"],
+                   help="the last stage to run (e.g. split: only the data stages; labels is RSNA's)")
     s.add_argument("--keep", action="store_true", help="keep each size's cohort and results (default: removed)")
 
     s = command("params", "print each row's resolved hyper-parameters, as the workflow passes them", cmd_params)
