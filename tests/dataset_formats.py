@@ -13,14 +13,12 @@ ventricles, a bleed where asked), written as each dataset ships them (see ../sha
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+from ichbench.synthetic.rsna import rsna_id, write_slice
 
 RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 
@@ -44,52 +42,12 @@ def head_hu(rows: int, cols: int, k: int, n: int, bleed: bool = False, seed: int
     return hu + rng.normal(0, 4, hu.shape).astype(np.float32) * (hu > -900)
 
 
-def rsna_id(kind: str, *parts) -> str:
-    """RSNA-style IDs: patient ID_<8 hex>, study / series ID_<10 hex>, slice ID_<9 hex>."""
-    n = {"patient": 8, "study": 10, "series": 10, "sop": 9}[kind]
-    return "ID_" + hashlib.sha1("/".join(map(str, (kind,) + parts)).encode()).hexdigest()[:n]
-
-
 def _rsna_file(path: Path, sop, pid, study, series, ipp, iop, stored: np.ndarray, bits_stored: int,
                rep: int, intercept: float, spacing: float = 0.48828125, short: int | None = None) -> None:
     """One slice with exactly RSNA's 22 elements (and a dcm4che-style file meta with a 9999. UID); `short`:
-    keep only that many bytes of PixelData (a consistent but too short element)."""
-    with pydicom.config.disable_value_validation():
-        _rsna_dataset(path, sop, pid, study, series, ipp, iop, stored, bits_stored, rep, intercept, spacing, short)
-
-
-def _rsna_dataset(path, sop, pid, study, series, ipp, iop, stored, bits_stored, rep, intercept, spacing, short):
-    ds = Dataset()
-    ds.SOPInstanceUID = sop
-    ds.Modality = "CT"
-    ds.PatientID = pid
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.StudyID = ""
-    ds.ImagePositionPatient = [f"{v:.8g}" for v in ipp]
-    ds.ImageOrientationPatient = [f"{v:.9g}" for v in iop]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = stored.shape
-    ds.PixelSpacing = [f"{spacing:.8g}", f"{spacing:.8g}"]
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = rep
-    ds.WindowCenter = ["00040", "00040"]
-    ds.WindowWidth = ["00080", "00080"]
-    ds.RescaleIntercept = f"{intercept:g}"
-    ds.RescaleSlope = "1"
-    data = stored.astype(stored.dtype.newbyteorder("<")).tobytes()
-    ds.add_new(0x7FE00010, "OW", data[:short] if short else data)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = "9999." + str(int(hashlib.sha1(sop.encode()).hexdigest()[:24], 16))
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationVersionName = "dcm4che-1.4.38"
-    ds.file_meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    keep only that many bytes of PixelData (a consistent but too short element). The synthetic room's writer."""
+    write_slice(path, sop=sop, patient=pid, study=study, series=series, ipp=ipp, iop=iop, stored=stored,
+                bits_stored=bits_stored, pixel_rep=rep, intercept=intercept, spacing=spacing, short=short)
 
 
 def rsna_stored(hu: np.ndarray, mode: str) -> tuple[np.ndarray, int, int, float]:

@@ -1,5 +1,5 @@
-"""Subcommands for looking inside: the registered rows, their resolved parameters, the throughput bench, the
-arithmetic floor."""
+"""Subcommands for looking inside: the registered rows, their resolved parameters, the throughput and scale
+benches, the arithmetic floor."""
 from __future__ import annotations
 
 import logging
@@ -108,6 +108,19 @@ def cmd_floor(a) -> None:
                  hours, last["peak_source"])
 
 
+def cmd_bench_scale(a) -> None:
+    from ..bench.scale import parse_sizes, parse_slices_per_scan, run_scale
+    from ..bench.scale_report import format_tables
+
+    per_scan = parse_slices_per_scan(a.slices_per_scan)
+    sizes = parse_sizes(a.sizes, per_scan)
+    for layout in a.layout:
+        result = run_scale(layout, sizes, a.out, workers=a.workers, threads=a.threads, image_size=a.image_size,
+                           slices_per_scan=per_scan, keep=a.keep, until=a.until)
+        print(format_tables(result), flush=True)
+        logging.info("bench-scale %s written to %s/bench-scale-%s.{csv,json,md}", layout, a.out, layout)
+
+
 def add_commands(command) -> None:
     """Register this group's subcommands through `command(name, help, func)` (see `build_parser`)."""
     command("methods", "list the registered methods (built-in and installed plugins') and their code digests",
@@ -159,6 +172,24 @@ def add_commands(command) -> None:
                    help="the precision the floor assumes for every row (default: each row's own, fp32)")
     s.add_argument("--peak-tflops", type=float, default=None, help="one peak TFLOP/s for every FLOP instead")
     s.add_argument("rows", nargs="*", help="rows to count (default: all registered)")
+
+    s = command("bench-scale", "write synthetic cohorts of given sizes, run the pipeline's stages on each and "
+                               "print per stage slices/s per core, peak memory, growth between the sizes and a "
+                               "projection to CQ500 / RSNA size (CSV, JSON, Markdown)", cmd_bench_scale)
+    s.add_argument("--layout", nargs="+", default=["cq500"], choices=["cq500", "rsna"],
+                   help="cohort layout(s): cq500 (several series a scan) or rsna (one file a slice, stripped headers)")
+    s.add_argument("--sizes", default="5000,50000", help="cohort sizes in slices, comma-separated, e.g. 2000,10000")
+    s.add_argument("--out", default="results/bench-scale", help="folder for the cohorts, the runs and the tables")
+    s.add_argument("--workers", type=int, default=1, help="worker processes of writing, index and preprocess")
+    s.add_argument("--threads", type=int, default=1, help="torch threads of train and score")
+    s.add_argument("--image-size", type=int, default=256,
+                   help="pixels of the written slices (CQ500 and RSNA ship 512; 256 halves the writing time)")
+    s.add_argument("--slices-per-scan", default="24,36",
+                   help="MIN,MAX slices of a scan (drawn per scan; 13 at least, the 60 mm extent of 5 mm slices)")
+    s.add_argument("--until", default="aggregate",
+                   choices=["index", "labels", "preprocess", "split", "train", "score", "aggregate"],
+                   help="the last stage to run (e.g. split: only the data stages; labels is RSNA's)")
+    s.add_argument("--keep", action="store_true", help="keep each size's cohort and results (default: removed)")
 
     s = command("params", "print each row's resolved hyper-parameters, as the workflow passes them", cmd_params)
     s.add_argument("--config", default="config.yaml", help="the workflow's config file (Snakefile `configfile:`)")

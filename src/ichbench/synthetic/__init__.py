@@ -18,7 +18,8 @@ Layout written under ``out_dir`` (see :func:`generate`)::
 
 Modules: config (SyntheticConfig), cohort (generate, label files), patient (draw order, slice
 rendering), head and anatomy (normal head), lesions (hemorrhages, trauma), series and dicom (files);
-toy (head-like slices in memory, for tests and benchmarks).
+rsna (the same cohort in RSNA 2019's layout: one file a slice, stripped headers, ID_ names,
+stage_2_train.csv); toy (head-like slices in memory, for tests and benchmarks).
 
 May import: errors, inputs.
 """
