@@ -24,6 +24,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..cohort import subtypes
+from .aggregate import read_scores  # noqa: F401 (extra_tables.read_scores stays)
 
 
 def _auc_ap(y: np.ndarray, s: np.ndarray) -> tuple[float, float]:
@@ -47,11 +48,6 @@ def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 1) -> str:
         return "n/a"
     sd = "n/a" if not np.isfinite(std) else f"{scale * std:.{digits}f}"
     return f"{scale * mean:.{digits}f} +- {sd}"
-
-
-def read_scores(paths: Sequence[str]) -> pd.DataFrame:
-    return pd.concat([pd.read_csv(p, dtype={"sop_uid": str, "patient_id": str, "series_uid": str}) for p in paths],
-                     ignore_index=True)
 
 
 def localisation_table(loc_paths: Sequence[str], method_order: Sequence[str], ddof: int = 0) -> pd.DataFrame:

@@ -13,7 +13,8 @@ A unit (slice or scan) is called anomalous when its score is above the threshold
 On the test part at each threshold: sensitivity, specificity, PPV, NPV and F1 (in %), per fold and as the
 mean over folds, with percentile CIs from the same patient bootstrap as Table 1 (`stats.patient_counts`,
 same seed: the draws are paired with Table 1's): per patient the four confusion counts are summed once, and
-a draw is a matrix product of its patient counts with them, so the bootstrap costs no per-slice work.
+a draw is a matrix product of its patient counts with them, so the bootstrap costs no per-slice work (one
+product per fold for every row and rule, the fold's patients only).
 """
 from __future__ import annotations
 
@@ -109,46 +110,53 @@ def operating_points(val_units: pd.DataFrame, test_units: pd.DataFrame, method_o
     counts = stats.patient_counts(patients, n_boot, seed) if n_boot > 0 else None
     per_fold, summary = [], []
     by_method = dict(tuple(test_units.groupby("method", sort=False)))
-    blocks: dict = {}                 # (first, last + 1) patient column -> the draws' counts there, as float
+    plan = []                         # (method, rule, kind, target, [(fold record, rates, block, column)])
+    blocks: dict = {}                 # (first, last + 1) patient column -> the confusion rows of every row and rule
     for method in [m for m in method_order if (thr["method"] == m).any()]:
         units_m = by_method.get(method, test_units.iloc[:0])
         y_m, s_m = units_m["y"].to_numpy(bool), units_m["score"].to_numpy(float)
         pidx_m, fold_m = stats.patient_index(units_m, patients), units_m["fold"].to_numpy()
         for rule, g in thr[thr["method"] == method].groupby("rule", sort=False):
-            fold_vals, fold_draws, pooled = {k: [] for k in RATES}, {k: [] for k in RATES}, np.zeros(4, np.int64)
+            folds = []
             for r in g.itertuples(index=False):
                 sel = fold_m == r.fold
                 if not sel.any() or not np.isfinite(r.threshold):
                     continue
                 conf = _patient_confusion(y_m[sel], s_m[sel], pidx_m[sel], r.threshold, len(patients))
-                total = conf.sum(0)
-                pooled += total
-                point = rates(*total)
-                per_fold.append({**r._asdict(), **{k: float(v) for k, v in point.items()},
-                                 **dict(zip(("tp", "fp", "fn", "tn"), map(int, total)))})
-                for k in RATES:
-                    fold_vals[k].append(float(point[k]))
-                if counts is not None:
-                    # only the fold's patients: the others' confusion rows are 0 (the table is sorted by fold)
-                    lo, hi = int(pidx_m[sel].min()), int(pidx_m[sel].max()) + 1
-                    if (lo, hi) not in blocks:
-                        blocks[lo, hi] = counts[:, lo:hi].astype(float)
-                    d = blocks[lo, hi] @ conf[lo:hi]          # (draws x 4), exact integers in float64 (BLAS)
-                    for k, v in rates(*d.T).items():
-                        fold_draws[k].append(v)
-            pooled_rates = rates(*pooled)
+                # only the fold's patients: the others' confusion rows are 0 (the table is sorted by fold)
+                lo, hi = int(pidx_m[sel].min()), int(pidx_m[sel].max()) + 1
+                cols = blocks.setdefault((lo, hi), [])
+                cols.append(conf[lo:hi])
+                folds.append((r, conf.sum(0), (lo, hi), len(cols) - 1))
+            plan.append((method, rule, g["kind"].iloc[0], g["target_specificity"].iloc[0], folds))
+    # one product per block of patients for every row and rule: (draws x 4 k), exact integers in float64 (BLAS)
+    draws_of = {b: counts[:, b[0]:b[1]].astype(float) @ np.hstack(cols) for b, cols in blocks.items()} \
+        if counts is not None else {}
+    for method, rule, kind, target, folds in plan:
+        fold_vals, fold_draws, pooled = {k: [] for k in RATES}, {k: [] for k in RATES}, np.zeros(4, np.int64)
+        for r, total, block, col in folds:
+            pooled += total
+            point = rates(*total)
+            per_fold.append({**r._asdict(), **{k: float(v) for k, v in point.items()},
+                             **dict(zip(("tp", "fp", "fn", "tn"), map(int, total)))})
             for k in RATES:
-                vals = np.asarray(fold_vals[k], float)
-                ok = np.isfinite(vals)
-                lo = hi = np.nan
-                if counts is not None and ok.any():
-                    draws = np.stack(fold_draws[k], 1)[:, ok].mean(1)
-                    lo, hi = stats.percentile_ci(draws, level)
-                summary.append({"method": method, "rule": rule, "kind": g["kind"].iloc[0],
-                                "target_specificity": g["target_specificity"].iloc[0], "metric": k,
-                                "mean": float(vals[ok].mean()) if ok.any() else np.nan, "ci_low": lo, "ci_high": hi,
-                                "pooled": float(pooled_rates[k]), "folds_used": int(ok.sum()),
-                                "n_boot": n_boot, "seed": seed})
+                fold_vals[k].append(float(point[k]))
+            if counts is not None:
+                d = draws_of[block][:, 4 * col:4 * col + 4]
+                for k, v in rates(*d.T).items():
+                    fold_draws[k].append(v)
+        pooled_rates = rates(*pooled)
+        for k in RATES:
+            vals = np.asarray(fold_vals[k], float)
+            ok = np.isfinite(vals)
+            lo = hi = np.nan
+            if counts is not None and ok.any():
+                draws = np.stack(fold_draws[k], 1)[:, ok].mean(1)
+                lo, hi = stats.percentile_ci(draws, level)
+            summary.append({"method": method, "rule": rule, "kind": kind, "target_specificity": target, "metric": k,
+                            "mean": float(vals[ok].mean()) if ok.any() else np.nan, "ci_low": lo, "ci_high": hi,
+                            "pooled": float(pooled_rates[k]), "folds_used": int(ok.sum()),
+                            "n_boot": n_boot, "seed": seed})
     return pd.DataFrame(summary), pd.DataFrame(per_fold)
 
 

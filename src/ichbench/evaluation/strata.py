@@ -282,18 +282,21 @@ class _RowPairs:
                 for k, ai, lt, le in where:
                     points[k].append(100 * float(np.sum(lt + 0.5 * (le - lt))) / (len(ai) * len(cols)))
                 step = max(1, self.chunk_cells // max(len(cols), 1))
+                # float32 where every cumulated weight (and its halves) is exact, as in `evaluation.weighted`
+                dtype = np.float32 if len(cols) * max(int(counts.max(initial=0)), 1) < 2 ** 23 else np.float64
+                F = np.zeros((min(step, len(counts)), len(cols) + 1), dtype)
                 out = {k: [] for k, *_ in where}
                 for i in range(0, len(counts), step):
-                    c = counts[i:i + step]
-                    F = np.zeros((len(c), len(cols) + 1))
-                    np.cumsum(np.take(c, npat, axis=1), axis=1, dtype=float, out=F[:, 1:])
+                    c = counts[i:i + step].astype(dtype)
+                    Fc = F[:len(c)]
+                    np.cumsum(np.take(c, npat, axis=1, mode="clip"), axis=1, out=Fc[:, 1:])
                     for k, ai, lt, le in where:
-                        below = np.take(F, lt, axis=1)
-                        below += 0.5 * (np.take(F, le, axis=1) - below)
-                        w = np.take(c, self.pidx[ai], axis=1)
+                        below = np.take(Fc, lt, axis=1, mode="clip")
+                        below += 0.5 * (np.take(Fc, le, axis=1, mode="clip") - below)
+                        w = np.take(c, self.pidx[ai], axis=1, mode="clip")
                         with np.errstate(invalid="ignore", divide="ignore"):
                             out[k].append(100 * np.einsum("ij,ij->i", w, below, dtype=float)
-                                          / (w.sum(1, dtype=float) * F[:, -1]))
+                                          / (w.sum(1, dtype=float) * Fc[:, -1]))
                 for k, v in out.items():
                     draws[k].append(np.concatenate(v) if v else np.zeros(0))
         return [(np.nan, np.full(len(counts), np.nan)) if not pts else

@@ -1,0 +1,63 @@
+"""The aggregation's RSNA-size paths: score tables read with categorical IDs, and the operating points' bootstrap
+as one product per fold for every row and rule, each against the plain computation it replaced."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ichbench.evaluation import aggregate, operating, stats
+from test_operating import constructed
+
+
+def test_read_scores_reads_ids_as_sorted_categories_with_the_texts_values(tmp_path):
+    a = constructed(n_folds=2, patients=6, slices=3, seed=1, method="B")
+    b = constructed(n_folds=2, patients=6, slices=3, seed=2, method="A")
+    b["patient_id"] = "0" + b["patient_id"]                  # IDs that a number parser would change
+    paths = []
+    for name, f in (("b.csv", a), ("a.csv", b)):
+        f.to_csv(tmp_path / name, index=False)
+        paths.append(str(tmp_path / name))
+    got = aggregate.read_scores(paths)
+    text = pd.concat([pd.read_csv(p, dtype={c: str for c in aggregate.ID_COLUMNS}) for p in paths], ignore_index=True)
+    assert list(got.columns) == list(text.columns)
+    for c in aggregate.ID_COLUMNS:
+        assert isinstance(got[c].dtype, pd.CategoricalDtype), c
+        cats = list(got[c].cat.categories)
+        assert cats == sorted(cats), c
+        assert got[c].astype(str).tolist() == text[c].tolist(), c
+    pd.testing.assert_frame_equal(got.drop(columns=list(aggregate.ID_COLUMNS)),
+                                  text.drop(columns=list(aggregate.ID_COLUMNS)))
+    # grouping by the categories gives the text's groups in the text's order
+    k_got = list(got.groupby(["method", "fold", "part"], sort=True).size().index)
+    k_text = list(text.groupby(["method", "fold", "part"], sort=True).size().index)
+    assert [tuple(map(str, k)) for k in k_got] == [tuple(map(str, k)) for k in k_text]
+    assert got["patient_id"].astype(str).str.startswith("00").any()
+
+
+def test_operating_point_draws_equal_the_draws_recounted_per_rule():
+    scores = pd.concat([constructed(n_folds=3, patients=24, slices=4, seed=s, method=m, shift=1.0)
+                        for s, m in ((3, "A"), (4, "B"))], ignore_index=True)
+    val, test = stats.slice_units(scores, part="val"), stats.slice_units(scores, part="test")
+    summary, _ = operating.operating_points(val, test, ["A", "B"], n_boot=40, seed=5)
+    thr = operating.thresholds(val, test)
+    patients = stats.patient_table(test)
+    counts = stats.patient_counts(patients, 40, 5)
+    checked = 0
+    for (m, rule), g in thr.groupby(["method", "rule"], sort=False):
+        u = test[test["method"] == m]
+        pidx, y, s, fold = (stats.patient_index(u, patients), u["y"].to_numpy(bool), u["score"].to_numpy(float),
+                            u["fold"].to_numpy())
+        per_fold = []
+        for r in g.itertuples():
+            sel = fold == r.fold
+            w = counts[:, pidx[sel]].astype(float)               # every draw's weight of every unit
+            pred = s[sel] > r.threshold
+            yy = y[sel]
+            per_fold.append(operating.rates(w @ (yy & pred), w @ (~yy & pred), w @ (yy & ~pred), w @ (~yy & ~pred)))
+        for k in operating.RATES:
+            draws = np.stack([f[k] for f in per_fold], 1).mean(1)
+            row = summary[(summary["method"] == m) & (summary["rule"] == rule) & (summary["metric"] == k)]
+            lo, hi = stats.percentile_ci(draws)
+            assert (row["ci_low"].item(), row["ci_high"].item()) == (lo, hi) or not np.isfinite(lo), (m, rule, k)
+            checked += np.isfinite(lo)
+    assert checked > 40
