@@ -9,8 +9,9 @@
 Changes go in through `--configfile` (as the README says): `--config key=value` turns numbers into
 strings and so changes every job's params. Also here: the HTML report of the same run.
 
-The completed run (`tiny_project`) is shared with tests/test_slurm.py (its local reference run) and
-tests/test_resume.py: it runs once per pytest session, on a snapshot of the workflow and the package
+The completed run (`tiny_project`) is shared with tests/test_pipeline.py (the end-to-end checks),
+tests/test_slurm.py (its local reference run), tests/test_resume.py, tests/test_model_files.py and
+tests/test_plugin_rows.py (a copy, extended by a plugin row): it runs once per pytest session, on a snapshot of the workflow and the package
 (so that edits made to the tree while the tests run do not count as code changes).
 """
 from __future__ import annotations
@@ -139,7 +140,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_completed_run_has_nothing_to_do(project):
-    assert dry_run(project) == set()
+    """A second run of the completed pipeline plans no job (also the end-to-end check of tests/test_pipeline.py)."""
+    proc = snakemake(project.tree, project.work, "-n", "--cores", "2")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    assert planned_jobs(proc.stdout + "\n" + proc.stderr) == set()
     assert dry_run(project, copy.deepcopy(project.config)) == set()
 
 

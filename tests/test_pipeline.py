@@ -1,4 +1,7 @@
-"""End to end: the real `snakemake` on a tiny synthetic config in a temporary folder (CPU)."""
+"""End to end: the real `snakemake` on a tiny synthetic config in a temporary folder (CPU).
+
+The checks run on the session's shared tiny run (tests/test_incremental.py: AE and AE-L1, 2 folds), so that
+the suite runs the whole toy pipeline once for these tests, the incremental dry runs and the resume tests."""
 import json
 import os
 import subprocess
@@ -38,36 +41,38 @@ def run_snakemake(workdir: Path, *args, check=True) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pipeline")
-    (work / "config.yaml").write_text(yaml.safe_dump(tiny_config()))
-    run_snakemake(work)
-    return work
+    """The working directory of the shared completed tiny run (AE and AE-L1 on 2 folds)."""
+    from test_incremental import tiny_project
+
+    return tiny_project(tmp_path_factory).work
 
 
 @pytest.mark.slow
 def test_pipeline_produces_table_and_figure(tiny_run):
     table = pd.read_csv(tiny_run / "results" / "table1.csv")
-    assert table["method"].tolist() == ["AE"]
-    assert table["group"].tolist() == ["reconstruction"]
-    assert table["folds"].tolist() == [3]
+    assert table["method"].tolist() == ["AE", "AE-L1"]
+    assert table["group"].tolist() == ["reconstruction"] * 2
+    assert table["folds"].tolist() == [2, 2]
     assert table["AUC"].str.fullmatch(r"\d+\.\d \+- \d+\.\d").all()
-    assert table["protocol"].tolist() == ["paper"]
+    assert table["protocol"].tolist() == ["paper"] * 2
     long = pd.read_csv(tiny_run / "results" / "table1_per_fold.csv")
-    assert set(long["metric"]) == {"AUC", "AP"} and set(long["fold"]) == {0, 1, 2}
+    assert set(long["metric"]) == {"AUC", "AP"} and set(long["fold"]) == {0, 1}
     md = (tiny_run / "results" / "table1.md").read_text()
-    assert md.count("| reconstruction | AE |") == 1
+    assert md.count("| reconstruction | AE |") == 1 and md.count("| reconstruction | AE-L1 |") == 1
     assert "Cohort: 6 normal patients" in md and "chance AP" in md and "1000 bootstrap draws" in md
     ci = pd.read_csv(tiny_run / "results" / "table1_ci.csv")
-    auc = ci[(ci["level"] == "slice") & (ci["protocol"] == "paper") & (ci["metric"] == "AUC")].iloc[0]
+    auc = ci[(ci["method"] == "AE") & (ci["level"] == "slice") & (ci["protocol"] == "paper")
+             & (ci["metric"] == "AUC")].iloc[0]
     assert auc["ci_low"] <= auc["mean"] <= auc["ci_high"]
-    assert auc["mean"] == pytest.approx(long[(long["part"] == "test") & (long["protocol"] == "paper")
-                                             & (long["metric"] == "AUC")]["value"].mean(), abs=1e-3)
-    assert (tiny_run / "results" / "comparisons.csv").exists()     # one row: no comparison, only the header
+    assert auc["mean"] == pytest.approx(long[(long["method"] == "AE") & (long["part"] == "test")
+                                             & (long["protocol"] == "paper") & (long["metric"] == "AUC")
+                                             ]["value"].mean(), abs=1e-3)
+    assert (tiny_run / "results" / "comparisons.csv").exists()
     ops = pd.read_csv(tiny_run / "results" / "operating_points.csv")
     assert {"spec95 (validation)", "youden (validation)", "oracle spec95 (test labels)"} <= set(ops["rule"])
     assert "## Operating points fixed on the validation part" in md and "## Strata" in md
     assert (tiny_run / "results" / "strata.csv").exists()
-    assert set(pd.read_csv(tiny_run / "results" / "operating_points_per_fold.csv")["fold"]) == {0, 1, 2}
+    assert set(pd.read_csv(tiny_run / "results" / "operating_points_per_fold.csv")["fold"]) == {0, 1}
     for png in ("forest_auc.png", "roc_curves.png"):
         assert (tiny_run / "results" / "figures" / png).stat().st_size > 5_000
     png = tiny_run / "results" / "figure1.png"
@@ -75,25 +80,20 @@ def test_pipeline_produces_table_and_figure(tiny_run):
     cases = pd.read_csv(tiny_run / "results" / "splits" / "figure_cases.csv")
     assert len(cases) == 3 and (cases["gt_pixels"] > 0).all()
     confounds = pd.read_csv(tiny_run / "results" / "confounds.csv")
-    assert len(confounds) == 2 * 4 * 3 and confounds["auc"].between(0, 100).all()     # paper and slice protocol
+    assert len(confounds) == 2 * 4 * 2 and confounds["auc"].between(0, 100).all()     # paper and slice protocol
     assert set(confounds["protocol"]) == {"paper", "slice"}
     assert "Table 1 rows under this protocol: AUC" in (tiny_run / "results" / "confounds.md").read_text()
 
 
 @pytest.mark.slow
 def test_scores_cover_val_and_test_of_every_fold(tiny_run):
-    for fold in range(3):
-        s = pd.read_csv(tiny_run / "results" / "scores" / "AE" / f"fold-{fold}.csv")
-        m = pd.read_csv(tiny_run / "results" / "splits" / f"fold-{fold}.csv")
-        assert len(s) == (m["part"] != "train").sum()
-        assert set(s.columns) >= {"patient_id", "series_uid", "sop_uid", "slice_index", "label", "score"}
-        assert s["score"].notna().all()
-
-
-@pytest.mark.slow
-def test_second_run_has_nothing_to_do(tiny_run):
-    proc = run_snakemake(tiny_run, "-n")
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+    for method in ("AE", "AE-L1"):
+        for fold in range(2):
+            s = pd.read_csv(tiny_run / "results" / "scores" / method / f"fold-{fold}.csv")
+            m = pd.read_csv(tiny_run / "results" / "splits" / f"fold-{fold}.csv")
+            assert len(s) == (m["part"] != "train").sum()
+            assert set(s.columns) >= {"patient_id", "series_uid", "sop_uid", "slice_index", "label", "score"}
+            assert s["score"].notna().all()
 
 
 @pytest.mark.slow

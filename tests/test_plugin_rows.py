@@ -360,17 +360,18 @@ def test_digest_covers_the_plugin_package_and_follows_its_edits(plugin_path, tmp
 
 
 @pytest.mark.slow
-def test_example_row_runs_through_the_pipeline_beside_ae(tmp_path):
-    from test_incremental import AGGREGATION, NARROW_AE, model_jobs, planned_jobs, snapshot
-    from test_pipeline import tiny_config
+def test_example_row_runs_through_the_pipeline_beside_ae(tmp_path, tmp_path_factory):
+    """On a copy of the session's completed tiny run (AE and AE-L1): adding MyAE (and dropping AE-L1) trains
+    and scores MyAE only; AE's jobs are not rerun."""
+    from test_incremental import AGGREGATION, NARROW_AE, model_jobs, planned_jobs, project_config, tiny_project
 
-    tree = snapshot(tmp_path / "tree")
+    shared = tiny_project(tmp_path_factory)
+    tree = shared.tree            # not edited here: the edits below go to the plugin's copy
     plugin = tmp_path / "my_row"
     shutil.copytree(EXAMPLE, plugin, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     work = tmp_path / "work"
-    work.mkdir()
-    cfg = tiny_config({"AE": dict(NARROW_AE), "MyAE": {"class": SPEC, "width": 4}})
-    cfg["splits"]["n_folds"] = 2
+    shutil.copytree(shared.work, work, symlinks=True)       # copy2: the run's mtimes are kept
+    cfg = project_config({"AE": dict(NARROW_AE), "MyAE": {"class": SPEC, "width": 4}})
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     path = [str(tree / "src"), str(plugin / "src")]
 
@@ -384,7 +385,9 @@ def test_example_row_runs_through_the_pipeline_beside_ae(tmp_path):
             raise AssertionError(f"{proc.stderr[-5000:]}\n{logs}")
         return proc
 
-    snakemake()
+    proc = snakemake()
+    ran = planned_jobs(proc.stdout + "\n" + proc.stderr)
+    assert {(rule, w) for rule, w in ran if rule in ("train", "score")} == model_jobs(["MyAE"], [0, 1])
     table = pd.read_csv(work / "results" / "table1.csv")
     assert table["method"].tolist() == ["AE", "MyAE"]
     assert table["group"].tolist() == ["reconstruction", "reconstruction"]

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 # method -> (hyper-parameters, epochs that must be done before the kill)
 CASES = {
-    "AE": ({**NARROW_AE, "epochs": 40, "batch_size": 8}, 3),
+    "AE": ({**NARROW_AE, "epochs": 20, "batch_size": 8}, 3),
     # self-supervised: also restores the numpy Generator of the synthetic anomalies
     "FPI": ({"epochs": 6, "batch_size": 8}, 2),
 }
