@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from ichbench.evaluation import stats, weighted
+from ichbench.evaluation import stats
 
 
 def _previous(y, s, pidx, counts):
@@ -28,10 +28,10 @@ def _case(seed, n=400, patients=40, draws=30, decimals=1, max_count=3):
 
 
 @pytest.mark.parametrize("decimals", [0, 1, 6])          # heavy ties, some ties, none
-@pytest.mark.parametrize("chunk", [1, 10_000_000])
-def test_same_as_previous_implementation(decimals, chunk, monkeypatch):
-    monkeypatch.setattr(weighted, "CHUNK_CELLS", chunk)  # one draw per block, and all draws in one
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_same_as_previous_implementation(decimals, dtype):
     y, s, pidx, counts = _case(decimals, decimals=decimals)
+    counts = counts.astype(dtype)
     new, old = stats._weighted(y, s, pidx, counts), _previous(y, s, pidx, counts)
     for k in ("AUC", "sens@90spec", "sens@95spec"):
         np.testing.assert_array_equal(new[k], old[k])
@@ -91,3 +91,27 @@ def test_delong_pairs_equal_the_merged_pair_and_fall_back_on_other_units():
     pairs = DeLongPairs({"A": a, "C": c})
     assert pairs.paired_p("A", "C") == stats.delong_paired_p(a, c)
     assert np.isfinite(pairs.paired_p("A", "C")[1])
+
+
+def test_kernels_compile_where_no_cache_folder_can_be_written(monkeypatch):
+    """numba refuses `cache=True` (RuntimeError) where it finds no folder to write: the kernel is compiled
+    for the process instead, with the same values."""
+    import numba
+
+    from ichbench.evaluation import kernels
+
+    real = numba.njit
+
+    def njit(*args, cache=False, **kwargs):
+        if cache:
+            raise RuntimeError("cannot cache function '_ranking_draws': no locator available")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    monkeypatch.setattr(kernels, "_COMPILED", {})
+    y, s, pidx, counts = _case(11, decimals=1)
+    new, old = stats._weighted(y, s, pidx, counts), _previous(y, s, pidx, counts)
+    assert "_ranking_draws" in kernels._COMPILED
+    for k in ("AUC", "sens@90spec", "sens@95spec"):
+        np.testing.assert_array_equal(new[k], old[k])
+    np.testing.assert_allclose(new["AP"], old["AP"], rtol=1e-12)

@@ -54,6 +54,7 @@ import pandas as pd
 
 from ..cohort import subtypes as subtype_codes
 from . import operating, stats
+from .kernels import stratum_aucs
 
 SIZE_BINS_MM2 = (0.0, 100.0, 500.0, 2000.0)
 VOLUME_BINS_ML = (0.0, 5.0, 30.0)
@@ -244,11 +245,8 @@ def scan_strata(u: pd.DataFrame, series: pd.DataFrame,
 
 class _RowPairs:
     """One row's test units split by fold: its anomalous and normal units per fold (for the AUC: the normals
-    sorted once, each draw's normal weights cumulated along them, each anomalous unit's weighted normals below
-    it gathered from there)."""
-
-    #: largest (draws x normals) block built at once
-    chunk_cells = 2_000_000
+    sorted once; a draw cumulates their weights along them and gathers each anomalous unit's weighted normals
+    below it, in one compiled pass, `kernels.stratum_aucs`)."""
 
     def __init__(self, u: pd.DataFrame, pidx: np.ndarray, anom: np.ndarray, normal: np.ndarray):
         self.pidx, self.score = pidx, u["score"].to_numpy(float)
@@ -268,6 +266,7 @@ class _RowPairs:
         the same normals share one pass over them per draw. Every sum is of integers or halves: exact."""
         points = [[] for _ in strata]
         draws = [[] for _ in strata]
+        counts = np.ascontiguousarray(counts)
         for a, nrm in self.folds:
             groups: dict = {}
             for k, (anom, normal) in enumerate(strata):
@@ -281,24 +280,15 @@ class _RowPairs:
                          for k, ai in members]
                 for k, ai, lt, le in where:
                     points[k].append(100 * float(np.sum(lt + 0.5 * (le - lt))) / (len(ai) * len(cols)))
-                step = max(1, self.chunk_cells // max(len(cols), 1))
-                # float32 where every cumulated weight (and its halves) is exact, as in `evaluation.weighted`
-                dtype = np.float32 if len(cols) * max(int(counts.max(initial=0)), 1) < 2 ** 23 else np.float64
-                F = np.zeros((min(step, len(counts)), len(cols) + 1), dtype)
-                out = {k: [] for k, *_ in where}
-                for i in range(0, len(counts), step):
-                    c = counts[i:i + step].astype(dtype)
-                    Fc = F[:len(c)]
-                    np.cumsum(np.take(c, npat, axis=1, mode="clip"), axis=1, out=Fc[:, 1:])
-                    for k, ai, lt, le in where:
-                        below = np.take(Fc, lt, axis=1, mode="clip")
-                        below += 0.5 * (np.take(Fc, le, axis=1, mode="clip") - below)
-                        w = np.take(c, self.pidx[ai], axis=1, mode="clip")
-                        with np.errstate(invalid="ignore", divide="ignore"):
-                            out[k].append(100 * np.einsum("ij,ij->i", w, below, dtype=float)
-                                          / (w.sum(1, dtype=float) * Fc[:, -1]))
-                for k, v in out.items():
-                    draws[k].append(np.concatenate(v) if v else np.zeros(0))
+                offsets = np.r_[0, np.cumsum([len(ai) for _, ai, _, _ in where])]
+                res = np.empty((len(where), len(counts)))
+                stratum_aucs(np.ascontiguousarray(npat, np.int64),
+                             np.concatenate([self.pidx[ai] for _, ai, _, _ in where]).astype(np.int64),
+                             np.concatenate([lt for *_, lt, _ in where]).astype(np.int64),
+                             np.concatenate([le for *_, le in where]).astype(np.int64),
+                             offsets.astype(np.int64), counts, res)
+                for j, (k, *_) in enumerate(where):
+                    draws[k].append(res[j])
         return [(np.nan, np.full(len(counts), np.nan)) if not pts else
                 (float(np.mean(pts)), np.mean(np.stack(d, 1), axis=1)) for pts, d in zip(points, draws)]
 

@@ -1,0 +1,122 @@
+"""Compiled (numba) passes of the patient bootstrap: one loop over the sorted units per draw.
+
+The bootstrap's metrics are sums of patient weights over units sorted by score, 1000 draws of them for every
+row, fold and evaluation: about 54 G unit-weights at RSNA's size, where NumPy makes six to eight passes over
+the units per draw. Here a draw is one loop. numba is imported, and each kernel compiled, on first use (so a
+job that never draws does not pay for it); compiled code is cached beside the module, or, where that folder
+cannot be written, in numba's user cache, and where no cache can be written at all it is compiled per process.
+Float division follows IEEE (`error_model="numpy"`): a draw without one class gives NaN, as NumPy did.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+_COMPILED: dict = {}
+
+
+def _ranking_draws(code, cT, patients, n_pos, n_neg, q, f32, out):  # pragma: no cover (compiled)
+    """`weighted.Ranking.metrics` of a block of draws into `out` (draws x (AUC, AP, sens...)), with
+
+    - `code` the sorted units as patient row * 4 + 2 * positive + last of its tied group;
+    - `cT` the block's patient counts, patients x draws (a unit's weights in every draw side by side, so
+      that the loop over the draws is one vector loop per unit);
+    - `patients` the ranking's patients with their positive and negative units `n_pos`, `n_neg`;
+    - `q` the specificities with their thresholds ascending; `f32` the ratios in float32 (computed in
+      float64 and rounded: for a quotient or product of float32 values that gives the float32 result);
+    - sensitivity at q: the positives' weight of the groups whose negatives keep F within the threshold.
+    """
+    n, nq, nd = code.shape[0], q.shape[0], cT.shape[1]
+    p_all, n_all = np.zeros(nd), np.zeros(nd)
+    for j in range(patients.shape[0]):
+        row = cT[patients[j]]
+        for d in range(nd):
+            p_all[d] += row[d] * n_pos[j]
+            n_all[d] += row[d] * n_neg[j]
+    thr = np.empty((nq, nd))
+    for k in range(nq):
+        for d in range(nd):
+            v = (1.0 - q[k]) * n_all[d] + 1e-6
+            thr[k, d] = np.float64(np.float32(v)) if f32 else v
+    t_up, f_up, pg, ng = np.zeros(nd), np.zeros(nd), np.zeros(nd), np.zeros(nd)
+    lost, ap, sens, group = np.zeros(nd), np.zeros(nd), np.zeros((nq, nd)), np.zeros(nd)
+    for u in range(n):
+        cu = code[u]
+        row = cT[cu >> 2]
+        isp = float((cu >> 1) & 1)
+        if cu & 1:                                  # the last unit of a group of tied scores
+            for d in range(nd):
+                w = row[d]
+                wp = w * isp
+                pgd, ngd, fd = pg[d] + wp, ng[d] + (w - wp), f_up[d]
+                ta, fa = t_up[d] + pgd, fd + ngd
+                lost[d] += pgd * (fd + 0.5 * ngd)   # pairs the group's positives lose (ties half)
+                prec = ta / max(ta + fa, 1.0)
+                prec32 = np.float64(np.float32(prec))
+                ap[d] += pgd * (prec32 if f32 else prec)
+                group[d] = pgd
+                t_up[d], f_up[d], pg[d], ng[d] = ta, fa, 0.0, 0.0
+            for k in range(nq):                     # apart, so that the loop above stays a vector loop
+                for d in range(nd):
+                    sens[k, d] += group[d] if f_up[d] <= thr[k, d] else 0.0
+        else:
+            for d in range(nd):
+                w = row[d]
+                wp = w * isp
+                pg[d] += wp
+                ng[d] += w - wp
+    for d in range(nd):
+        if p_all[d] <= 0.0 or n_all[d] <= 0.0:
+            out[d, :] = np.nan
+            continue
+        pn = p_all[d] * n_all[d]
+        out[d, 0] = 100.0 * ((pn - lost[d]) / (np.float64(np.float32(pn)) if f32 else pn))
+        out[d, 1] = 100.0 * (ap[d] / p_all[d])
+        for k in range(nq):
+            v = sens[k, d] / p_all[d]
+            out[d, 2 + k] = 100.0 * (np.float64(np.float32(v)) if f32 else v)
+
+
+def _stratum_aucs(npat, apat, lt, le, offsets, counts, out):  # pragma: no cover (compiled)
+    """Per draw, the normals' weights cumulated along `npat` (sorted by score), then for every member k
+    (units offsets[k]:offsets[k+1] of `apat` with their normals below `lt` / at or below `le`) the AUC in %."""
+    nn = npat.shape[0]
+    F = np.empty(nn + 1)
+    for r in range(counts.shape[0]):
+        c = counts[r]
+        F[0] = 0.0
+        for j in range(nn):
+            F[j + 1] = F[j] + float(c[npat[j]])
+        for k in range(offsets.shape[0] - 1):
+            num, den = 0.0, 0.0
+            for i in range(offsets[k], offsets[k + 1]):
+                w = float(c[apat[i]])
+                below = F[lt[i]]
+                num += w * (below + 0.5 * (F[le[i]] - below))
+                den += w
+            out[k, r] = 100.0 * num / (den * F[nn])
+
+
+def _compiled(fn):
+    """`fn` compiled with numba (cached where a cache folder can be written), once per process."""
+    if fn.__name__ not in _COMPILED:
+        import numba
+
+        try:
+            jit = numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+        except RuntimeError:                        # no folder numba can cache in: compile in this process
+            jit = numba.njit(cache=False, nogil=True, error_model="numpy")(fn)
+        _COMPILED[fn.__name__] = jit
+    return _COMPILED[fn.__name__]
+
+
+def ranking_draws(code, counts, patients, n_pos, n_neg, q, f32: bool, out, block: int = 32) -> None:
+    """Compiled `_ranking_draws` (see there) over `counts` (draws x patients), `block` draws at a time."""
+    kernel = _compiled(_ranking_draws)
+    for i in range(0, len(counts), block):
+        cT = np.ascontiguousarray(counts[i:i + block].T, dtype=np.float64)
+        kernel(code, cT, patients, n_pos, n_neg, q, bool(f32), out[i:i + block])
+
+
+def stratum_aucs(npat, apat, lt, le, offsets, counts, out) -> None:
+    """Compiled `_stratum_aucs` (see there)."""
+    _compiled(_stratum_aucs)(npat, apat, lt, le, offsets, counts, out)
