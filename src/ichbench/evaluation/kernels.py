@@ -76,24 +76,33 @@ def _ranking_draws(code, cT, patients, n_pos, n_neg, q, f32, out):  # pragma: no
             out[d, 2 + k] = 100.0 * (np.float64(np.float32(v)) if f32 else v)
 
 
-def _stratum_aucs(npat, apat, lt, le, offsets, counts, out):  # pragma: no cover (compiled)
-    """Per draw, the normals' weights cumulated along `npat` (sorted by score), then for every member k
-    (units offsets[k]:offsets[k+1] of `apat` with their normals below `lt` / at or below `le`) the AUC in %."""
-    nn = npat.shape[0]
-    F = np.empty(nn + 1)
-    for r in range(counts.shape[0]):
-        c = counts[r]
-        F[0] = 0.0
-        for j in range(nn):
-            F[j + 1] = F[j] + float(c[npat[j]])
-        for k in range(offsets.shape[0] - 1):
-            num, den = 0.0, 0.0
-            for i in range(offsets[k], offsets[k + 1]):
-                w = float(c[apat[i]])
-                below = F[lt[i]]
-                num += w * (below + 0.5 * (F[le[i]] - below))
-                den += w
-            out[k, r] = 100.0 * num / (den * F[nn])
+def _stratum_aucs(code, member, cT, n_members, out):  # pragma: no cover (compiled)
+    """The AUC (%) of each member stratum against the normals, in every draw of a block, into `out` (members x
+    draws): one pass over the normals' and the members' units sorted by ascending score, normals first within
+    a tied score (`code` patient row * 2 + last of its tied group, `member` -1 for a normal, else the
+    stratum); `cT` the block's patient counts, patients x draws. An anomalous unit wins the normals below its
+    score and half of those tied with it: integers and halves, so every sum is exact."""
+    n, nd = code.shape[0], cT.shape[1]
+    below, tied = np.zeros(nd), np.zeros(nd)
+    num, den = np.zeros((n_members, nd)), np.zeros((n_members, nd))
+    for u in range(n):
+        cu = code[u]
+        row = cT[cu >> 1]
+        k = member[u]
+        if k < 0:
+            for d in range(nd):
+                tied[d] += row[d]
+        else:
+            for d in range(nd):
+                num[k, d] += row[d] * (below[d] + 0.5 * tied[d])
+                den[k, d] += row[d]
+        if cu & 1:
+            for d in range(nd):
+                below[d] += tied[d]
+                tied[d] = 0.0
+    for k in range(n_members):
+        for d in range(nd):
+            out[k, d] = 100.0 * num[k, d] / (den[k, d] * below[d])
 
 
 def _compiled(fn):
@@ -117,6 +126,12 @@ def ranking_draws(code, counts, patients, n_pos, n_neg, q, f32: bool, out, block
         kernel(code, cT, patients, n_pos, n_neg, q, bool(f32), out[i:i + block])
 
 
-def stratum_aucs(npat, apat, lt, le, offsets, counts, out) -> None:
-    """Compiled `_stratum_aucs` (see there)."""
-    _compiled(_stratum_aucs)(npat, apat, lt, le, offsets, counts, out)
+def stratum_aucs(code, member, counts, n_members: int, out, block: int = 32) -> None:
+    """Compiled `_stratum_aucs` (see there) over `counts` (draws x patients), `block` draws at a time, into
+    `out` (members x draws)."""
+    kernel = _compiled(_stratum_aucs)
+    for i in range(0, len(counts), block):
+        cT = np.ascontiguousarray(counts[i:i + block].T, dtype=np.float64)
+        res = np.empty((n_members, cT.shape[1]))
+        kernel(code, member, cT, n_members, res)
+        out[:, i:i + block] = res

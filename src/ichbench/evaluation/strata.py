@@ -280,13 +280,17 @@ class _RowPairs:
                          for k, ai in members]
                 for k, ai, lt, le in where:
                     points[k].append(100 * float(np.sum(lt + 0.5 * (le - lt))) / (len(ai) * len(cols)))
-                offsets = np.r_[0, np.cumsum([len(ai) for _, ai, _, _ in where])]
+                # every normal and each member's anomalous units by ascending score, normals first when tied
+                units = np.concatenate([cols] + [ai for _, ai, _, _ in where])
+                member = np.concatenate([np.full(len(cols), -1)] + [np.full(len(ai), j) for j, (_, ai, _, _)
+                                                                    in enumerate(where)]).astype(np.int32)
+                score = self.score[units]
+                order = np.lexsort((member, score))
+                score, member = score[order], member[order]
+                last = np.r_[score[1:] != score[:-1], True]
+                code = (self.pidx[units][order].astype(np.int64) * 2 + last).astype(np.int64)
                 res = np.empty((len(where), len(counts)))
-                stratum_aucs(np.ascontiguousarray(npat, np.int64),
-                             np.concatenate([self.pidx[ai] for _, ai, _, _ in where]).astype(np.int64),
-                             np.concatenate([lt for *_, lt, _ in where]).astype(np.int64),
-                             np.concatenate([le for *_, le in where]).astype(np.int64),
-                             offsets.astype(np.int64), counts, res)
+                stratum_aucs(code, member, counts, len(where), res)
                 for j, (k, *_) in enumerate(where):
                     draws[k].append(res[j])
         return [(np.nan, np.full(len(counts), np.nan)) if not pts else
