@@ -270,6 +270,17 @@ def train_mem_mb(wildcards, attempt):
     return max(8000, int(1024 * _memory_budget_gb()) + 3072) * attempt
 
 
+def report_mem_mb(base_mb, per_input_mb):
+    """Memory of a report job that reads every score table: `base_mb`, or, for large inputs (RSNA-sized score
+    tables: 1.3 GB of CSV for 750 k test slices), 1 GB + `per_input_mb` per MB of input (docs/performance.md,
+    "Aggregation at RSNA size"). Evaluated once the inputs exist (Snakemake defers a missing file's size)."""
+
+    def mem_mb(wildcards, input, attempt):
+        return max(base_mb, int(1024 + per_input_mb * input.size_mb)) * attempt
+
+    return mem_mb
+
+
 def data_access(wildcards, threads):
     """--in-memory / --memory-budget-gb of train and score. How a fold is read does not change its results:
     a param function of `threads` is one Snakemake does not record, so changing these reruns nothing."""

@@ -24,7 +24,7 @@ rule table1:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=report_mem_mb(4000, 6),
         runtime=30,
     params:
         methods=json.dumps(METHODS),
@@ -65,7 +65,7 @@ rule stats_figures:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=report_mem_mb(2000, 3.5),
         runtime=10,
     params:
         methods=json.dumps(METHODS),
@@ -94,7 +94,7 @@ rule extra_tables:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=report_mem_mb(2000, 3.5),
         runtime=10,
     params:
         methods=json.dumps(METHODS),
@@ -246,7 +246,7 @@ rule strata:
         CONDA_ENV
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=report_mem_mb(4000, 4),
         runtime=30,
     params:
         methods=json.dumps(METHODS),

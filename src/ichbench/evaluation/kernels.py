@@ -12,26 +12,28 @@ from __future__ import annotations
 import numpy as np
 
 _COMPILED: dict = {}
+_LAST_COUNTS: list = []
 
 
-def _ranking_draws(code, cT, patients, n_pos, n_neg, q, f32, out):  # pragma: no cover (compiled)
-    """`weighted.Ranking.metrics` of a block of draws into `out` (draws x (AUC, AP, sens...)), with
+def _ranking_draws(code, cT, d0, patients, n_pos, n_neg, q, f32, out):  # pragma: no cover (compiled)
+    """`weighted.Ranking.metrics` of the block of draws d0 .. d0 + len(out) into `out` (draws x (AUC, AP,
+    sens...)), with
 
     - `code` the sorted units as patient row * 4 + 2 * positive + last of its tied group;
-    - `cT` the block's patient counts, patients x draws (a unit's weights in every draw side by side, so
-      that the loop over the draws is one vector loop per unit);
+    - `cT` the patient counts, patients x draws (a unit's weights in every draw side by side, so that the
+      loop over the block's draws is one vector loop per unit);
     - `patients` the ranking's patients with their positive and negative units `n_pos`, `n_neg`;
     - `q` the specificities with their thresholds ascending; `f32` the ratios in float32 (computed in
       float64 and rounded: for a quotient or product of float32 values that gives the float32 result);
     - sensitivity at q: the positives' weight of the groups whose negatives keep F within the threshold.
     """
-    n, nq, nd = code.shape[0], q.shape[0], cT.shape[1]
+    n, nq, nd = code.shape[0], q.shape[0], out.shape[0]
     p_all, n_all = np.zeros(nd), np.zeros(nd)
     for j in range(patients.shape[0]):
         row = cT[patients[j]]
         for d in range(nd):
-            p_all[d] += row[d] * n_pos[j]
-            n_all[d] += row[d] * n_neg[j]
+            p_all[d] += row[d0 + d] * n_pos[j]
+            n_all[d] += row[d0 + d] * n_neg[j]
     thr = np.empty((nq, nd))
     for k in range(nq):
         for d in range(nd):
@@ -45,7 +47,7 @@ def _ranking_draws(code, cT, patients, n_pos, n_neg, q, f32, out):  # pragma: no
         isp = float((cu >> 1) & 1)
         if cu & 1:                                  # the last unit of a group of tied scores
             for d in range(nd):
-                w = row[d]
+                w = row[d0 + d]
                 wp = w * isp
                 pgd, ngd, fd = pg[d] + wp, ng[d] + (w - wp), f_up[d]
                 ta, fa = t_up[d] + pgd, fd + ngd
@@ -60,7 +62,7 @@ def _ranking_draws(code, cT, patients, n_pos, n_neg, q, f32, out):  # pragma: no
                     sens[k, d] += group[d] if f_up[d] <= thr[k, d] else 0.0
         else:
             for d in range(nd):
-                w = row[d]
+                w = row[d0 + d]
                 wp = w * isp
                 pg[d] += wp
                 ng[d] += w - wp
@@ -76,13 +78,13 @@ def _ranking_draws(code, cT, patients, n_pos, n_neg, q, f32, out):  # pragma: no
             out[d, 2 + k] = 100.0 * (np.float64(np.float32(v)) if f32 else v)
 
 
-def _stratum_aucs(code, member, cT, n_members, out):  # pragma: no cover (compiled)
-    """The AUC (%) of each member stratum against the normals, in every draw of a block, into `out` (members x
-    draws): one pass over the normals' and the members' units sorted by ascending score, normals first within
+def _stratum_aucs(code, member, cT, d0, n_members, out):  # pragma: no cover (compiled)
+    """The AUC (%) of each member stratum against the normals, in the block of draws d0 .. d0 + out.shape[1],
+    into `out` (members x draws): one pass over the normals' and the members' units sorted by ascending score, normals first within
     a tied score (`code` patient row * 2 + last of its tied group, `member` -1 for a normal, else the
-    stratum); `cT` the block's patient counts, patients x draws. An anomalous unit wins the normals below its
+    stratum); `cT` the patient counts, patients x draws. An anomalous unit wins the normals below its
     score and half of those tied with it: integers and halves, so every sum is exact."""
-    n, nd = code.shape[0], cT.shape[1]
+    n, nd = code.shape[0], out.shape[1]
     below, tied = np.zeros(nd), np.zeros(nd)
     num, den = np.zeros((n_members, nd)), np.zeros((n_members, nd))
     for u in range(n):
@@ -91,11 +93,11 @@ def _stratum_aucs(code, member, cT, n_members, out):  # pragma: no cover (compil
         k = member[u]
         if k < 0:
             for d in range(nd):
-                tied[d] += row[d]
+                tied[d] += row[d0 + d]
         else:
             for d in range(nd):
-                num[k, d] += row[d] * (below[d] + 0.5 * tied[d])
-                den[k, d] += row[d]
+                num[k, d] += row[d0 + d] * (below[d] + 0.5 * tied[d])
+                den[k, d] += row[d0 + d]
         if cu & 1:
             for d in range(nd):
                 below[d] += tied[d]
@@ -118,20 +120,30 @@ def _compiled(fn):
     return _COMPILED[fn.__name__]
 
 
+def transposed(counts: np.ndarray) -> np.ndarray:
+    """`counts` (draws x patients) as patients x draws, C-ordered, float32 (exact: counts are below 2^24), made
+    once for the last counts array passed (every row, fold and stratum of an evaluation draws the same)."""
+    if _LAST_COUNTS and _LAST_COUNTS[0] is counts:
+        return _LAST_COUNTS[1]
+    if counts.size and int(counts.max()) >= 2 ** 24:
+        raise ValueError("patient counts of 2^24 or more")
+    cT = np.ascontiguousarray(counts.T, dtype=np.float32)
+    _LAST_COUNTS[:] = [counts, cT]
+    return cT
+
+
 def ranking_draws(code, counts, patients, n_pos, n_neg, q, f32: bool, out, block: int = 32) -> None:
     """Compiled `_ranking_draws` (see there) over `counts` (draws x patients), `block` draws at a time."""
-    kernel = _compiled(_ranking_draws)
+    kernel, cT = _compiled(_ranking_draws), transposed(counts)
     for i in range(0, len(counts), block):
-        cT = np.ascontiguousarray(counts[i:i + block].T, dtype=np.float64)
-        kernel(code, cT, patients, n_pos, n_neg, q, bool(f32), out[i:i + block])
+        kernel(code, cT, i, patients, n_pos, n_neg, q, bool(f32), out[i:i + block])
 
 
 def stratum_aucs(code, member, counts, n_members: int, out, block: int = 32) -> None:
     """Compiled `_stratum_aucs` (see there) over `counts` (draws x patients), `block` draws at a time, into
     `out` (members x draws)."""
-    kernel = _compiled(_stratum_aucs)
+    kernel, cT = _compiled(_stratum_aucs), transposed(counts)
     for i in range(0, len(counts), block):
-        cT = np.ascontiguousarray(counts[i:i + block].T, dtype=np.float64)
-        res = np.empty((n_members, cT.shape[1]))
-        kernel(code, member, cT, n_members, res)
+        res = np.empty((n_members, min(block, len(counts) - i)))
+        kernel(code, member, cT, i, n_members, res)
         out[:, i:i + block] = res
