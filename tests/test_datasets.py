@@ -350,6 +350,15 @@ def test_ctich_labels_subtypes_exclusion_and_mask_check(tmp_path):
     assert t["excluded"].empty and "070" in set(t["scan_labels"]["scan_id"])
 
 
+def test_ctich_volume_without_a_mask_is_said_in_the_log(tmp_path):
+    root = tmp_path / "ct-ich"
+    base = write_ctich(root, {49: dict(bleed={3}), 50: dict()})
+    (base / "masks" / "049.nii").unlink()
+    lines, t = _derive("ctich", root, tmp_path)
+    assert any(line.startswith("1 volumes without a usable mask") and line.endswith(": 049") for line in lines)
+    assert set(t["scan_labels"]["scan_id"]) == {"049", "050"}       # still labelled from the CSV
+
+
 def test_ctich_old_jpeg_layout_and_missing_csv_are_refused(tmp_path):
     (tmp_path / "old" / "Patients_CT" / "049").mkdir(parents=True)
     with pytest.raises(ConfigError, match="JPEG layout of CT-ICH <= 1.2.0"):

@@ -117,7 +117,7 @@ class CTICH(Adapter):
         excluded = exclusions(ds)
         codes = np.array(list(SUBTYPES.values()))
         slices, scans, info, lines = [], [], [], []
-        n_mismatch, n_no_hem, n_disagree, unlisted = 0, 0, 0, []
+        n_mismatch, n_no_hem, n_disagree, unlisted, no_mask = 0, 0, 0, [], []
         for _, v in index.iterrows():
             scan = v["patient_id"]
             d = diag[diag["scan"] == scan].sort_values("slice")
@@ -142,6 +142,8 @@ class CTICH(Adapter):
             if v.get("mask_path"):
                 m = mask_slice_values(v["mask_path"], scan).set_index("sop_uid")["hemorrhage"]
                 n_disagree += int((m.reindex(sops).fillna(-1).to_numpy() != hem.astype(int)).sum())
+            else:
+                no_mask.append(scan)
             if scan in excluded:
                 continue
             found = {t for s in subs for t in s.split(";") if t}
@@ -162,4 +164,8 @@ class CTICH(Adapter):
                  f"{n_mismatch} scans whose CSV slices do not match the volume"] + lines
         if unlisted:
             lines.append(f"{len(unlisted)} volumes have no row in {LABEL_FILE} and no label: {', '.join(unlisted[:10])}")
+        if no_mask:
+            lines.append(f"{len(no_mask)} volumes without a usable mask (missing from masks/ or refused by the index, "
+                         f"see rejected.csv): slice labels from the CSV only, no pixel truth, not checked: "
+                         f"{', '.join(no_mask[:10])}")
         return lines
