@@ -47,9 +47,10 @@ class Ranking:
         if counts.dtype.kind not in "iu":
             counts = counts.astype(np.int64)
         # per patient of the ranking: its positive and negative units (a draw's class totals from them)
-        patients, inverse = np.unique(self.pat, return_inverse=True)
-        n_pos = np.bincount(inverse, weights=self.pos.astype(float), minlength=len(patients))
-        n_neg = np.bincount(inverse, minlength=len(patients)) - n_pos
+        units = np.bincount(self.pat)
+        patients = np.flatnonzero(units)
+        n_pos = np.bincount(self.pat, weights=self.pos.astype(float), minlength=len(units))[patients]
+        n_neg = units[patients] - n_pos
         # the earlier passes computed ratios in float32 where every count is exact in it (below 2^24)
         f32 = self.n * max(int(counts.max(initial=0)), 1) < 2 ** 24
         q = np.asarray(specificities, np.float64)
