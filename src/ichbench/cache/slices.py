@@ -76,7 +76,8 @@ class SliceCacher:
             Path(spool).mkdir(parents=True, exist_ok=True)
             stem = Path(spool) / f".{series_uid or 'series'}.{os.getpid()}.spool"
             self._spool = {k: (stem.with_name(f"{stem.name}-{k}"), None) for k in shapes}
-            self._spool = {k: (path, open(path, "wb")) for k, (path, _) in self._spool.items()}
+            # 1 MiB buffers: a slice's arrays are copied there and written 10-60 slices at a time
+            self._spool = {k: (path, open(path, "wb", buffering=1 << 20)) for k, (path, _) in self._spool.items()}
             self._arrays = None
         else:
             self._arrays = {k: np.empty((n,) + shape, dtype) for k, (shape, dtype) in self._shapes.items()}

@@ -5,11 +5,21 @@ this speed-up of preprocessing does not change a row's digest and rerun its trai
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 
 from .windowing import Window, apply_windows, resize
+
+
+@functools.lru_cache(maxsize=8)
+def _constants(windows: tuple[Window, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The windows' lows and 2 / width as float32 (read-only, shared between calls)."""
+    low = np.array([win.low for win in windows], np.float32)
+    scale = np.array([np.float32(2.0 / win.width) for win in windows], np.float32)
+    low.flags.writeable = scale.flags.writeable = False
+    return low, scale
 
 
 def window_resize(hu: np.ndarray, windows: Sequence[Window], size: int,
@@ -31,8 +41,7 @@ def window_resize(hu: np.ndarray, windows: Sequence[Window], size: int,
     if h < size or w < size or h % size or w % size or (h, w) == (size, size):
         return resize(apply_windows(hu, windows)[None], size)[0], resize(hu[None, None], size)[0, 0]
     kh, kw, c = h // size, w // size, len(windows)
-    low = np.array([win.low for win in windows], np.float32)
-    scale = np.array([np.float32(2.0 / win.width) for win in windows], np.float32)
+    low, scale = _constants(tuple(windows))
     if jit:
         from . import sweep_jit
 
