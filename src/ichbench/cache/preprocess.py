@@ -204,7 +204,7 @@ def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None,
 
 #: slices one process caches from which the compiled sweep (inputs/sweep_jit.py) pays for its start-up
 #: (numba's import and the kernel's load from its cache, see docs/performance.md)
-JIT_MIN_SLICES = 700
+JIT_MIN_SLICES = 1000
 
 
 def use_jit(slices_per_process: float) -> bool:
