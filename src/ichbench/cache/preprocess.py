@@ -39,7 +39,6 @@ import hashlib
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -326,6 +325,8 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
     jit = use_jit(slices / max(1, min(workers, len(jobs))))
     jobs = [j + (jit,) for j in jobs]
     if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor     # (11 ms of imports a one-worker job skips)
+
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_cache_one, jobs))
     else:
