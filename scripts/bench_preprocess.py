@@ -14,7 +14,13 @@ from /usr/bin/time), the median ratio over the pairs, and the header index's fil
 adds a third run per pair of the same command with PYTHONPATH=SRC (e.g. /work/main/src, the code
 before the change). The load average is printed before and after: the figures move on a shared machine.
 
+The compiled sweep (inputs/sweep_jit.py, numba) is used where preprocess decides to (`--jit auto`, from
+JIT_MIN_SLICES slices a process) or always / never (`--jit on` / `off`: ICHBENCH_JIT for the ichbench runs);
+numba's cache is filled by one untimed run first. `--cold` adds a run per pair with the sweep on and an
+empty numba cache (a fresh NUMBA_CACHE_DIR: it compiles), the first run on a new machine.
+
     .venv/bin/python scripts/bench_preprocess.py [--pairs 3] [--rsna-slices 238] [--before /work/main/src]
+                                                 [--jit auto|on|off] [--cold]
 """
 from __future__ import annotations
 
@@ -120,6 +126,10 @@ def main() -> None:
     ap.add_argument("--rsna-slices", type=int, default=238, help="slices of the synthetic RSNA-like series")
     ap.add_argument("--before", help="PYTHONPATH of the code to compare with (a third run per pair)")
     ap.add_argument("--work", help="working folder (default: a temporary one)")
+    ap.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
+                    help="the compiled sweep in the ichbench runs")
+    ap.add_argument("--cold", action="store_true",
+                    help="add a run per pair with the sweep on and an empty numba cache")
     a = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from ichbench.bench.machine import machine
@@ -138,6 +148,9 @@ def main() -> None:
         write_rsna_like(real_idx, rsna, a.rsna_slices)
     datasets[f"RSNA-like ({a.rsna_slices} uncompressed files)"] = rsna
     env_ours = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env_ours.pop("ICHBENCH_JIT", None)
+    if a.jit != "auto":
+        env_ours["ICHBENCH_JIT"] = "1" if a.jit == "on" else "0"
     rows = []
     for name, folder in datasets.items():
         idx = work / f"idx_{abs(hash(name)) % 10 ** 6}"
@@ -153,18 +166,26 @@ def main() -> None:
         kinds = {"ichbench": env_ours, "bare": env_ours}
         if a.before:
             kinds["before"] = dict(os.environ, PYTHONPATH=a.before)
+        if a.cold:
+            kinds["cold"] = dict(env_ours, ICHBENCH_JIT="1")
+        ours = [sys.executable, "-m", "ichbench", "preprocess", "--data", str(idx), "--out", str(work / "warm"),
+                "--workers", "1"]
+        run_child(ours, dict(env_ours, ICHBENCH_JIT="1"))          # numba's cache filled, untimed
         got = {k: [] for k in kinds}
         for p in range(a.pairs):
             order = list(kinds) if p % 2 == 0 else list(reversed(kinds))
             for kind in order:
                 out = work / f"out_{kind}"
                 subprocess.run(["rm", "-rf", str(out)], check=True)
+                env = kinds[kind]
+                if kind == "cold":
+                    env = dict(env, NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix="numba_cold_", dir=work))
                 if kind == "bare":
                     cmd = [sys.executable, "-c", BARE, str(listing)]
                 else:
                     cmd = [sys.executable, "-m", "ichbench", "preprocess", "--data", str(idx), "--out", str(out),
                            "--workers", "1"]
-                got[kind].append(run_child(cmd, kinds[kind]))
+                got[kind].append(run_child(cmd, env))
         ratio = statistics.median(o[0] / b[0] for o, b in zip(got["ichbench"], got["bare"]))
         cpu = {k: statistics.median(c for c, _ in v) for k, v in got.items()}
         rss = {k: max(m for _, m in v) for k, v in got.items()}
@@ -176,14 +197,19 @@ def main() -> None:
     head = "| series | slices | ichbench CPU s | bare CPU s | ratio (median of pairs) | ichbench peak MiB | bare peak MiB |"
     if a.before:
         head += " before CPU s | before peak MiB |"
+    if a.cold:
+        head += " cold-cache CPU s | cold ratio |"
     head += " index files / CPU-s | index files / s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for name, n, cpu, rss, ratio, per_cpu, per_wall, n_idx, _ in rows:
+    for name, n, cpu, rss, ratio, per_cpu, per_wall, n_idx, got in rows:
         line = (f"| {name} | {n} | {cpu['ichbench']:.2f} | {cpu['bare']:.2f} | {ratio:.2f} | {rss['ichbench']:.0f} |"
                 f" {rss['bare']:.0f} |")
         if a.before:
             line += f" {cpu['before']:.2f} | {rss['before']:.0f} |"
+        if a.cold:
+            cold = statistics.median(o[0] / b[0] for o, b in zip(got["cold"], got["bare"]))
+            line += f" {cpu['cold']:.2f} | {cold:.2f} |"
         line += f" {per_cpu:.0f} | {per_wall:.0f} |"
         print(line)
     print()

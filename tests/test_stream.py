@@ -374,6 +374,7 @@ def test_hu_of_a_file_is_the_former_conversion(tiny_synthetic):
             old[np.isin(raw, [int(pad)])] = -1024.0
         np.maximum(old, -1024.0, out=old)
         assert dicomio._pixels_to_hu(ds, path).tobytes() == old.tobytes()
+        assert dicomio._pixels_to_hu(ds, path, jit=True).tobytes() == old.tobytes()     # compiled
 
 
 # --------------------------------------------------------------------------- memory
@@ -449,3 +450,111 @@ def test_a_rejected_series_leaves_no_spool_file(tmp_path):
     assert table.empty
     assert "do not look like CT in HU" in (tmp_path / "cache" / "rejected.csv").read_text()
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["rejected.csv", "series.csv"]
+
+
+# --------------------------------------------------------------------------- the compiled sweep (numba)
+
+
+def _awkward_hu(shape, seed):
+    """HU with non-integer values everywhere (every rounding matters), NaN, infinities and -0.0."""
+    rng = np.random.default_rng(seed)
+    hu = rng.normal(0, 900, shape).astype(np.float32)
+    hu[: shape[0] // 2] = np.rint(hu[: shape[0] // 2])                 # integer HU too
+    hu[5:40, 7:60] = rng.normal(40, 30, (35, 53)).astype(np.float32)    # inside the narrow windows
+    hu[0, 0], hu[-1, -1], hu[3, 3], hu[9, 2], hu[11, 4] = np.nan, -0.0, np.inf, -np.inf, 0.0
+    return hu
+
+
+@pytest.mark.parametrize("shape, size", [((512, 512), 128), ((256, 256), 128), ((384, 256), 128),
+                                         ((256, 256), 64), ((512, 512), 32), ((240, 200), 128)])
+def test_compiled_sweep_is_the_former_windows_and_resize(shape, size):
+    from ichbench.inputs import sweep_jit
+
+    assert sweep_jit.kernel() is not None, "numba is a dependency: the compiled sweep must be available"
+    for seed in range(3):
+        hu = _awkward_hu(shape, seed)
+        windows, small = window_resize(hu, PAPER_WINDOWS, size, jit=True)
+        ref_w = _torch_resize(_old_windows(hu, PAPER_WINDOWS)[None], size)[0]
+        ref_hu = _torch_resize(hu[None, None], size)[0, 0]
+        assert windows.shape == ref_w.shape and windows.tobytes() == ref_w.tobytes()
+        assert small.shape == ref_hu.shape and small.tobytes() == ref_hu.tobytes()
+        numpy_w, numpy_hu = window_resize(hu, PAPER_WINDOWS, size)
+        assert numpy_w.tobytes() == windows.tobytes() and numpy_hu.tobytes() == small.tobytes()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")   # NaN HU quantised, as before
+def test_compiled_sweep_in_the_cache_is_the_former_one(tmp_path):
+    hu = _head_volume(5, 512, 512, seed=4)
+    hu[1] = _awkward_hu((512, 512), 9)
+    s = dicomio.Series(patient_id="P", study_uid="st", series_uid="S", hu=hu,
+                       sop_uids=[f"S.{k}" for k in range(len(hu))], positions=np.arange(len(hu)) * 5.0,
+                       instance_numbers=np.arange(len(hu)), pixel_spacing=(0.5, 0.5), slice_thickness=5.0,
+                       tilt_deg=0.0, spacing=np.full(len(hu) - 1, 5.0))
+    cacher = preprocess.SliceCacher(512, 512, PAPER_WINDOWS, 128, len(hu), series_uid="S", jit=True)
+    for sl, sop in zip(hu, s.sop_uids):
+        cacher.add(sl, sop)
+    cacher.write(s, tmp_path / "S.npz")
+    _assert_same(tmp_path / "S.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, 128))
+
+
+def test_compiled_sweep_without_any_cache_location(monkeypatch):
+    """Where numba finds no usable cache folder (a read-only package, no writable home) the sweep is compiled
+    for the process alone: the same values, no error."""
+    from numba.core import caching
+
+    from ichbench.inputs import sweep_jit
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    with pytest.raises(RuntimeError, match="no locator"):
+        __import__("numba").njit(cache=True)(lambda x: x)
+    fn = sweep_jit._compile(sweep_jit._sweep)
+    hu = _awkward_hu((64, 64), 1)
+    low = np.array([w.low for w in PAPER_WINDOWS], np.float32)
+    scale = np.array([np.float32(2.0 / w.width) for w in PAPER_WINDOWS], np.float32)
+    out, rows = np.empty((4, 16, 16), np.float32), np.empty((4, 4, 16), np.float32)
+    fn(hu, low, scale, 4, 4, out, rows)
+    ref_w, ref_hu = window_resize(hu, PAPER_WINDOWS, 16)
+    assert out[:3].tobytes() == ref_w.tobytes() and out[3].tobytes() == ref_hu.tobytes()
+
+
+def test_compiled_sweep_cache_in_a_missing_folder_and_switched_off(tmp_path):
+    """NUMBA_CACHE_DIR naming a folder that does not exist yet: it is made and used, and a second process
+    loads the sweep from it instead of compiling; ICHBENCH_JIT=0: the numpy sweep, same values."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import numpy as np\n"
+            "from ichbench.inputs import sweep, sweep_jit\n"
+            "from ichbench.inputs.windowing import PAPER_WINDOWS\n"
+            "hu = np.random.default_rng(0).normal(0, 900, (256, 256)).astype(np.float32)\n"
+            "w, s = sweep.window_resize(hu, PAPER_WINDOWS, 64, jit=True)\n"
+            "fn = sweep_jit.kernel()\n"
+            "print(None if fn is None else sum(fn.stats.cache_hits.values()), hash(w.tobytes() + s.tobytes()))\n")
+    cache = tmp_path / "no" / "such" / "folder"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONHASHSEED="0")
+    run = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,  # noqa: E731
+                                   check=True).stdout.split()
+    first, second = run(env), run(env)
+    assert first[0] == "0" and second[0] == "1" and first[1] == second[1]
+    assert any(cache.rglob("*.nbi")), "the cache index was not written into the missing folder"
+    off = run(dict(env, ICHBENCH_JIT="0"))
+    assert off == ["None", first[1]]
+
+
+@pytest.mark.parametrize("dtype", ["<i2", "<u2", "<i4", "|u1", "<u4"])
+def test_compiled_hu_is_the_former_conversion(dtype):
+    from ichbench.inputs import sweep_jit
+
+    info = np.iinfo(np.dtype(dtype))
+    raw = np.random.default_rng(info.bits).integers(info.min, info.max, (37, 53), endpoint=True).astype(dtype)
+    raw.flat[:2] = info.min, info.max
+    for slope, intercept in [(1, -1024), (1.0, 0.0), (0.5, -1000.25), (2.5, 3.3), (1.0000001, -1024), (-1, 7)]:
+        old = raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+        np.maximum(old, -1024.0, out=old)
+        out = np.full(raw.shape, np.nan, np.float32)
+        assert sweep_jit.to_hu(raw, slope, intercept, out)
+        assert out.tobytes() == old.tobytes(), (slope, intercept)
+    if raw.dtype.itemsize > 1:                                    # not in native order: left to numpy
+        assert not sweep_jit.to_hu(raw.astype(raw.dtype.newbyteorder()), 1, 0, out)
+    assert not sweep_jit.to_hu(raw.astype(np.float32), 1, 0, out)

@@ -39,7 +39,6 @@ import hashlib
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -184,21 +183,38 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     return cacher.write(series, out_path, not_hu=not_hu)
 
 
-def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None):
+def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None, jit: bool = False):
     """Decode, window, resize and mask a DICOM series one file at a time: (Series without `hu`, cacher).
 
-    `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory."""
+    `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory.
+    `jit`: the compiled HU conversion and windows-and-resize sweep (inputs.sweep_jit; the same values)."""
     plan = dicomio.plan_series(files)
     gt = load_gt_masks(gt_dir, plan.series_uid, plan.notes)
     cacher = SliceCacher(plan.rows, plan.cols, windows, size, len(plan.files), gt=gt, boxes=boxes,
-                         series_uid=plan.series_uid, spool=spool)
+                         series_uid=plan.series_uid, spool=spool, jit=jit)
     try:
-        for sop, hu in dicomio.iter_hu(plan):
+        for sop, hu in dicomio.iter_hu(plan, jit=jit):
             cacher.add(hu, sop)
         return dicomio.finish_series(plan), cacher
     except BaseException:
         cacher.close()
         raise
+
+
+#: slices one process caches from which the compiled sweep (inputs/sweep_jit.py) pays for its start-up
+#: (numba's import and the kernel's load from its cache, see docs/performance.md)
+JIT_MIN_SLICES = 1000
+
+
+def use_jit(slices_per_process: float) -> bool:
+    """Whether a process caching this many slices uses the compiled sweep: ICHBENCH_JIT=1 / 0 forces it
+    on / off; otherwise from JIT_MIN_SLICES on (the values are the same either way)."""
+    forced = os.environ.get("ICHBENCH_JIT", "").strip().lower()
+    if forced in ("0", "no", "false", "off"):
+        return False
+    if forced in ("1", "yes", "true", "on"):
+        return True
+    return slices_per_process >= JIT_MIN_SLICES
 
 
 SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "slice_thickness", "tilt_deg",
@@ -207,8 +223,23 @@ SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "s
                   "source", "rejected_slices", "notes"]
 
 
+_OPENCV_THREADS: list[int] = []
+
+
+def _one_opencv_thread() -> None:
+    """OpenCV's own threads off in a preprocessing process (once): its masks at 128 x 128 are too small to
+    split, and its idle pool threads spin (sched_yield) on the other cores; that cost 0.2-0.3 CPU-seconds
+    (mostly system time) per 1,000 slices. The masks are the same either way."""
+    if not _OPENCV_THREADS:
+        import cv2
+
+        _OPENCV_THREADS.append(cv2.getNumThreads())
+        cv2.setNumThreads(1)
+
+
 def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
-    kind, item, out_path, windows, size, gt_dir, boxes, non_hu = args
+    kind, item, out_path, windows, size, gt_dir, boxes, non_hu, jit = args
+    _one_opencv_thread()
     suid = item["series_uid"] if kind == "nifti" else item.iloc[0]["series_uid"]
     pid = item["patient_id"] if kind == "nifti" else item.iloc[0]["patient_id"]
     # the scan the cohort knows (a study where scans are studies, e.g. RSNA), so the split names why it is missing
@@ -220,11 +251,12 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
             from ..inputs.nifti import load_volume
 
             series, gt = load_volume(item)
-            cacher = SliceCacher(*series.hu.shape[1:], windows, size, len(series.hu), gt=gt, series_uid=suid)
+            cacher = SliceCacher(*series.hu.shape[1:], windows, size, len(series.hu), gt=gt, series_uid=suid,
+                                 jit=jit)
             for hu, sop in zip(series.hu, series.sop_uids):
                 cacher.add(hu, sop)
         else:   # one file at a time: memory does not grow with the series
-            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes, spool=Path(out_path).parent)
+            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes, spool=Path(out_path).parent, jit=jit)
         problem = cacher.hu_problem()      # inputcheck.hu_problem of the whole series
         if problem and non_hu != "accept":
             cacher.close()
@@ -273,6 +305,7 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
         volumes = pd.read_csv(index_csv, dtype=str, keep_default_na=False).set_index("series_uid", drop=False)
         jobs = [("nifti", volumes.loc[suid].to_dict(), out_dir / f"{suid}.npz", tuple(windows), size, None, None, non_hu)
                 for suid in chosen["series_uid"]]
+        slices = int(pd.to_numeric(chosen["n_slices"], errors="coerce").fillna(0).sum()) if "n_slices" in chosen else 0
     else:
         index = read_index(index_csv)
         groups = {u: g for u, g in index[index["series_uid"].isin(set(chosen["series_uid"]))].groupby("series_uid")}
@@ -288,7 +321,12 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
             if "scan_id" in chosen:
                 files = files.assign(scan_id=scan_of[suid])
             jobs.append(("dicom", files, out_dir / f"{suid}.npz", tuple(windows), size, gt_dir, b, non_hu))
+        slices = sum(len(j[1]) for j in jobs)
+    jit = use_jit(slices / max(1, min(workers, len(jobs))))
+    jobs = [j + (jit,) for j in jobs]
     if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor     # (11 ms of imports a one-worker job skips)
+
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(_cache_one, jobs))
     else:

@@ -46,12 +46,14 @@ class SliceCacher:
     The values' HU check (`hu_problem`) is gathered on the way, as `inputcheck.hu_problem` judges a volume.
     `spool`: a folder where the per-slice arrays at S x S are written as they come (then copied into the
     NPZ and removed), so that memory does not grow with the series; None keeps them in memory.
+    `jit`: window and resize with the compiled sweep (`inputs.sweep_jit`) where numba is available (same values).
     """
 
     def __init__(self, rows: int, cols: int, windows: Sequence[Window], size: int, capacity: int,
                  gt: dict[str, np.ndarray] | None = None, boxes: pd.DataFrame | None = None,
-                 series_uid: str = "", spool: str | os.PathLike | None = None):
+                 series_uid: str = "", spool: str | os.PathLike | None = None, jit: bool = False):
         self.rows, self.cols, self.windows, self.size = rows, cols, tuple(windows), size
+        self.jit = jit
         self.gt, self.series_uid = gt, series_uid
         self.hits = ({} if boxes is None or not len(boxes) else
                      {u: g for u, g in boxes.groupby("sop_uid", sort=False)})   # as bhx.boxes_by_sop
@@ -74,7 +76,8 @@ class SliceCacher:
             Path(spool).mkdir(parents=True, exist_ok=True)
             stem = Path(spool) / f".{series_uid or 'series'}.{os.getpid()}.spool"
             self._spool = {k: (stem.with_name(f"{stem.name}-{k}"), None) for k in shapes}
-            self._spool = {k: (path, open(path, "wb")) for k, (path, _) in self._spool.items()}
+            # 1 MiB buffers: a slice's arrays are copied there and written 10-60 slices at a time
+            self._spool = {k: (path, open(path, "wb", buffering=1 << 20)) for k, (path, _) in self._spool.items()}
             self._arrays = None
         else:
             self._arrays = {k: np.empty((n,) + shape, dtype) for k, (shape, dtype) in self._shapes.items()}
@@ -100,7 +103,7 @@ class SliceCacher:
         if self.padded:
             self._pad[self.top:self.top + self.rows, self.left:self.left + self.cols] = hu
             hu = self._pad
-        windowed, hu_small = window_resize(hu, self.windows, self.size)
+        windowed, hu_small = window_resize(hu, self.windows, self.size, jit=self.jit)
         image = quantise(windowed)
         h = head_mask(hu_small)
         b = brain_mask(hu_small, h)

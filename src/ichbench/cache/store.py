@@ -46,13 +46,79 @@ def store_dir(shard_dir: str | os.PathLike) -> Path:
 
 
 def _write_header(f, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+    import io
+
+    header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+        header, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+    _write_all(f, header.getbuffer())
+
+
+def _npy_members(path: Path) -> dict[str, tuple[int | None, tuple[int, ...], np.dtype]]:
+    """The arrays of an NPZ without reading them: name -> (where its data start in the file, or None where the
+    member is compressed or not a plain C-order array; shape; dtype), from the zip's and the .npy headers."""
+    import struct
+    import zipfile
+
+    out = {}
+    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                fmt = np.lib.format
+                read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read(member)
+                header = member.tell()
+            offset = None
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if info.compress_type == zipfile.ZIP_STORED and not fortran and not dtype.hasobject \
+                    and info.file_size == header + nbytes:
+                raw.seek(info.header_offset)
+                local = raw.read(30)              # the local file header: its name and extra field lengths
+                if len(local) == 30 and local[:4] == b"PK\x03\x04":
+                    name_len, extra_len = struct.unpack("<HH", local[26:30])
+                    offset = info.header_offset + 30 + name_len + extra_len + header
+            out[info.filename[:-4]] = (offset, tuple(shape), dtype)
+    return out
+
+
+def _copy_bytes(path: Path, offset: int, count: int, dst) -> None:
+    """Append `count` bytes of `path` from `offset` to the open unbuffered file `dst`: in the kernel
+    (os.copy_file_range) where it can, else read and written 1 MiB at a time."""
+    with open(path, "rb") as src:
+        done = 0
+        copy = getattr(os, "copy_file_range", None)
+        while copy is not None and done < count:
+            try:
+                n = copy(src.fileno(), dst.fileno(), count - done, offset + done)
+            except OSError:
+                copy = None
+                break
+            if n <= 0:
+                break
+            done += n
+        src.seek(offset + done)
+        while done < count:
+            chunk = src.read(min(1 << 20, count - done))
+            if not chunk:
+                raise ConfigError(f"{path}: shorter than its arrays' headers say; rerun preprocessing")
+            _write_all(dst, chunk)
+            done += len(chunk)
+
+
+def _write_all(f, data) -> None:
+    """Write all of `data` to an unbuffered file (a raw write may take less)."""
+    view = memoryview(data).cast("B")
+    while len(view):
+        view = view[f.write(view):]
 
 
 def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
-    """Pack the NPZs listed in `<shard_dir>/series.csv` into `<shard_dir>/store/`; one series in memory at a
-    time (plain sequential writes). Replaces an older store. -> the store folder (None for a shard with no series)."""
+    """Pack the NPZs listed in `<shard_dir>/series.csv` into `<shard_dir>/store/`: each array's bytes copied
+    from its NPZ member (uncompressed: `os.copy_file_range`, nothing loaded; sequential writes). Replaces an
+    older store. -> the store folder (None for a shard with no series)."""
     shard_dir = Path(shard_dir)
     listing = shard_dir / "series.csv"
     if not listing.exists():
@@ -64,9 +130,9 @@ def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
     if series.empty:
         return None
     names = series["npz"].tolist()
-    with np.load(shard_dir / names[0], allow_pickle=False) as z:
-        shape = tuple(z[IMAGES].shape[1:])
-        missing = [k for k in MASKS if k not in z.files]
+    first = _npy_members(shard_dir / names[0])
+    shape = tuple(first[IMAGES][1][1:])
+    missing = [k for k in MASKS if k not in first]
     if missing:
         raise ConfigError(f"{shard_dir / names[0]}: no {', '.join(missing)}; rerun `ichbench preprocess`")
     total = int(series["n_slices"].sum())
@@ -74,8 +140,8 @@ def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    files = {IMAGES: open(tmp / f"{IMAGES}.npy", "wb")}
-    files.update({k: open(tmp / f"{k}.npy", "wb") for k in MASKS})
+    # unbuffered: the kernel's copies and these writes share the file offset
+    files = {k: open(tmp / f"{k}.npy", "wb", buffering=0) for k in (IMAGES,) + MASKS}
     rows, start = [], 0
     try:
         _write_header(files[IMAGES], np.uint8, (total,) + shape)
@@ -83,17 +149,22 @@ def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
             _write_header(files[k], np.bool_, (total,) + shape[1:])
         for name, n in zip(names, series["n_slices"].astype(int)):
             path = shard_dir / name
-            with np.load(path, allow_pickle=False) as z:
-                images = z[IMAGES]
-                if images.shape != (n,) + shape or images.dtype != np.uint8:
-                    raise ConfigError(f"{path}: {images.dtype} slices of shape {images.shape}, series.csv and "
-                                      f"the shard's first series say {n} x {shape} uint8; rerun preprocessing")
-                files[IMAGES].write(np.ascontiguousarray(images).data)
-                for k in MASKS:
-                    m = z[k]
-                    if m.shape != (n,) + shape[1:]:
-                        raise ConfigError(f"{path}: {k} of shape {m.shape}, its images are {images.shape}")
-                    files[k].write(np.ascontiguousarray(m, dtype=np.bool_).data)
+            members = first if name == names[0] else _npy_members(path)
+            wanted = [(IMAGES, (n,) + shape, np.uint8)] + [(k, (n,) + shape[1:], np.bool_) for k in MASKS]
+            for key, want, dtype in wanted:
+                if key not in members:
+                    raise ConfigError(f"{path}: no {key}; rerun `ichbench preprocess`")
+                offset, got, got_dtype = members[key]
+                if got != want or (key == IMAGES and got_dtype != np.uint8):
+                    what = (f"{got_dtype} slices of shape {got}, series.csv and the shard's first series say "
+                            f"{n} x {shape} uint8; rerun preprocessing" if key == IMAGES else
+                            f"{key} of shape {got}, its images are {(n,) + shape}")
+                    raise ConfigError(f"{path}: {what}")
+                if offset is not None and got_dtype == dtype:
+                    _copy_bytes(path, offset, int(np.prod(got, dtype=np.int64)) * np.dtype(dtype).itemsize, files[key])
+                else:                                 # compressed, or another dtype: through numpy
+                    with np.load(path, allow_pickle=False) as z:
+                        _write_all(files[key], np.ascontiguousarray(z[key], dtype=dtype).data)
             st = path.stat()
             rows.append((name, start, n, st.st_size, st.st_mtime_ns))
             start += n

@@ -40,8 +40,14 @@ def cmd_index(a) -> None:
 
 
 def cmd_preprocess(a) -> None:
+    import gc
+
     from ..cache.preprocess import preprocess_shard
     from ..inputs.windowing import windows_from_config
+
+    # the objects made so far (the modules) live to the end of this process: out of the garbage collector's
+    # scans, which pydicom's objects of every file trigger (0.07 CPU-s per 1,000 slices; nothing else changes)
+    gc.freeze()
 
     data = Path(a.data)
     table = preprocess_shard(data / "index.csv", data / "series_candidates.csv", a.out, shard=a.shard,

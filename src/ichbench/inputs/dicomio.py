@@ -24,7 +24,7 @@ import pandas as pd
 import pydicom
 
 from . import pixelfix
-from .native import native_pixels as _native_pixels
+from .native import native_pixels as _native_pixels, plain_rescale as _rescale, us as _us
 from .geometry import slice_normal, stack_tilt_deg
 
 log = logging.getLogger(__name__)
@@ -140,10 +140,10 @@ class Series:
 
 
 def _stored_dtype(ds) -> np.dtype | None:
-    bits = _int(ds.get("BitsAllocated"))
+    bits = _us(ds, "BitsAllocated", 0x00280100)
     if bits not in (8, 16, 32):
         return None
-    kind = "i" if _int(ds.get("PixelRepresentation")) == 1 else "u"
+    kind = "i" if _us(ds, "PixelRepresentation", 0x00280103) == 1 else "u"
     little = ds.original_encoding[1] if ds.original_encoding[1] is not None else True
     return np.dtype(f"{'<' if little else '>'}{kind}{bits // 8}")
 
@@ -179,14 +179,19 @@ def _padding_mask(ds, raw: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray | None = None) -> np.ndarray:
-    """One file's pixels as float32 HU (written into `out` where given: a (rows, cols) float32 array)."""
+def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray | None = None,
+                  jit: bool = False) -> np.ndarray:
+    """One file's pixels as float32 HU (written into `out` where given: a (rows, cols) float32 array).
+    `jit`: the conversion compiled (`sweep_jit.to_hu`) where it is available: the same values."""
     ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise DicomReadError(path, "no pixel data")
-    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+    elements = ds._dict       # (tags looked up directly: `keyword in ds` converts the keyword first)
+    if 0x7FE00010 not in elements and 0x7FE00008 not in elements and 0x7FE00009 not in elements:
+        raise DicomReadError(path, "no pixel data")     # PixelData, FloatPixelData, DoubleFloatPixelData
+    if 0x00281053 not in elements or 0x00281052 not in elements:      # RescaleSlope, RescaleIntercept
         raise DicomReadError(path, "missing RescaleSlope/RescaleIntercept: HU cannot be computed")
-    slope, intercept = _floats(ds.get("RescaleSlope"), 1), _floats(ds.get("RescaleIntercept"), 1)
+    plain = _rescale(ds)                     # (the raw text, as pydicom's DS would give it, where plain)
+    slope, intercept = ((plain[0],), (plain[1],)) if plain else \
+        (_floats(ds.get("RescaleSlope"), 1), _floats(ds.get("RescaleIntercept"), 1))
     if slope is None or intercept is None or slope[0] == 0:
         raise DicomReadError(path, "RescaleSlope/RescaleIntercept not usable numbers: HU cannot be computed")
     slope, intercept = slope[0], intercept[0]
@@ -205,8 +210,9 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray
         raise DicomReadError(path, f"expected one 2D grey-scale frame, got pixel array of shape {arr.shape}")
     raw = arr
     # BitsStored smaller than the data need (pydicom masks the high bits), or garbage above BitsStored.
-    if ts in _NATIVE_SYNTAXES and "PixelData" in ds:
-        dtype, bits, stored = _stored_dtype(ds), _int(ds.get("BitsAllocated")), _int(ds.get("BitsStored"))
+    if ts in _NATIVE_SYNTAXES and 0x7FE00010 in elements:
+        dtype, bits, stored = (_stored_dtype(ds), _us(ds, "BitsAllocated", 0x00280100),
+                               _us(ds, "BitsStored", 0x00280101))
         if dtype is not None and 0 < stored < bits:
             full = np.frombuffer(ds.PixelData, dtype=dtype, count=arr.size).reshape(arr.shape)
             if not np.array_equal(full, arr):
@@ -219,13 +225,20 @@ def _pixels_to_hu(ds, path: str, notes: list[str] | None = None, out: np.ndarray
                 if notes is not None:
                     notes.append(msg)
                 log.debug("%s: %s", path, msg)
-    padding = _padding_mask(ds, raw) if "PixelPaddingValue" in ds else None   # (without it: empty)
-    raw, intercept, fixed = pixelfix.apply_fix(raw, _int(ds.get("BitsStored")), _int(ds.get("PixelRepresentation")),
-                                               intercept)
+    padding = _padding_mask(ds, raw) if 0x00280120 in elements else None   # PixelPaddingValue (without: none)
+    raw, intercept, fixed = pixelfix.apply_fix(raw, _us(ds, "BitsStored", 0x00280101),
+                                               _us(ds, "PixelRepresentation", 0x00280103), intercept)
     if fixed and notes is not None:
         notes.append(pixelfix.NOTE)
     if out is None or out.shape != raw.shape or out.dtype != np.float32:
         out = np.empty(raw.shape, np.float32)
+    if jit:
+        from . import sweep_jit
+
+        if sweep_jit.to_hu(raw, slope, intercept, out):       # the clip to -1024 done, padding -1024 after
+            if padding is not None:
+                np.copyto(out, np.float32(-1024.0), where=padding)
+            return out
     # the float32 operations of raw.astype(float32) * slope + intercept, without temporaries
     if np.float32(slope) == 1:            # x * 1 is x: the conversion alone
         np.copyto(out, raw, casting="unsafe")
@@ -299,12 +312,13 @@ def plan_series(files: pd.DataFrame) -> SeriesPlan:
                       rejected=rejected, ids=ids)
 
 
-def iter_hu(plan: SeriesPlan, reuse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+def iter_hu(plan: SeriesPlan, reuse: bool = True, jit: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """Decode the planned files one at a time: (SOPInstanceUID, (rows, cols) float32 HU) per decoded file.
 
     Files that fail are skipped and named in `plan.rejected`; the decoded ones are recorded in
     `plan.decoded` (for `finish_series`). With `reuse`, every slice is written into the same buffer:
     use (or copy) it before taking the next. Only one file's bytes and pixels are held at a time.
+    `jit`: HU by the compiled conversion (`sweep_jit.to_hu`, the same values).
     """
     buf = np.empty((plan.rows, plan.cols), np.float32)
     for i, (path, sop) in enumerate(zip(plan.files["path"], plan.files["sop_uid"])):
@@ -312,7 +326,7 @@ def iter_hu(plan: SeriesPlan, reuse: bool = True) -> Iterator[tuple[str, np.ndar
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = pydicom.dcmread(path)
-            hu = _pixels_to_hu(ds, path, plan.notes, out=buf if reuse else None)
+            hu = _pixels_to_hu(ds, path, plan.notes, out=buf if reuse else None, jit=jit)
             del ds
         except DicomReadError as exc:
             plan.rejected.append(Rejection(exc.path, exc.reason, "load"))

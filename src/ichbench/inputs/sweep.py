@@ -5,6 +5,7 @@ this speed-up of preprocessing does not change a row's digest and rerun its trai
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -12,7 +13,17 @@ import numpy as np
 from .windowing import Window, apply_windows, resize
 
 
-def window_resize(hu: np.ndarray, windows: Sequence[Window], size: int) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=8)
+def _constants(windows: tuple[Window, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The windows' lows and 2 / width as float32 (read-only, shared between calls)."""
+    low = np.array([win.low for win in windows], np.float32)
+    scale = np.array([np.float32(2.0 / win.width) for win in windows], np.float32)
+    low.flags.writeable = scale.flags.writeable = False
+    return low, scale
+
+
+def window_resize(hu: np.ndarray, windows: Sequence[Window], size: int,
+                  jit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One (H, W) HU slice -> its windows at size x size (C, size, size) and the HU at size x size, float32:
     bit for bit `resize(apply_windows(hu)[None], size)[0]` and `resize(hu[None, None], size)[0, 0]`.
 
@@ -23,17 +34,24 @@ def window_resize(hu: np.ndarray, windows: Sequence[Window], size: int) -> tuple
     ((hu - low) * (2 / width) - 1, clipped to [-1, 1]), and every output's sum takes its window's
     values in the same row-major order, then divides by the height and then the width, so the
     values are those of the two-step path. Other sizes (and no resize at all) take the two-step path.
+    `jit`: the same sweep compiled (`sweep_jit`, numba) where it is available: the same values.
     """
     hu = np.asarray(hu, dtype=np.float32)
     h, w = hu.shape
     if h < size or w < size or h % size or w % size or (h, w) == (size, size):
         return resize(apply_windows(hu, windows)[None], size)[0], resize(hu[None, None], size)[0, 0]
     kh, kw, c = h // size, w // size, len(windows)
+    low, scale = _constants(tuple(windows))
+    if jit:
+        from . import sweep_jit
+
+        acc = sweep_jit.window_resize(hu, low, scale, kh, kw)
+        if acc is not None:
+            return acc[:c], acc[c]
+    low, scale = low.reshape(c, 1, 1, 1), scale.reshape(c, 1, 1, 1)
     rows = hu.reshape(size, kh, size, kw)
     acc = np.zeros((c + 1, size, size), np.float32)          # the windows, then the HU
     planes = np.empty((c + 1, kw, size, size), np.float32)
-    low = np.array([win.low for win in windows], np.float32).reshape(c, 1, 1, 1)
-    scale = np.array([np.float32(2.0 / win.width) for win in windows], np.float32).reshape(c, 1, 1, 1)
     one, minus_one = np.float32(1.0), np.float32(-1.0)
     windowed = planes[:c]
     for a in range(kh):
