@@ -120,21 +120,24 @@ def _compiled(fn):
     return _COMPILED[fn.__name__]
 
 
-def transposed(counts: np.ndarray) -> np.ndarray:
-    """`counts` (draws x patients) as patients x draws, C-ordered, float32 (exact: counts are below 2^24), made
-    once for the last counts array passed (every row, fold and stratum of an evaluation draws the same)."""
+def transposed(counts: np.ndarray) -> tuple[np.ndarray, int]:
+    """`counts` (draws x patients) as patients x draws, C-ordered, float32 (exact: counts are below 2^24), and
+    its largest count; made once for the last counts array passed (every row, fold and stratum of an
+    evaluation draws the same array: at RSNA's size a transposition is 120 MB), so that array must not be
+    changed in place between calls."""
     if _LAST_COUNTS and _LAST_COUNTS[0] is counts:
-        return _LAST_COUNTS[1]
-    if counts.size and int(counts.max()) >= 2 ** 24:
+        return _LAST_COUNTS[1], _LAST_COUNTS[2]
+    top = int(counts.max(initial=0))
+    if top >= 2 ** 24:
         raise ValueError("patient counts of 2^24 or more")
     cT = np.ascontiguousarray(counts.T, dtype=np.float32)
-    _LAST_COUNTS[:] = [counts, cT]
-    return cT
+    _LAST_COUNTS[:] = [counts, cT, top]
+    return cT, top
 
 
 def ranking_draws(code, counts, patients, n_pos, n_neg, q, f32: bool, out, block: int = 32) -> None:
     """Compiled `_ranking_draws` (see there) over `counts` (draws x patients), `block` draws at a time."""
-    kernel, cT = _compiled(_ranking_draws), transposed(counts)
+    kernel, (cT, _) = _compiled(_ranking_draws), transposed(counts)
     for i in range(0, len(counts), block):
         kernel(code, cT, i, patients, n_pos, n_neg, q, bool(f32), out[i:i + block])
 
@@ -142,7 +145,7 @@ def ranking_draws(code, counts, patients, n_pos, n_neg, q, f32: bool, out, block
 def stratum_aucs(code, member, counts, n_members: int, out, block: int = 32) -> None:
     """Compiled `_stratum_aucs` (see there) over `counts` (draws x patients), `block` draws at a time, into
     `out` (members x draws)."""
-    kernel, cT = _compiled(_stratum_aucs), transposed(counts)
+    kernel, (cT, _) = _compiled(_stratum_aucs), transposed(counts)
     for i in range(0, len(counts), block):
         res = np.empty((n_members, min(block, len(counts) - i)))
         kernel(code, member, cT, i, n_members, res)

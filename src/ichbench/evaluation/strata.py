@@ -274,24 +274,23 @@ class _RowPairs:
                 if anom[a].any() and len(cols):
                     groups.setdefault(-1 if normal is None else k, (cols, []))[1].append((k, a[anom[a]]))
             for cols, members in groups.values():
-                order = np.argsort(self.score[cols], kind="stable")
-                ns, npat = self.score[cols][order], self.pidx[cols][order]
-                where = [(k, ai, np.searchsorted(ns, self.score[ai], "left"), np.searchsorted(ns, self.score[ai], "right"))
-                         for k, ai in members]
-                for k, ai, lt, le in where:
+                normal_scores = np.sort(self.score[cols], kind="stable")
+                for k, ai in members:
+                    lt = np.searchsorted(normal_scores, self.score[ai], "left")
+                    le = np.searchsorted(normal_scores, self.score[ai], "right")
                     points[k].append(100 * float(np.sum(lt + 0.5 * (le - lt))) / (len(ai) * len(cols)))
                 # every normal and each member's anomalous units by ascending score, normals first when tied
-                units = np.concatenate([cols] + [ai for _, ai, _, _ in where])
-                member = np.concatenate([np.full(len(cols), -1)] + [np.full(len(ai), j) for j, (_, ai, _, _)
-                                                                    in enumerate(where)]).astype(np.int32)
+                units = np.concatenate([cols] + [ai for _, ai in members])
+                member = np.concatenate([np.full(len(cols), -1)] + [np.full(len(ai), j) for j, (_, ai)
+                                                                    in enumerate(members)]).astype(np.int32)
                 score = self.score[units]
                 order = np.lexsort((member, score))
                 score, member = score[order], member[order]
                 last = np.r_[score[1:] != score[:-1], True]
-                code = (self.pidx[units][order].astype(np.int64) * 2 + last).astype(np.int64)
-                res = np.empty((len(where), len(counts)))
-                stratum_aucs(code, member, counts, len(where), res)
-                for j, (k, *_) in enumerate(where):
+                code = self.pidx[units][order].astype(np.int64) * 2 + last
+                res = np.empty((len(members), len(counts)))
+                stratum_aucs(code, member, counts, len(members), res)
+                for j, (k, _) in enumerate(members):
                     draws[k].append(res[j])
         return [(np.nan, np.full(len(counts), np.nan)) if not pts else
                 (float(np.mean(pts)), np.mean(np.stack(d, 1), axis=1)) for pts, d in zip(points, draws)]

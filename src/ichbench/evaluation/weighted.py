@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .kernels import ranking_draws
+from .kernels import ranking_draws, transposed
 
 
 class Ranking:
@@ -52,7 +52,7 @@ class Ranking:
         n_pos = np.bincount(self.pat, weights=self.pos.astype(float), minlength=len(units))[patients]
         n_neg = units[patients] - n_pos
         # the earlier passes computed ratios in float32 where every count is exact in it (below 2^24)
-        f32 = self.n * max(int(counts.max(initial=0)), 1) < 2 ** 24
+        f32 = self.n * max(transposed(counts)[1], 1) < 2 ** 24
         q = np.asarray(specificities, np.float64)
         order = np.argsort(1 - q, kind="stable")               # the thresholds, smallest first
         out = np.empty((len(counts), 2 + len(q)))
