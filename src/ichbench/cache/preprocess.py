@@ -35,6 +35,7 @@ NIfTI slices carry the synthetic IDs `<scan>#<k>` (see nifti.py).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -223,18 +224,14 @@ SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "s
                   "source", "rejected_slices", "notes"]
 
 
-_OPENCV_THREADS: list[int] = []
-
-
+@functools.cache
 def _one_opencv_thread() -> None:
     """OpenCV's own threads off in a preprocessing process (once): its masks at 128 x 128 are too small to
     split, and its idle pool threads spin (sched_yield) on the other cores; that cost 0.2-0.3 CPU-seconds
     (mostly system time) per 1,000 slices. The masks are the same either way."""
-    if not _OPENCV_THREADS:
-        import cv2
+    import cv2
 
-        _OPENCV_THREADS.append(cv2.getNumThreads())
-        cv2.setNumThreads(1)
+    cv2.setNumThreads(1)
 
 
 def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
