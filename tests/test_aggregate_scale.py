@@ -99,3 +99,12 @@ def test_report_rules_ask_for_memory_that_grows_with_the_score_tables():
 
     with pytest.raises(FileNotFoundError):          # Snakemake then evaluates it once the file exists
         mem(4000, 6)(None, Missing(), 1)
+
+    # and the four report rules that read every score table ask for it
+    import re
+    from pathlib import Path
+
+    report = (Path(__file__).resolve().parents[1] / "workflow/rules/report.smk").read_text()
+    for rule in ("table1", "stats_figures", "extra_tables", "strata"):
+        body = re.search(rf"^rule {rule}:\n(.*?)(?=^rule |\Z)", report, re.S | re.M).group(1)
+        assert "mem_mb=report_mem_mb(" in body, rule
