@@ -558,3 +558,16 @@ def test_compiled_hu_is_the_former_conversion(dtype):
     if raw.dtype.itemsize > 1:                                    # not in native order: left to numpy
         assert not sweep_jit.to_hu(raw.astype(raw.dtype.newbyteorder()), 1, 0, out)
     assert not sweep_jit.to_hu(raw.astype(np.float32), 1, 0, out)
+
+
+@pytest.mark.parametrize("env, small, large", [(None, False, True), ("1", True, True), ("on", True, True),
+                                               ("0", False, False), ("off", False, False), ("maybe", False, True)])
+def test_compiled_sweep_is_used_from_its_break_even_unless_forced(monkeypatch, env, small, large):
+    from ichbench.cache import preprocess
+
+    if env is None:
+        monkeypatch.delenv("ICHBENCH_JIT", raising=False)
+    else:
+        monkeypatch.setenv("ICHBENCH_JIT", env)
+    assert preprocess.use_jit(preprocess.JIT_MIN_SLICES - 1) is small
+    assert preprocess.use_jit(preprocess.JIT_MIN_SLICES) is large

@@ -210,12 +210,10 @@ JIT_MIN_SLICES = 1000
 def use_jit(slices_per_process: float) -> bool:
     """Whether a process caching this many slices uses the compiled sweep: ICHBENCH_JIT=1 / 0 forces it
     on / off; otherwise from JIT_MIN_SLICES on (the values are the same either way)."""
-    forced = os.environ.get("ICHBENCH_JIT", "").strip().lower()
-    if forced in ("0", "no", "false", "off"):
-        return False
-    if forced in ("1", "yes", "true", "on"):
-        return True
-    return slices_per_process >= JIT_MIN_SLICES
+    from ..inputs.sweep_jit import forced
+
+    on = forced()
+    return slices_per_process >= JIT_MIN_SLICES if on is None else on
 
 
 SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "slice_thickness", "tilt_deg",

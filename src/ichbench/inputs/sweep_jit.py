@@ -91,8 +91,15 @@ def _to_hu(raw, slope, intercept, scaled, out):
             out[i, j] = v
 
 
+def forced() -> bool | None:
+    """ICHBENCH_JIT: True (1, yes, true, on) or False (0, no, false, off) where it forces the kernels on or
+    off, None where it is unset or says neither."""
+    value = os.environ.get("ICHBENCH_JIT", "").strip().lower()
+    return True if value in ("1", "yes", "true", "on") else False if value in ("0", "no", "false", "off") else None
+
+
 def _off() -> bool:
-    return os.environ.get("ICHBENCH_JIT", "1").strip().lower() in ("0", "no", "false", "off")
+    return forced() is False
 
 
 def _compile(fn):
