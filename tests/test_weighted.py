@@ -115,3 +115,27 @@ def test_kernels_compile_where_no_cache_folder_can_be_written(monkeypatch):
     for k in ("AUC", "sens@90spec", "sens@95spec"):
         np.testing.assert_array_equal(new[k], old[k])
     np.testing.assert_allclose(new["AP"], old["AP"], rtol=1e-12)
+
+
+def test_draws_split_over_threads_give_the_same_values():
+    """`kernels.set_threads`: the blocks of draws run on several threads, every value as on one; a stratum pass too."""
+    from ichbench.evaluation import kernels
+
+    y, s, pidx, counts = _case(5, n=3000, patients=200, draws=200, decimals=1)
+    rng = np.random.default_rng(3)
+    code = (np.arange(200)[rng.permutation(200)] * 2 + rng.integers(0, 2, 200)).astype(np.int32)
+    member = rng.integers(-1, 3, 200).astype(np.int64)
+    res = []
+    try:
+        for n in (1, 3):
+            kernels.set_threads(n)
+            out = np.empty((3, len(counts)))
+            kernels.stratum_aucs(code, member, counts, 3, out, block=16)
+            res.append((stats._weighted(y, s, pidx, counts), out))
+    finally:
+        kernels.set_threads(1)
+    (one, s1), (three, s3) = res
+    for k in one:
+        np.testing.assert_array_equal(one[k], three[k])
+    np.testing.assert_array_equal(s1, s3)
+    assert kernels._POOL["n"] == 3

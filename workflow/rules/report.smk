@@ -22,7 +22,7 @@ rule table1:
         "benchmarks/report/table1.tsv"
     conda:
         CONDA_ENV
-    threads: 1
+    threads: config["table"]["threads"]
     resources:
         mem_mb=report_mem_mb(4000, 6),
         runtime=30,
@@ -45,7 +45,7 @@ rule table1:
         "--ddof {params.ddof} --out {output.table} --out-long {output.per_fold} --out-md {output.markdown} "
         "--out-ci {output.ci} --out-comparisons {output.comparisons} --cohort {input.cohort} "
         "--label-source {params.label_source} --bootstrap {params.bootstrap} --seed {params.seed} "
-        "--scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} "
+        "--scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} --threads {threads} "
         "--out-operating {output.operating} --out-operating-folds {output.operating_folds} "
         "--target-specificity {params.targets} --include-md {input.strata} {params.compare} > {log} 2>&1"
 
@@ -244,7 +244,7 @@ rule strata:
         "benchmarks/report/strata.tsv"
     conda:
         CONDA_ENV
-    threads: 1
+    threads: config["table"]["threads"]
     resources:
         mem_mb=report_mem_mb(4000, 4),
         runtime=30,
@@ -263,7 +263,7 @@ rule strata:
         "--methods '{params.methods}' --target-specificity {params.targets} --size-bins {params.size_bins} "
         "--volume-bins {params.volume_bins} --min-units {params.min_units} --bootstrap {params.bootstrap} "
         "--seed {params.seed} --scan-aggregation {params.scan_aggregation} --scan-top-k {params.scan_top_k} "
-        "--out {output.table} --out-md {output.markdown} --out-figure {output.figure} > {log} 2>&1"
+        "--threads {threads} --out {output.table} --out-md {output.markdown} --out-figure {output.figure} > {log} 2>&1"
 
 
 rule bundle:

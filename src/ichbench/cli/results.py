@@ -13,6 +13,7 @@ def cmd_table(a) -> None:
     from ..evaluation.aggregate import context_markdown, read_maps, read_scores, stats_markdown, table1, table1_markdown
     from ..evaluation.compare import check_row
 
+    _draw_threads(a.threads)
     _, records = read_maps(a.maps)
     methods = json.loads(a.methods)
     check_row(a.compare or None, methods, key="--compare (table.compare)")
@@ -37,7 +38,7 @@ def cmd_table(a) -> None:
         comparisons.to_csv(a.out_comparisons, index=False, float_format="%.6g")
     ops, ops_folds = operating.all_operating_points(
         scores, a.protocol, methods, scan_aggregation=a.scan_aggregation, top_k=a.scan_top_k,
-        targets=tuple(a.target_specificity), n_boot=a.bootstrap, seed=a.seed)
+        targets=tuple(a.target_specificity), n_boot=a.bootstrap, seed=a.seed, sets=sets)
     for frame, path in ((ops, a.out_operating), (ops_folds, a.out_operating_folds)):
         if path:
             frame.to_csv(path, index=False, float_format="%.6g")
@@ -56,6 +57,7 @@ def cmd_compare(a) -> None:
     from ..evaluation.aggregate import read_scores
     from ..evaluation.compare import check_row, compare_markdown, family_name
 
+    _draw_threads(a.threads)
     scores = read_scores(a.scores)
     methods = json.loads(a.methods) if a.methods else list(dict.fromkeys(scores["method"]))
     check_row(a.row, methods, key="compare ROW")
@@ -117,6 +119,7 @@ def cmd_strata(a) -> None:
     from ..evaluation.extra_tables import read_scores
     from ..evaluation.strata_report import size_figure, strata_markdown
 
+    _draw_threads(a.threads)
     methods = json.loads(a.methods)
     display = {m: getattr(_method_cls(m), "display", m) for m in methods}
     table = strata.strata_table(read_scores(a.scores), a.manifests, a.series or None, methods,
@@ -233,11 +236,22 @@ def cmd_merge_results(a) -> None:
     print(f"{len(merged)} rows from {len(bundles)} bundles -> {a.out}")
 
 
+def _draw_threads(n: int) -> None:
+    """The bootstrap kernels' threads (`--threads`); at least 1."""
+    if n < 1:
+        raise ValueError(f"--threads must be >= 1, not {n}")
+    from ..evaluation.kernels import set_threads
+
+    set_threads(n)
+
+
 def _bootstrap_options(s) -> None:
     """The patient bootstrap and scan aggregation options shared by `table`, `compare` and `strata` (the same
     defaults give the same draws)."""
     s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws over test patients (0: none)")
     s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap draws (Table 1's: the same draws)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="threads the bootstrap draws are split over (the values do not depend on it)")
     s.add_argument("--scan-aggregation", default="max", choices=["mean", "max", "topk"],
                    help="slice scores -> scan score for the scan-level metrics")
     s.add_argument("--scan-top-k", type=int, default=3, help="k of --scan-aggregation topk")

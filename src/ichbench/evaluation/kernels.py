@@ -13,6 +13,8 @@ import numpy as np
 
 _COMPILED: dict = {}
 _LAST_COUNTS: list = []
+_THREADS = [1]                # set_threads
+_POOL: dict = {}
 
 
 def _ranking_draws(code, cT, d0, patients, n_pos, n_neg, q, f32, out):  # pragma: no cover (compiled)
@@ -135,18 +137,46 @@ def transposed(counts: np.ndarray) -> tuple[np.ndarray, int]:
     return cT, top
 
 
+def set_threads(n: int) -> None:
+    """Split every later call's draws over `n` threads (the report job's `threads`; the kernels release the
+    GIL): the same values, block by block, whatever `n`."""
+    _THREADS[0] = max(1, int(n))
+
+
+def _over_blocks(n_draws: int, block: int, run) -> None:
+    """run(first draw) for every block of draws, on `set_threads` threads where there is more than one block."""
+    starts = range(0, n_draws, block)
+    n = min(_THREADS[0], len(starts))
+    if n <= 1:
+        for i in starts:
+            run(i)
+        return
+    if _POOL.get("n") != n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if "pool" in _POOL:
+            _POOL["pool"].shutdown()
+        _POOL.update(n=n, pool=ThreadPoolExecutor(n, thread_name_prefix="ichbench-draws"))
+    run(starts[0])                                     # here: a first call compiles or loads the kernel once
+    for _ in _POOL["pool"].map(run, starts[1:]):       # re-raises a block's error here
+        pass
+
+
 def ranking_draws(code, counts, patients, n_pos, n_neg, q, f32: bool, out, block: int = 32) -> None:
     """Compiled `_ranking_draws` (see there) over `counts` (draws x patients), `block` draws at a time."""
     kernel, (cT, _) = _compiled(_ranking_draws), transposed(counts)
-    for i in range(0, len(counts), block):
-        kernel(code, cT, i, patients, n_pos, n_neg, q, bool(f32), out[i:i + block])
+    f32 = bool(f32)
+    _over_blocks(len(counts), block, lambda i: kernel(code, cT, i, patients, n_pos, n_neg, q, f32, out[i:i + block]))
 
 
 def stratum_aucs(code, member, counts, n_members: int, out, block: int = 32) -> None:
     """Compiled `_stratum_aucs` (see there) over `counts` (draws x patients), `block` draws at a time, into
     `out` (members x draws)."""
     kernel, (cT, _) = _compiled(_stratum_aucs), transposed(counts)
-    for i in range(0, len(counts), block):
+
+    def run(i):
         res = np.empty((n_members, min(block, len(counts) - i)))
         kernel(code, member, cT, i, n_members, res)
         out[:, i:i + block] = res
+
+    _over_blocks(len(counts), block, run)
