@@ -34,6 +34,30 @@ def test_read_scores_reads_ids_as_sorted_categories_with_the_texts_values(tmp_pa
     assert got["patient_id"].astype(str).str.startswith("00").any()
 
 
+def test_read_scores_reuses_a_folds_ids_and_equals_the_union_of_each_tables_categories(tmp_path):
+    """Tables of one fold list the same slices: their codes are reused; a table that differs in one late ID, or
+    has a missing one, is categorised on its own; the result equals union_categoricals of every table's own."""
+    from pandas.api.types import union_categoricals
+
+    base = constructed(n_folds=1, patients=8, slices=4, seed=3, method="A")
+    late = base.assign(method="C")
+    late.loc[len(late) - 1, "sop_uid"] = "zz-last"               # equal up to the last row
+    gap = base.assign(method="D")
+    gap.loc[2, "series_uid"] = np.nan                              # a missing ID stays missing
+    paths = []
+    for name, f in (("a", base), ("b", base.assign(method="B")), ("c", late), ("d", gap),
+                    ("e", base.iloc[:5].assign(method="E"))):
+        f.to_csv(tmp_path / f"{name}.csv", index=False)
+        paths.append(str(tmp_path / f"{name}.csv"))
+    got = aggregate.read_scores(paths)
+    own = [pd.read_csv(p, dtype={c: str for c in aggregate.ID_COLUMNS}) for p in paths]
+    for c in aggregate.ID_COLUMNS:
+        want = union_categoricals([f[c].astype("category") for f in own], sort_categories=True)
+        assert list(got[c].cat.categories) == list(want.categories), c
+        np.testing.assert_array_equal(got[c].cat.codes.to_numpy(), want.codes, err_msg=c)
+    assert got["series_uid"].isna().sum() == 1 and "zz-last" in set(got["sop_uid"])
+
+
 def test_operating_point_draws_equal_the_draws_recounted_per_rule():
     scores = pd.concat([constructed(n_folds=3, patients=24, slices=4, seed=s, method=m, shift=1.0)
                         for s, m in ((3, "A"), (4, "B"))], ignore_index=True)

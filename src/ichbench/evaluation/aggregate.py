@@ -8,7 +8,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from pandas.api.types import union_categoricals
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from . import deviations
@@ -76,19 +75,38 @@ def read_scores(score_csvs: Sequence[str]) -> pd.DataFrame:
     """The score rule's per-slice tables of every method and fold, in one frame. The ID columns are
     categories (`ID_COLUMNS`, their categories sorted, so they group and sort as the text would): at RSNA
     size (16 M score rows) the text took about 5 GB and every comparison with it a pass over strings."""
-    frames = []
-    for p in score_csvs:
-        f = pd.read_csv(p, dtype={c: str for c in ID_COLUMNS})
-        frames.append(f.astype({c: "category" for c in ID_COLUMNS if c in f}))
+    frames = [pd.read_csv(p, dtype={c: str for c in ID_COLUMNS}) for p in score_csvs]
     if not frames:
         return pd.concat(frames)                 # no score table: pandas says so, as before
-    ids = {c: union_categoricals([f[c] for f in frames], sort_categories=True)
-           for c in ID_COLUMNS if all(c in f for f in frames)}
-    out = pd.concat([f.drop(columns=list(ids)) for f in frames], ignore_index=True)
+    ids = [c for c in ID_COLUMNS if all(c in f for f in frames)]
+    out = pd.concat([f.drop(columns=ids) for f in frames], ignore_index=True)
     for c in ID_COLUMNS:
         if c in ids:
-            out.insert(list(frames[0].columns).index(c), c, pd.Categorical(ids[c]))
+            out.insert(list(frames[0].columns).index(c), c, _categories([f[c].array for f in frames]))
     return out
+
+
+def _categories(columns: list) -> pd.Categorical:
+    """The text `columns` end to end as one categorical with sorted categories, as `union_categoricals` of each
+    one's categories would give; a column equal to one seen before (every row's table of a fold lists the same
+    slices) reuses its codes instead of hashing its strings again."""
+    seen: list = []                             # (text, codes, categories) of the distinct columns
+    use = []
+    for col in columns:
+        hit = next((k for k, (text, _, _) in enumerate(seen) if len(text) == len(col) and text.equals(col)), None)
+        if hit is None:
+            cat = pd.Categorical(col)
+            seen.append((col, cat.codes, cat.categories))
+            hit = len(seen) - 1
+        use.append(hit)
+    cats = seen[0][2].append([c for _, _, c in seen[1:]]).unique().sort_values() if len(seen) > 1 else seen[0][2]
+    recoded = []
+    for _, codes, own in seen:
+        at = cats.get_indexer(own)
+        recoded.append(np.where(codes < 0, -1, at[np.maximum(codes, 0)]) if len(own) else codes)
+    dtype = np.int32 if len(cats) < 2 ** 31 - 1 else np.int64
+    return pd.Categorical.from_codes(np.concatenate([recoded[k].astype(dtype, copy=False) for k in use]),
+                                     categories=cats)
 
 
 def table1(score_csvs: Sequence[str] | pd.DataFrame, records: dict[str, dict], method_order: Sequence[str],
