@@ -162,12 +162,14 @@ def operating_points(val_units: pd.DataFrame, test_units: pd.DataFrame, method_o
 
 def all_operating_points(scores: pd.DataFrame, protocol: str, method_order: Sequence[str], *,
                          scan_aggregation: str = "max", top_k: int = 3, targets: Sequence[float] = TARGETS,
-                         n_boot: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                         n_boot: int = 1000, seed: int = 0, sets=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`operating_points` for every evaluation of `stats.unit_sets` (the validation part's units of the same
-    evaluation set the thresholds), with the evaluation's `level` and `protocol` in front."""
+    evaluation set the thresholds), with the evaluation's `level` and `protocol` in front. `sets`: the test
+    part's unit sets, when already built (with the same options)."""
     val = {(lvl, prot): u for lvl, prot, u in stats.unit_sets(scores, protocol, scan_aggregation, top_k, part="val")}
     out_s, out_f = [], []
-    for lvl, prot, test_units in stats.unit_sets(scores, protocol, scan_aggregation, top_k):
+    for lvl, prot, test_units in sets if sets is not None else stats.unit_sets(scores, protocol, scan_aggregation,
+                                                                                top_k):
         val_units = val.get((lvl, prot))
         if val_units is None or val_units.empty or test_units.empty:
             continue

@@ -33,7 +33,12 @@ def curve_metrics(y, s, weights=None, specificities: Sequence[float] = SPECIFICI
     s = np.asarray(s, float)
     w = np.ones((1, len(y))) if weights is None else np.atleast_2d(np.asarray(weights, float))
     order = np.argsort(-s, kind="mergesort")
-    s, y, w = s[order], y[order], w[:, order]
+    return sorted_curve_metrics(y[order], s[order], w[:, order], specificities)
+
+
+def sorted_curve_metrics(y, s, w=None, specificities: Sequence[float] = SPECIFICITIES) -> dict[str, np.ndarray]:
+    """`curve_metrics` of units already in its order (descending score, stable; `weights` as there, None: once)."""
+    w = np.ones((1, len(y))) if w is None else w
     ends = _group_ends(s)
     tp = np.cumsum(w * y, axis=1)[:, ends]
     fp = np.cumsum(w * ~y, axis=1)[:, ends]
@@ -148,6 +153,14 @@ def _weighted(y, s, pidx, counts) -> dict[str, np.ndarray]:
     return Ranking(y, s, pidx).metrics(counts, SPECIFICITIES)
 
 
+def _point_and_draws(y, s, pidx, counts) -> tuple[dict, dict | None]:
+    """(curve_metrics of the units, their metrics under every draw of `counts` or None), sorted once for both."""
+    if counts is None:
+        return curve_metrics(y, s), None
+    r = Ranking(y, s, pidx)
+    return sorted_curve_metrics(r.pos, r.s), r.metrics(counts, SPECIFICITIES)
+
+
 @dataclass
 class RowStats:
     """One row's metrics on one set of units: per fold, mean over the defined folds, pooled; with draws."""
@@ -177,19 +190,20 @@ def row_stats(units: pd.DataFrame, patients: pd.DataFrame, counts: np.ndarray | 
     fold_draws = {m: np.full((0 if counts is None else len(counts), len(folds)), np.nan) for m in METRICS}
     for j, f in enumerate(folds):
         sel = fold == f
-        for m, v in curve_metrics(y[sel], s[sel]).items():
+        point, draws = _point_and_draws(y[sel], s[sel], pidx[sel], counts)
+        for m, v in point.items():
             per_fold[m][j] = v[0]
-        if counts is not None:
-            for m, v in _weighted(y[sel], s[sel], pidx[sel], counts).items():
-                fold_draws[m][:, j] = v
-    pooled = {m: float(v[0]) for m, v in curve_metrics(y, s).items()}
+            if counts is not None:
+                fold_draws[m][:, j] = draws[m]
+    point, pooled_draws = _point_and_draws(y, s, pidx, counts)
+    pooled = {m: float(v[0]) for m, v in point.items()}
     mean = {m: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else np.nan for m, v in per_fold.items()}
     st = RowStats(folds, per_fold, mean, pooled)
     if counts is not None:
         for m in METRICS:
             used = np.isfinite(per_fold[m])   # the folds of the point estimate; a draw NaN there is dropped
             st.mean_draws[m] = fold_draws[m][:, used].mean(axis=1) if used.any() else np.full(len(counts), np.nan)
-        st.pooled_draws = _weighted(y, s, pidx, counts)
+        st.pooled_draws = pooled_draws
     return st
 
 

@@ -32,7 +32,7 @@ class Ranking:
         y = np.asarray(y).astype(bool)
         s = np.asarray(s, float)
         order = np.argsort(-s, kind="mergesort")
-        s = s[order]
+        self.s = s = s[order]                                  # descending, stable: curve_metrics' order
         self.n = len(y)
         self.pat = np.asarray(pidx)[order].astype(np.int64)
         self.pos = y[order]
