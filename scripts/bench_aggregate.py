@@ -163,10 +163,12 @@ def write_inputs(root: Path, n_test: int, *, n_folds: int = 5, per_patient: int 
             "n_test": int((c["part"] == "test").sum()), "n_patients": int(c["patient_id"].nunique())}
 
 
-def stage_commands(files: dict, bootstrap: int, rows=ROWS) -> dict[str, list[str]]:
-    """The report rules' `ichbench` command lines (workflow/rules/report.smk), defaults of config.yaml."""
+def stage_commands(files: dict, bootstrap: int, rows=ROWS, threads: int = 2) -> dict[str, list[str]]:
+    """The report rules' `ichbench` command lines (workflow/rules/report.smk), defaults of config.yaml
+    (`threads`: table.threads, the table and strata jobs' cores; 0: no --threads, for versions without it)."""
     m = json.dumps(list(rows))
     boot = ["--bootstrap", str(bootstrap), "--seed", "0", "--scan-aggregation", "max", "--scan-top-k", "3"]
+    boot += ["--threads", str(threads)] if threads else []
     out = "results/"
     return {
         "table": ["table", "--scores", *files["scores"], "--maps", *files["maps"], "--methods", m,
@@ -217,6 +219,7 @@ def main(argv=None) -> None:
                                                     "figure"])
     ap.add_argument("--workdir", default="/tmp/bench_aggregate", help="inputs are written here (kept: reused)")
     ap.add_argument("--profile", default="", help="a stage to run under cProfile (prints the top 30)")
+    ap.add_argument("--threads", type=int, default=2, help="--threads of the table and strata stages (table.threads)")
     a = ap.parse_args(argv)
     from ichbench.bench.machine import machine
 
@@ -233,7 +236,7 @@ def main(argv=None) -> None:
             files = write_inputs(root, n, per_patient=a.slices_per_patient)
             marker.write_text(json.dumps(files))
             print(f"# wrote inputs of {n} test slices in {time.perf_counter() - t0:.0f} s: {root}")
-        cmds = stage_commands(files, a.bootstrap)
+        cmds = stage_commands(files, a.bootstrap, threads=a.threads)
         print(f"## {files['n_test']} test slices ({files['n_slices']} test + val), {files['n_patients']} patients, "
               f"{len(ROWS)} rows x 5 folds; load {os.getloadavg()[0]:.2f}")
         for stage in a.stages:
@@ -252,6 +255,11 @@ def main(argv=None) -> None:
             r0, r1 = results[(lo, stage)], results[(hi, stage)]
             print(f"{stage:14s} wall x{r1['wall_s'] / r0['wall_s']:.1f}  CPU x{r1['cpu_s'] / r0['cpu_s']:.1f}  "
                   f"RSS x{r1['rss_mib'] / r0['rss_mib']:.1f}")
+    for n in a.sizes:
+        chain = [s for s in ("strata", "table", "stats-figures") if (n, s) in results]
+        if chain:       # report.smk's longest chain: strata -> table1 (includes strata.md) -> stats_figures
+            print(f"chain {' -> '.join(chain)} at {n}: {sum(results[(n, s)]['wall_s'] for s in chain):.0f} s wall")
+    if len(a.sizes) >= 2:
         total = sum(results[(hi, s)]["wall_s"] for s in a.stages)
         print(f"all stages at {hi}: {total:.0f} s wall, peak {max(results[(hi, s)]['rss_mib'] for s in a.stages):.0f} MiB")
 

@@ -35,9 +35,9 @@ def smoke_files(results: Path) -> tuple[dict, list[str]]:
     return files, rows
 
 
-def run_all(src: str, root: Path, files: dict, rows: list[str], bootstrap: int) -> None:
+def run_all(src: str, root: Path, files: dict, rows: list[str], bootstrap: int, threads: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
-    for stage, args in bench.stage_commands(files, bootstrap, rows).items():
+    for stage, args in bench.stage_commands(files, bootstrap, rows, threads=threads).items():
         r = subprocess.run([sys.executable, "-m", "ichbench", *args], cwd=root, env=env, capture_output=True,
                            text=True)
         if r.returncode:
@@ -87,14 +87,14 @@ def compare_trees(old: Path, new: Path, outs: list[str]) -> int:
     return bad
 
 
-def check(label: str, make_inputs, old_src: str, new_src: str, bootstrap: int) -> int:
+def check(label: str, make_inputs, old_src: str, new_src: str, bootstrap: int, threads=(0, 2)) -> int:
     with tempfile.TemporaryDirectory(prefix="cmpagg-") as tmp:
         roots = {}
         for which in ("old", "new"):
             root = roots[which] = Path(tmp) / which
             files, rows = make_inputs(root)
-        for which, src in (("old", old_src), ("new", new_src)):
-            run_all(src, roots[which], files, rows, bootstrap)
+        for which, src, n in (("old", old_src, threads[0]), ("new", new_src, threads[1])):
+            run_all(src, roots[which], files, rows, bootstrap, n)
         print(f"## {label}: old {old_src} vs new {new_src}, {bootstrap} bootstrap draws")
         return compare_trees(roots["old"], roots["new"], outputs(bench.stage_commands(files, bootstrap, rows)))
 
@@ -106,6 +106,8 @@ def main(argv=None) -> None:
     ap.add_argument("--smoke", default="/work/main/smoke", help="a run folder holding results/ ('' to skip)")
     ap.add_argument("--synthetic", type=int, default=0, help="also synthetic inputs of N test slices (0: none)")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--threads", type=int, nargs=2, default=[0, 2], metavar=("OLD", "NEW"),
+                    help="--threads of the table and strata stages per version (0: not passed, for versions without)")
     a = ap.parse_args(argv)
     bad = 0
     if a.smoke:
@@ -117,13 +119,14 @@ def main(argv=None) -> None:
             shutil.copy(src / "table1.csv", root / "results" / "table1.csv")     # the rows' order only
             return smoke_files(root / "results")
 
-        bad += check(f"smoke run {a.smoke}", smoke_inputs, a.old_src, a.new_src, a.bootstrap)
+        bad += check(f"smoke run {a.smoke}", smoke_inputs, a.old_src, a.new_src, a.bootstrap, a.threads)
     if a.synthetic:
         def synthetic_inputs(root: Path):
             files = bench.write_inputs(root, a.synthetic)
             return files, bench.ROWS
 
-        bad += check(f"synthetic, {a.synthetic} test slices", synthetic_inputs, a.old_src, a.new_src, a.bootstrap)
+        bad += check(f"synthetic, {a.synthetic} test slices", synthetic_inputs, a.old_src, a.new_src, a.bootstrap,
+                     a.threads)
     print(json.dumps({"files_differing": bad}))
     raise SystemExit(1 if bad else 0)
 
