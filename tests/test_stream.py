@@ -286,6 +286,56 @@ def test_cache_series_arrays_are_the_former_ones(tmp_path, rows, cols):
         _assert_same(tmp_path / f"S{size}.npz", _reference_cache(hu, s.sop_uids, PAPER_WINDOWS, size, boxes=boxes))
 
 
+@pytest.mark.parametrize("gt_kind", ["none", "boxes", "masks+boxes"])
+@pytest.mark.parametrize("planned", [0, 3])
+def test_spooled_and_streamed_npz_are_the_in_memory_one(tmp_path, gt_kind, planned):
+    """The spool (masks bit-packed, an empty gt_mask not spooled) and the images written straight into the
+    NPZ give the in-memory NPZ member for member, in the same order; with fewer slices than planned (files
+    that failed to decode) the streamed member is rewritten under the right shape; nothing else is left."""
+    rows, cols = 200, 180                               # padded to a square; 128 is not a multiple of 200
+    hu = _head_volume(13, rows, cols)
+    s = dicomio.Series(patient_id="P", study_uid="st", series_uid="S", hu=hu,
+                       sop_uids=[f"S.{k}" for k in range(len(hu))], positions=np.arange(len(hu)) * 5.0,
+                       instance_numbers=np.arange(len(hu)), pixel_spacing=(0.5, 0.5), slice_thickness=5.0,
+                       tilt_deg=0.0, spacing=np.full(len(hu) - 1, 5.0))
+    gt = boxes = None
+    if gt_kind != "none":
+        boxes = pd.DataFrame({"sop_uid": ["S.3", "S.11"], "x": [5.5, 60.0], "y": [7.0, 40.0],
+                              "width": [10.0, 30.5], "height": [12.0, 8.0]})
+    if gt_kind == "masks+boxes":
+        gt = {u: np.zeros((rows, cols), bool) for u in s.sop_uids}
+        gt["S.4"][100:120, 90:130] = True
+
+    def cached(name, spool=False, stream=False):
+        folder = tmp_path / name
+        folder.mkdir()
+        c = preprocess.SliceCacher(rows, cols, PAPER_WINDOWS, 128, len(hu) + planned, gt=gt, boxes=boxes,
+                                   series_uid="S", spool=folder if spool else None,
+                                   out_path=folder / "S.npz" if stream else None)
+        for k, u in zip(hu, s.sop_uids):
+            c.add(k, u)
+        row = c.write(s, folder / "S.npz")
+        assert sorted(p.name for p in folder.iterdir()) == ["S.npz"]
+        with np.load(folder / "S.npz") as z:
+            return row, {k: z[k] for k in z.files}
+
+    ref_row, ref = cached("memory")
+    for name, stream in (("spooled", False), ("streamed", True)):
+        row, got = cached(name, spool=True, stream=stream)
+        assert row == ref_row and list(got) == list(ref)
+        for k, v in ref.items():
+            assert got[k].dtype == v.dtype and got[k].shape == v.shape and got[k].tobytes() == v.tobytes(), k
+    assert ref["gt_mask"].any() == (gt_kind != "none")
+
+
+def test_a_streamed_series_given_up_leaves_nothing(tmp_path):
+    c = preprocess.SliceCacher(64, 64, PAPER_WINDOWS, 32, 4, series_uid="S", spool=tmp_path,
+                               out_path=tmp_path / "S.npz")
+    c.add(_head_volume(1, 64, 64)[0], "S.0")
+    c.close()
+    assert not any(tmp_path.iterdir())
+
+
 def _reference_of_dicom(files: pd.DataFrame, size, gt_dir=None):
     """The former path: the whole series as one HU volume (load_series), then the former cache."""
     series = dicomio.load_series(files)
@@ -314,8 +364,9 @@ def test_real_series_streamed_is_the_former_cache(shared_data, tmp_path):
     """The first 40 slices of CQ500-CT-0 (JPEG Lossless): the streamed NPZ equals the former one."""
     index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
     files = dicomio.plan_series(index).files.iloc[:40].drop(columns="_z")
-    for spool in (None, tmp_path):
-        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None, spool=spool)
+    for spool, out_path in ((None, None), (tmp_path, None), (tmp_path, tmp_path / "s.npz")):
+        series, cacher = preprocess._stream_dicom(files, PAPER_WINDOWS, 128, None, None, spool=spool,
+                                                  out_path=out_path)
         assert cacher.hu_problem() is None
         cacher.write(series, tmp_path / "s.npz")
         _, ref = _reference_of_dicom(files, 128)

@@ -184,15 +184,16 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     return cacher.write(series, out_path, not_hu=not_hu)
 
 
-def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None, jit: bool = False):
+def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None, jit: bool = False, out_path=None):
     """Decode, window, resize and mask a DICOM series one file at a time: (Series without `hu`, cacher).
 
-    `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory.
+    `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory;
+    with `out_path` (the NPZ the cacher's `write` will be given) the images go straight into it.
     `jit`: the compiled HU conversion and windows-and-resize sweep (inputs.sweep_jit; the same values)."""
     plan = dicomio.plan_series(files)
     gt = load_gt_masks(gt_dir, plan.series_uid, plan.notes)
     cacher = SliceCacher(plan.rows, plan.cols, windows, size, len(plan.files), gt=gt, boxes=boxes,
-                         series_uid=plan.series_uid, spool=spool, jit=jit)
+                         series_uid=plan.series_uid, spool=spool, jit=jit, out_path=out_path)
     try:
         for sop, hu in dicomio.iter_hu(plan, jit=jit):
             cacher.add(hu, sop)
@@ -251,7 +252,8 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
             for hu, sop in zip(series.hu, series.sop_uids):
                 cacher.add(hu, sop)
         else:   # one file at a time: memory does not grow with the series
-            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes, spool=Path(out_path).parent, jit=jit)
+            series, cacher = _stream_dicom(item, windows, size, gt_dir, boxes, spool=Path(out_path).parent, jit=jit,
+                                           out_path=out_path)
         problem = cacher.hu_problem()      # inputcheck.hu_problem of the whole series
         if problem and non_hu != "accept":
             cacher.close()

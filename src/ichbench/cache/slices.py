@@ -45,13 +45,17 @@ class SliceCacher:
     ground-truth masks by SOPInstanceUID (None: no masks); `boxes`: BHX boxes of the series' slices.
     The values' HU check (`hu_problem`) is gathered on the way, as `inputcheck.hu_problem` judges a volume.
     `spool`: a folder where the per-slice arrays at S x S are written as they come (then copied into the
-    NPZ and removed), so that memory does not grow with the series; None keeps them in memory.
+    NPZ and removed), so that memory does not grow with the series; None keeps them in memory. Spooled,
+    the masks are bit-packed (2 kB a slice at 128 px instead of 16), a gt_mask that cannot hold anything
+    (no masks, no boxes) is not spooled at all, and with `out_path` (the NPZ that `write` will be given) the
+    images go straight into the NPZ's first member, so that each cached byte is written once.
     `jit`: window and resize with the compiled sweep (`inputs.sweep_jit`) where numba is available (same values).
     """
 
     def __init__(self, rows: int, cols: int, windows: Sequence[Window], size: int, capacity: int,
                  gt: dict[str, np.ndarray] | None = None, boxes: pd.DataFrame | None = None,
-                 series_uid: str = "", spool: str | os.PathLike | None = None, jit: bool = False):
+                 series_uid: str = "", spool: str | os.PathLike | None = None, jit: bool = False,
+                 out_path: str | os.PathLike | None = None):
         self.rows, self.cols, self.windows, self.size = rows, cols, tuple(windows), size
         self.jit = jit
         self.gt, self.series_uid = gt, series_uid
@@ -71,12 +75,16 @@ class SliceCacher:
         shapes = {"images": (len(self.windows), size, size), "head_mask": (size, size),
                   "brain_mask": (size, size), "gt_mask": (size, size)}
         self._shapes = {k: (v, np.uint8 if k == "images" else bool) for k, v in shapes.items()}
-        self._spool = None
+        self._spool, self._npz = None, None
         if spool is not None:     # the per-slice arrays go to files beside the NPZ, not to memory
             Path(spool).mkdir(parents=True, exist_ok=True)
+            spooled = [k for k in shapes if k != "gt_mask" or gt is not None or self.hits]
+            if out_path is not None:
+                self._npz = _StreamedMember(_partial(out_path), "images", (n,) + shapes["images"], np.uint8)
+                spooled.remove("images")
             stem = Path(spool) / f".{series_uid or 'series'}.{os.getpid()}.spool"
-            self._spool = {k: (stem.with_name(f"{stem.name}-{k}"), None) for k in shapes}
-            # 1 MiB buffers: a slice's arrays are copied there and written 10-60 slices at a time
+            # 1 MiB buffers: a slice's arrays are copied there and written many slices at a time
+            self._spool = {k: (stem.with_name(f"{stem.name}-{k}"), None) for k in spooled}
             self._spool = {k: (path, open(path, "wb", buffering=1 << 20)) for k, (path, _) in self._spool.items()}
             self._arrays = None
         else:
@@ -112,11 +120,17 @@ class SliceCacher:
             self.brain_mean[k] = hu_small[brain].mean()
         self.head_pixels[k] = head.sum()
         gt = self._add_truth(k, sop_uid)
-        for name, value in (("images", image), ("head_mask", head), ("brain_mask", brain), ("gt_mask", gt)):
-            if self._spool is not None:
-                self._spool[name][1].write(np.ascontiguousarray(value).data)
-            else:
+        if self._spool is None:
+            for name, value in (("images", image), ("head_mask", head), ("brain_mask", brain), ("gt_mask", gt)):
                 self._arrays[name][k] = value
+        else:
+            if self._npz is not None:
+                self._npz.write(image)
+            else:
+                self._spool["images"][1].write(np.ascontiguousarray(image).data)
+            for name, value in (("head_mask", head), ("brain_mask", brain), ("gt_mask", gt)):
+                if name in self._spool:
+                    self._spool[name][1].write(np.packbits(value).data)
         self.sop_uids.append(sop_uid)
 
     def _add_truth(self, k: int, sop_uid: str) -> np.ndarray:
@@ -147,12 +161,18 @@ class SliceCacher:
         shape, dtype = self._shapes[name]
         if self._spool is None:
             return self._arrays[name][:self.n]
+        if name == "images" and self._npz is not None:
+            return self._npz
+        if name not in self._spool:
+            return _Spooled(None, (self.n,) + shape, np.dtype(dtype), "zeros")
         path, f = self._spool[name]
         f.flush()
-        return _Spooled(path, (self.n,) + shape, np.dtype(dtype))
+        return _Spooled(path, (self.n,) + shape, np.dtype(dtype), "raw" if name == "images" else "bits")
 
     def close(self) -> None:
-        """Remove the spool files (after `write`, or when the series is given up)."""
+        """Remove the spool files and an unfinished NPZ (after `write`, or when the series is given up)."""
+        if self._npz is not None:
+            self._npz.discard()
         if self._spool is not None:
             for path, f in self._spool.values():
                 f.close()
@@ -191,7 +211,9 @@ class SliceCacher:
             windows=np.array(json.dumps([w.__dict__ for w in self.windows])), image_size=np.int32(self.size),
         )
         out_path = Path(out_path)
-        tmp = out_path.with_name(out_path.name + ".partial.npz")
+        tmp = _partial(out_path)
+        if self._npz is not None and self._npz.path != tmp:
+            raise ValueError(f"series {series.series_uid}: streamed into {self._npz.path}, not {tmp}")
         try:
             if self._spool is None:
                 np.savez(tmp, **arrays)
@@ -217,29 +239,129 @@ class SliceCacher:
         }
 
 
-class _Spooled:
-    """An array written to a raw file (C order), to be copied into an NPZ without loading it."""
+def _partial(out_path: str | os.PathLike) -> Path:
+    """The temporary name an NPZ is written under before it is renamed into place."""
+    out_path = Path(out_path)
+    return out_path.with_name(out_path.name + ".partial.npz")
 
-    def __init__(self, path, shape, dtype):
-        self.path, self.shape, self.dtype = Path(path), shape, dtype
+
+class _Spooled:
+    """An array (C order) to be copied into an NPZ without loading it: a raw file (`kind` "raw"), a file of
+    bit-packed bool slices (`np.packbits` of each slice: "bits"), or all False / zero ("zeros", no file)."""
+
+    def __init__(self, path, shape, dtype, kind: str = "raw"):
+        self.path, self.shape, self.dtype, self.kind = (None if path is None else Path(path)), shape, dtype, kind
+
+    def copy_to(self, member, chunk: int = 1 << 20) -> None:
+        """The array's bytes, `chunk` bytes (about) at a time."""
+        per = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        rows = max(1, chunk // max(per, 1))
+        if self.kind == "zeros":
+            block = bytes(per * min(rows, self.shape[0]))
+            for i in range(0, self.shape[0], rows):
+                member.write(block[:per * min(rows, self.shape[0] - i)])
+            return
+        with open(self.path, "rb") as f:
+            if self.kind == "raw":
+                while data := f.read(chunk):
+                    member.write(data)
+                return
+            packed = -(-per // 8)                      # np.packbits of one slice
+            for i in range(0, self.shape[0], rows):
+                k = min(rows, self.shape[0] - i)
+                bits = np.frombuffer(f.read(packed * k), np.uint8).reshape(k, packed)
+                member.write(np.unpackbits(bits, axis=1, count=per).data)   # 0 / 1 bytes: numpy's bool
+
+
+class _StreamedMember:
+    """The temporary NPZ of a series, open on its first member (an .npy of `shape` slices), written slice by
+    slice; `finish` writes the other members after it (`_savez_spooled`'s layout)."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype):
+        import zipfile
+
+        from numpy.lib import format as npy
+
+        self.path, self.name, self.planned, self.dtype = path, name, shape, np.dtype(dtype)
+        self.n = 0                          # slices written
+        self.zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self.member = self.zip.open(name + ".npy", "w", force_zip64=True)
+        npy.write_array_header_1_0(self.member, {"shape": shape, "fortran_order": False,
+                                                 "descr": npy.dtype_to_descr(self.dtype)})
+
+    def write(self, value: np.ndarray) -> None:
+        self.member.write(np.ascontiguousarray(value, self.dtype).data)
+        self.n += 1
+
+    def finish(self, arrays: dict) -> None:
+        """The other members into the same zip. Where fewer slices came than planned (files that failed to
+        decode), the first member's header is wrong: its slices are copied into a new zip under the right one."""
+        self.member.close()
+        if self.n == self.planned[0]:
+            _write_members(self.zip, arrays)
+            self.zip.close()
+            return
+        self.zip.close()
+        import zipfile
+
+        from numpy.lib import format as npy
+
+        first = self.path.with_name(self.path.name + ".first")
+        os.replace(self.path, first)
+        try:
+            with zipfile.ZipFile(first) as old, old.open(self.name + ".npy") as src, \
+                    zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                npy.read_magic(src)
+                npy.read_array_header_1_0(src)
+                per = int(np.prod(self.planned[1:], dtype=np.int64)) * self.dtype.itemsize
+                with zf.open(self.name + ".npy", "w", force_zip64=True) as member:
+                    npy.write_array_header_1_0(member, {"shape": (self.n,) + self.planned[1:],
+                                                        "fortran_order": False,
+                                                        "descr": npy.dtype_to_descr(self.dtype)})
+                    left = per * self.n
+                    while left:
+                        data = src.read(min(left, 1 << 20))
+                        member.write(data)
+                        left -= len(data)
+                _write_members(zf, arrays)
+        finally:
+            first.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Close and remove the temporary NPZ (after `finish` and the rename, nothing is left to remove)."""
+        try:
+            self.member.close()
+            self.zip.close()
+        except Exception:   # an unfinished member of a series given up: the file goes anyway
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+def _write_members(zf, arrays: dict) -> None:
+    """Each array as an .npy member of the open zip `zf`, with the header np.save writes; `_Spooled` ones
+    copied from their files."""
+    from numpy.lib import format as npy
+
+    for name, value in arrays.items():
+        with zf.open(name + ".npy", "w", force_zip64=True) as member:
+            if not isinstance(value, _Spooled):
+                npy.write_array(member, np.asanyarray(value), allow_pickle=False)
+                continue
+            header = {"shape": value.shape, "fortran_order": False, "descr": npy.dtype_to_descr(value.dtype)}
+            npy.write_array_header_1_0(member, header)
+            value.copy_to(member)
 
 
 def _savez_spooled(path: Path, arrays: dict) -> None:
-    """np.savez(path, **arrays) where some arrays are `_Spooled`: the same members (an uncompressed zip of
-    .npy files, each with the header np.save writes), the spooled ones copied 1 MiB at a time."""
+    """np.savez(path, **arrays) where some arrays are `_Spooled` (the same members: an uncompressed zip of
+    .npy files), or where the first is a `_StreamedMember` already writing into `path`."""
     import zipfile
 
-    from numpy.lib import format as npy
-
+    first = next(iter(arrays.values()))
+    if isinstance(first, _StreamedMember):
+        if first.path != path:
+            raise ValueError(f"{first.path} is not {path}")
+        first.finish({k: v for k, v in arrays.items() if v is not first})
+        return
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for name, value in arrays.items():
-            with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                if not isinstance(value, _Spooled):
-                    npy.write_array(member, np.asanyarray(value), allow_pickle=False)
-                    continue
-                header = {"shape": value.shape, "fortran_order": False, "descr": npy.dtype_to_descr(value.dtype)}
-                npy.write_array_header_1_0(member, header)
-                with open(value.path, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        member.write(chunk)
-
+        _write_members(zf, arrays)
