@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from numpy.lib import format as npy
 
 from ..datasets import bhx
 from ..inputs.geometry import spacing_summary
@@ -83,9 +85,9 @@ class SliceCacher:
                 self._npz = _StreamedMember(_partial(out_path), "images", (n,) + shapes["images"], np.uint8)
                 spooled.remove("images")
             stem = Path(spool) / f".{series_uid or 'series'}.{os.getpid()}.spool"
+            paths = {k: stem.with_name(f"{stem.name}-{k}") for k in spooled}
             # 1 MiB buffers: a slice's arrays are copied there and written many slices at a time
-            self._spool = {k: (stem.with_name(f"{stem.name}-{k}"), None) for k in spooled}
-            self._spool = {k: (path, open(path, "wb", buffering=1 << 20)) for k, (path, _) in self._spool.items()}
+            self._spool = {k: (path, open(path, "wb", buffering=1 << 20)) for k, path in paths.items()}
             self._arrays = None
         else:
             self._arrays = {k: np.empty((n,) + shape, dtype) for k, (shape, dtype) in self._shapes.items()}
@@ -278,16 +280,11 @@ class _StreamedMember:
     slice; `finish` writes the other members after it (`_savez_spooled`'s layout)."""
 
     def __init__(self, path: Path, name: str, shape: tuple[int, ...], dtype):
-        import zipfile
-
-        from numpy.lib import format as npy
-
         self.path, self.name, self.planned, self.dtype = path, name, shape, np.dtype(dtype)
         self.n = 0                          # slices written
-        self.zip = zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self.zip = _new_zip(path)
         self.member = self.zip.open(name + ".npy", "w", force_zip64=True)
-        npy.write_array_header_1_0(self.member, {"shape": shape, "fortran_order": False,
-                                                 "descr": npy.dtype_to_descr(self.dtype)})
+        _npy_header(self.member, shape, self.dtype)
 
     def write(self, value: np.ndarray) -> None:
         self.member.write(np.ascontiguousarray(value, self.dtype).data)
@@ -302,22 +299,15 @@ class _StreamedMember:
             self.zip.close()
             return
         self.zip.close()
-        import zipfile
-
-        from numpy.lib import format as npy
-
         first = self.path.with_name(self.path.name + ".first")
         os.replace(self.path, first)
         try:
-            with zipfile.ZipFile(first) as old, old.open(self.name + ".npy") as src, \
-                    zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zipfile.ZipFile(first) as old, old.open(self.name + ".npy") as src, _new_zip(self.path) as zf:
                 npy.read_magic(src)
                 npy.read_array_header_1_0(src)
                 per = int(np.prod(self.planned[1:], dtype=np.int64)) * self.dtype.itemsize
                 with zf.open(self.name + ".npy", "w", force_zip64=True) as member:
-                    npy.write_array_header_1_0(member, {"shape": (self.n,) + self.planned[1:],
-                                                        "fortran_order": False,
-                                                        "descr": npy.dtype_to_descr(self.dtype)})
+                    _npy_header(member, (self.n,) + self.planned[1:], self.dtype)
                     left = per * self.n
                     while left:
                         data = src.read(min(left, 1 << 20))
@@ -337,31 +327,35 @@ class _StreamedMember:
         self.path.unlink(missing_ok=True)
 
 
+def _new_zip(path: Path) -> zipfile.ZipFile:
+    """An NPZ open for writing, as np.savez makes it (uncompressed members)."""
+    return zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+
+
+def _npy_header(member, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """The .npy header np.save writes for a C-order array of `shape` and `dtype`."""
+    npy.write_array_header_1_0(member, {"shape": shape, "fortran_order": False, "descr": npy.dtype_to_descr(dtype)})
+
+
 def _write_members(zf, arrays: dict) -> None:
     """Each array as an .npy member of the open zip `zf`, with the header np.save writes; `_Spooled` ones
     copied from their files."""
-    from numpy.lib import format as npy
-
     for name, value in arrays.items():
         with zf.open(name + ".npy", "w", force_zip64=True) as member:
             if not isinstance(value, _Spooled):
                 npy.write_array(member, np.asanyarray(value), allow_pickle=False)
                 continue
-            header = {"shape": value.shape, "fortran_order": False, "descr": npy.dtype_to_descr(value.dtype)}
-            npy.write_array_header_1_0(member, header)
+            _npy_header(member, value.shape, value.dtype)
             value.copy_to(member)
 
 
 def _savez_spooled(path: Path, arrays: dict) -> None:
     """np.savez(path, **arrays) where some arrays are `_Spooled` (the same members: an uncompressed zip of
-    .npy files), or where the first is a `_StreamedMember` already writing into `path`."""
-    import zipfile
-
+    .npy files), or where the first is a `_StreamedMember` already writing into `path` (`SliceCacher.write`
+    checks that it is)."""
     first = next(iter(arrays.values()))
     if isinstance(first, _StreamedMember):
-        if first.path != path:
-            raise ValueError(f"{first.path} is not {path}")
         first.finish({k: v for k, v in arrays.items() if v is not first})
         return
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    with _new_zip(path) as zf:
         _write_members(zf, arrays)
