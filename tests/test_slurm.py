@@ -15,6 +15,8 @@ CI-only settings on the command line (the profile itself is used as users use it
   mem_mb=1000                      any CI machine can hold the jobs (the rules ask 2-8 GB)
   --max-threads 2                  the local reference ran with --cores 2: same threads, same numbers
   --set-threads train=1 score=1    the profile's 4 threads per GPU job would change the numbers
+  --set-threads table1=1 strata=1  the report job asks strata's threads + figure1's: 3 CPUs, more than the
+                                   2-CPU CI node has (SLURM would keep it pending); values do not depend on it
   train.device: auto               (the reference's cpu) so that the train and score jobs ask for a GPU
 """
 from __future__ import annotations
@@ -123,8 +125,10 @@ def slurm_run(slurm, tmp_path_factory):
         "--groups", *as_cli(groups, lambda r, g: f"{r}={g}"),
         "--group-components", *as_cli(profile.get("group-components", {}), lambda g, n: f"{g}={n}"),
         "--set-resources", *set_resources,
-        # the profile gives GPU jobs 4 threads; the local reference trained with 1 (same numbers need the same)
-        "--set-threads", "train=1", "score=1",
+        # the profile gives GPU jobs 4 threads; the local reference trained with 1 (same numbers need the same).
+        # The report job runs strata beside figure1 and asks the sum of their threads: table.threads (2) + 1
+        # would be more than a 2-CPU node has, and SLURM would hold it pending (PartitionConfig) for ever
+        "--set-threads", "train=1", "score=1", "table1=1", "strata=1",
     ]
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(project.tree / "Snakefile"),
            "--directory", str(work), *args]
