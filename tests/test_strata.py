@@ -163,3 +163,16 @@ def test_bootstrap_draws_equal_the_repeated_units_auc(tmp_path):
     ref = stats.curve_metrics(u["y"], u["score"], counts[:, pidx])["AUC"]
     assert value == pytest.approx(100 * roc_auc_score(u["y"], u["score"]))
     np.testing.assert_allclose(draws, ref)
+
+
+def test_positions_of_categorical_ids_are_get_indexer_of_the_text():
+    """The lookup kept from row to row gives pd.Index.get_indexer's rows for categorical IDs (unused categories,
+    IDs without facts, missing values) and for plain text, before and after its categories change."""
+    keys = ["s3", "s1", "s7", "s2"]
+    at = strata.Positions(keys)
+    text = pd.Series(["s1", "s9", None, "s2", "s1", "s7"], dtype=object)
+    for cats in (["s1", "s2", "s7", "s9", "unused"], ["s0", "s1", "s2", "s7", "s9"]):
+        ids = text.astype(pd.CategoricalDtype(cats))
+        for _ in range(2):                                      # the second call reuses the categories' rows
+            np.testing.assert_array_equal(at(ids), pd.Index(keys).get_indexer(text))
+    np.testing.assert_array_equal(at(text), [1, -1, -1, 3, 1, 2])

@@ -185,6 +185,24 @@ def read_facts(manifests, series_tables=None) -> tuple[pd.DataFrame, pd.DataFram
 Stratum = tuple[str, str, np.ndarray, "np.ndarray | None"]     # kind, name, anomalous units, its normals (None: all)
 
 
+class Positions:
+    """Rows of unique `keys` for unit IDs (`pd.Index(keys).get_indexer(ids)`, -1 where absent), its hash table
+    built once for every row; categorical IDs (read_scores') looked up once per category, not per unit."""
+
+    def __init__(self, keys):
+        self.index = pd.Index(keys)
+        self._cats: tuple | None = None                # (categories, their rows) last looked up
+
+    def __call__(self, ids: pd.Series) -> np.ndarray:
+        if not isinstance(ids.dtype, pd.CategoricalDtype):
+            return self.index.get_indexer(ids)
+        cats = ids.cat.categories
+        if self._cats is None or not (self._cats[0] is cats or self._cats[0].equals(cats)):
+            self._cats = (cats, self.index.get_indexer(cats))
+        codes = ids.cat.codes.to_numpy()
+        return np.where(codes >= 0, self._cats[1][np.maximum(codes, 0)], -1)
+
+
 def _fact(frame: pd.DataFrame, col: str, idx: np.ndarray, fill=np.nan) -> np.ndarray:
     """frame[col] at rows idx, `fill` where idx is -1 (a unit without facts)."""
     if frame.empty or col not in frame:
@@ -199,12 +217,14 @@ def _text_strata(kind: str, values: np.ndarray, anom, normal) -> Iterator[Stratu
 
 
 def slice_strata(u: pd.DataFrame, slices: pd.DataFrame, series: pd.DataFrame,
-                 size_bins: Sequence[float] = SIZE_BINS_MM2) -> Iterator[Stratum]:
-    """The slice strata of one row's test slice units (see the module docstring)."""
+                 size_bins: Sequence[float] = SIZE_BINS_MM2, slice_at: Positions | None = None,
+                 series_at: Positions | None = None) -> Iterator[Stratum]:
+    """The slice strata of one row's test slice units (see the module docstring). `slice_at`, `series_at`: the
+    lookups of `slices` and `series` by ID, kept from row to row."""
     anom = ((u["y"] == 1) & (u["scan_label"] == 1)).to_numpy()
     normal = (u["scan_label"] == 0).to_numpy()
     yield "all", "all", anom, None
-    si = pd.Index(slices["sop_uid"]).get_indexer(u["sop_uid"])
+    si = (slice_at or Positions(slices["sop_uid"]))(u["sop_uid"])
     area = _fact(slices, "area_mm2", si).astype(float)
     size = bin_of(np.where(area > 0, area, np.nan), size_bins)
     for name in bin_labels(size_bins):
@@ -212,7 +232,7 @@ def slice_strata(u: pd.DataFrame, slices: pd.DataFrame, series: pd.DataFrame,
     third = _fact(slices, "third", si, -1)
     for k, name in enumerate(POSITIONS):
         yield "slice position", name, anom & (third == k), None
-    ser = pd.Index(series["series_uid"]).get_indexer(u["series_uid"])
+    ser = (series_at or Positions(series["series_uid"]))(u["series_uid"])
     for kind, (col, edges) in ACQUISITION_BINS.items():
         lab = bin_of(_fact(series, col, ser).astype(float), edges)
         for name in bin_labels(edges):
@@ -228,12 +248,12 @@ def slice_strata(u: pd.DataFrame, slices: pd.DataFrame, series: pd.DataFrame,
         yield "subtype", "no bleed code", anom & _fact(series.assign(_k=codes == ""), "_k", ser, False), None
 
 
-def scan_strata(u: pd.DataFrame, series: pd.DataFrame,
-                volume_bins: Sequence[float] = VOLUME_BINS_ML) -> Iterator[Stratum]:
+def scan_strata(u: pd.DataFrame, series: pd.DataFrame, volume_bins: Sequence[float] = VOLUME_BINS_ML,
+                series_at: Positions | None = None) -> Iterator[Stratum]:
     """The scan strata of one row's test scan units: all, bleed volume."""
     anom = (u["y"] == 1).to_numpy()
     yield "all", "all", anom, None
-    ser = pd.Index(series["series_uid"]).get_indexer(u["series_uid"])
+    ser = (series_at or Positions(series["series_uid"]))(u["series_uid"])
     vol = np.where(ser >= 0, series["volume_ml"].to_numpy(float)[np.maximum(ser, 0)], np.nan)
     lab = bin_of(np.where(vol > 0, vol, np.nan), volume_bins)
     for name in bin_labels(volume_bins):
@@ -377,11 +397,13 @@ def strata_table(scores: pd.DataFrame, manifests, series_table, method_order: Se
     from_truth = "slice_truth" in t and bool(((t["scan_label"] == 1) & (t["slice_truth"] >= 0)).any())
     kw = dict(targets=targets, min_units=min_units, n_boot=n_boot, seed=seed)
     name = f"top{top_k}" if scan_aggregation == "topk" else scan_aggregation
+    slice_at, series_at = Positions(slices["sop_uid"]), Positions(series["series_uid"])
     parts = [level_table(stats.slice_units(scores, from_truth, "test"), stats.slice_units(scores, from_truth, "val"),
-                         lambda u: slice_strata(u, slices, series, size_bins_mm2), method_order, level="slice",
-                         labels="slice truth" if from_truth else "configured labels", **kw),
+                         lambda u: slice_strata(u, slices, series, size_bins_mm2, slice_at, series_at), method_order,
+                         level="slice", labels="slice truth" if from_truth else "configured labels", **kw),
              level_table(stats.scan_units(scores, scan_aggregation, top_k, "test"),
                          stats.scan_units(scores, scan_aggregation, top_k, "val"),
-                         lambda u: scan_strata(u, series, volume_bins_ml), method_order, level=f"scan ({name})",
+                         lambda u: scan_strata(u, series, volume_bins_ml, series_at), method_order,
+                         level=f"scan ({name})",
                          labels="scan label", **kw)]
     return pd.concat([p for p in parts if not p.empty] or [parts[0]], ignore_index=True)
