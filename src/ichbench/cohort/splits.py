@@ -25,6 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..inputs.npz import read_members as npz_members
+
 
 MANIFEST_COLUMNS = ["fold", "part", "patient_id", "study_uid", "series_uid", "sop_uid", "slice_index",
                     "npz", "scan_label", "slice_truth", "label", "protocol", "scan_id"]
@@ -54,15 +56,17 @@ def collect_slices(shard_dirs: Sequence[str | os.PathLike], min_area_mm2: float 
         table = pd.read_csv(d / "series.csv", dtype={"patient_id": str, "series_uid": str, "study_uid": str})
         for _, s in table.iterrows():
             path = d / s["npz"]
-            with np.load(path, allow_pickle=False) as z:
-                sops = z["sop_uids"].astype(str)
-                if not bool(z["has_gt"]):
-                    truth = np.full(len(sops), -1)
-                elif "gt_pixels" in z.files:
-                    truth = slice_truth(z["gt_pixels"], z["gt_area_mm2"], min_area_mm2)
-                else:
-                    raise ValueError(f"{path} was cached before slice truth came from full-resolution masks; "
-                                     "rerun preprocessing (delete results/data/cache)")
+            z = npz_members(path, ("sop_uids", "has_gt", "gt_pixels", "gt_area_mm2"))
+            if "sop_uids" not in z or "has_gt" not in z:
+                raise ValueError(f"{path}: no sop_uids or has_gt; not a cached series (rerun preprocessing)")
+            sops = z["sop_uids"].astype(str)
+            if not bool(z["has_gt"]):
+                truth = np.full(len(sops), -1)
+            elif "gt_pixels" in z:
+                truth = slice_truth(z["gt_pixels"], z["gt_area_mm2"], min_area_mm2)
+            else:
+                raise ValueError(f"{path} was cached before slice truth came from full-resolution masks; "
+                                 "rerun preprocessing (delete results/data/cache)")
             rows.append(pd.DataFrame({
                 "patient_id": s["patient_id"], "study_uid": s["study_uid"], "series_uid": s["series_uid"],
                 "sop_uid": sops, "slice_index": np.arange(len(sops)), "npz": str(path), "slice_truth": truth,

@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from ..cohort.splits import read_manifest
+from ..inputs.npz import read_members as npz_members
 
 #: statistic -> what it is (the table's wording).
 STATISTICS = {
@@ -36,16 +37,16 @@ def slice_statistics(rows: pd.DataFrame) -> pd.DataFrame:
     """The STATISTICS of the slices named by manifest rows (npz, slice_index), in row order."""
     out = pd.DataFrame(index=rows.index, columns=list(STATISTICS), dtype=float)
     for path, g in rows.groupby("npz", sort=False):
-        with np.load(path, allow_pickle=False) as z:
-            if "head_area_mm2" not in z.files:
-                raise ValueError(f"{path} was cached without the per-slice statistics of the confound table; "
-                                 "rerun preprocessing (delete results/data/cache)")
-            idx = g["slice_index"].to_numpy(int)
-            rows_, cols = (int(v) for v in z["original_size"])
-            out.loc[g.index, "head_area_mm2"] = z["head_area_mm2"][idx]
-            out.loc[g.index, "brain_mean_hu"] = z["brain_mean_hu"][idx]
-            out.loc[g.index, "image_pixels"] = float(rows_ * cols)
-            out.loc[g.index, "pixel_spacing_mm"] = float(np.mean(z["pixel_spacing"]))
+        z = npz_members(path, ("head_area_mm2", "brain_mean_hu", "original_size", "pixel_spacing"))
+        if "head_area_mm2" not in z:
+            raise ValueError(f"{path} was cached without the per-slice statistics of the confound table; "
+                             "rerun preprocessing (delete results/data/cache)")
+        idx = g["slice_index"].to_numpy(int)
+        rows_, cols = (int(v) for v in z["original_size"])
+        out.loc[g.index, "head_area_mm2"] = z["head_area_mm2"][idx]
+        out.loc[g.index, "brain_mean_hu"] = z["brain_mean_hu"][idx]
+        out.loc[g.index, "image_pixels"] = float(rows_ * cols)
+        out.loc[g.index, "pixel_spacing_mm"] = float(np.mean(z["pixel_spacing"]))
     return out
 
 
