@@ -1,0 +1,117 @@
+"""What each per-slice step of preprocessing costs beside the bare decode, in milliseconds of CPU a slice.
+
+Issue 24 item 1: where `ichbench preprocess` spends more than `pydicom.dcmread` + the rescale on
+uncompressed files. Reads the files of the largest series of a DICOM folder (default: the real
+CQ500-CT-0 in ../shared/data), decodes them once, then times each step of `cache/slices.SliceCacher.add`
+on every slice, in this process, best of `--repeats` (CPU time, `time.process_time`):
+
+    bare decode   dcmread + pixel_array * RescaleSlope + RescaleIntercept (float32), the bench's baseline
+    to_hu         the compiled stored -> HU conversion (inputs/sweep_jit.to_hu)
+    hu_check      inputcheck.HuSample.add (the series' HU check, gathered slice by slice)
+    window_resize the three windows and the HU at 128 px (inputs/sweep.window_resize, compiled)
+    quantise      windowing.quantise (the uint8 codes)
+    head_mask     masks.head_mask at 128 px
+    brain_mask    masks.brain_mask at 128 px (given the head)
+    packbits      np.packbits of the two masks (the spool's writes)
+
+    PYTHONPATH=src .venv/bin/python scripts/bench_slice_steps.py [--dicom DIR] [--slices 300] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def per_slice(fn, items, repeats: int) -> float:
+    """Best CPU milliseconds per item of `fn` over `items`."""
+    best = float("inf")
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for x in items:
+            fn(x)
+        best = min(best, time.process_time() - c0)
+    return best / max(len(items), 1) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dicom", default=str(ROOT.parent / "shared/data/cq500/dicom"), help="a DICOM folder")
+    ap.add_argument("--slices", type=int, default=300, help="at most this many files of its largest series")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    os.environ.setdefault("ICHBENCH_JIT", "1")
+    sys.path.insert(0, str(ROOT / "src"))
+    import pydicom
+
+    from ichbench.bench.machine import machine
+    from ichbench.inputs import masks, sweep_jit
+    from ichbench.inputs.inputcheck import HuSample
+    from ichbench.inputs.sweep import window_resize
+    from ichbench.inputs.windowing import PAPER_WINDOWS, quantise
+
+    paths = sorted(p for p in Path(a.dicom).rglob("*") if p.is_file())
+    heads = {}
+    for p in paths:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            heads[p] = (str(ds.SeriesInstanceUID), int(ds.Rows), int(ds.Columns))
+        except Exception:                     # not DICOM, or no series / size: not a slice of a series
+            continue
+    if not heads:
+        sys.exit(f"{a.dicom}: no DICOM file with a series UID and a size")
+    series = collections.Counter(heads.values()).most_common(1)[0][0]
+    files = [p for p, h in heads.items() if h == series][:a.slices]
+    raws, hus = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in files:
+            ds = pydicom.dcmread(p)
+            raw = ds.pixel_array
+            raws.append((raw, float(ds.RescaleSlope), float(ds.RescaleIntercept)))
+            hus.append(np.maximum(raw.astype(np.float32) * np.float32(ds.RescaleSlope)
+                                  + np.float32(ds.RescaleIntercept), np.float32(-1024)))
+
+    def bare(p):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p)
+            return ds.pixel_array.astype(np.float32) * np.float32(ds.RescaleSlope) + np.float32(ds.RescaleIntercept)
+
+    out = np.empty(hus[0].shape, np.float32)
+    small = [window_resize(h, PAPER_WINDOWS, 128, jit=True) for h in hus]
+    heads128 = [masks.head_mask(s[1]) for s in small]
+    sample = HuSample()
+    rows = [
+        ("bare decode", per_slice(bare, files, a.repeats)),
+        ("to_hu", per_slice(lambda r: sweep_jit.to_hu(r[0], r[1], r[2], out), raws, a.repeats)),
+        ("hu_check", per_slice(sample.add, hus, a.repeats)),
+        ("window_resize", per_slice(lambda h: window_resize(h, PAPER_WINDOWS, 128, jit=True), hus, a.repeats)),
+        ("quantise", per_slice(lambda s: quantise(s[0]), small, a.repeats)),
+        ("head_mask", per_slice(lambda s: masks.head_mask(s[1]), small, a.repeats)),
+        ("brain_mask", per_slice(lambda k: masks.brain_mask(small[k][1], heads128[k]), range(len(small)),
+                                 a.repeats)),
+        ("packbits", per_slice(lambda m: (np.packbits(m), np.packbits(m)), heads128, a.repeats)),
+    ]
+    load = os.getloadavg()
+    print(f"# bench_slice_steps  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  {machine()}  "
+          f"load {load[0]:.2f}")
+    print(f"# {len(files)} files of series {series[0]} ({series[1]} x {series[2]}) in {a.dicom}")
+    print("| step | CPU ms a slice |\n|---|---|")
+    for name, ms in rows:
+        print(f"| {name} | {ms:.3f} |")
+    steps = sum(ms for name, ms in rows if name != "bare decode")
+    print(f"| the steps beside the decode, together | {steps:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
