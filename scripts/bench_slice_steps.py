@@ -1,8 +1,9 @@
 """What each per-slice step of preprocessing costs beside the bare decode, in milliseconds of CPU a slice.
 
 Issue 24 item 1: where `ichbench preprocess` spends more than `pydicom.dcmread` + the rescale on
-uncompressed files. Reads the files of the largest series of a DICOM folder (default: the real
-CQ500-CT-0 in ../shared/data), decodes them once, then times each step of `cache/slices.SliceCacher.add`
+uncompressed files. Reads at most `--slices` files of the largest series of a DICOM folder (default: the real
+CQ500-CT-0 in ../shared/data; the pipeline's header index and series plan), decodes them once
+(`dicomio.iter_hu`), then times each step of `cache/slices.SliceCacher.add`
 on every slice, in this process, best of `--repeats` (CPU time, `time.process_time`), with the C heap settings
 of every `ichbench` command (`training.heap`):
 
@@ -20,8 +21,8 @@ of every `ichbench` command (`training.heap`):
 from __future__ import annotations
 
 import argparse
-import collections
 import datetime
+import itertools
 import os
 import sys
 import time
@@ -56,7 +57,7 @@ def main() -> None:
     import pydicom
 
     from ichbench.bench.machine import machine
-    from ichbench.inputs import masks, sweep_jit
+    from ichbench.inputs import dicom_index, dicomio, masks, sweep_jit
     from ichbench.inputs.inputcheck import HuSample
     from ichbench.inputs.sweep import window_resize
     from ichbench.inputs.windowing import PAPER_WINDOWS, quantise
@@ -64,27 +65,22 @@ def main() -> None:
 
     keep_freed_memory()          # the C heap settings every `ichbench` command runs with (cli.main)
 
-    paths = sorted(p for p in Path(a.dicom).rglob("*") if p.is_file())
-    heads = {}
-    for p in paths:
-        try:
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            heads[p] = (str(ds.SeriesInstanceUID), int(ds.Rows), int(ds.Columns))
-        except Exception:                     # not DICOM, or no series / size: not a slice of a series
-            continue
-    if not heads:
-        sys.exit(f"{a.dicom}: no DICOM file with a series UID and a size")
-    series = collections.Counter(heads.values()).most_common(1)[0][0]
-    files = [p for p, h in heads.items() if h == series][:a.slices]
-    raws, hus = [], []
+    index, _ = dicom_index.index_folder(a.dicom)              # the pipeline's header index and series plan
+    if index.empty:
+        sys.exit(f"{a.dicom}: no usable CT image file")
+    series = index["series_uid"].value_counts().idxmax()
+    plan = dicomio.plan_series(index[index["series_uid"] == series])
+    decoded = list(itertools.islice(dicomio.iter_hu(plan, reuse=False, jit=True), a.slices))
+    if not decoded:
+        sys.exit(f"{a.dicom}: no file of series {series} decodes")
+    hus = [hu for _, hu in decoded]
+    files = [plan.files["path"].iloc[i] for i in plan.decoded[:len(hus)]]
+    raws = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for p in files:
             ds = pydicom.dcmread(p)
-            raw = ds.pixel_array
-            raws.append((raw, float(ds.RescaleSlope), float(ds.RescaleIntercept)))
-            hus.append(np.maximum(raw.astype(np.float32) * np.float32(ds.RescaleSlope)
-                                  + np.float32(ds.RescaleIntercept), np.float32(-1024)))
+            raws.append((ds.pixel_array, float(ds.RescaleSlope), float(ds.RescaleIntercept)))
 
     def bare(p):
         with warnings.catch_warnings():
@@ -95,6 +91,7 @@ def main() -> None:
     out = np.empty(hus[0].shape, np.float32)
     small = [window_resize(h, PAPER_WINDOWS, 128, jit=True) for h in hus]
     heads128 = [masks.head_mask(s[1]) for s in small]
+    brains128 = [masks.brain_mask(s[1], h) for s, h in zip(small, heads128)]
     sample = HuSample()
     rows = [
         ("bare decode", per_slice(bare, files, a.repeats)),
@@ -110,12 +107,13 @@ def main() -> None:
         ("  of it: hole filling", per_slice(masks._fill_holes, heads128, a.repeats)),
         ("brain_mask", per_slice(lambda k: masks.brain_mask(small[k][1], heads128[k]), range(len(small)),
                                  a.repeats)),
-        ("packbits", per_slice(lambda m: (np.packbits(m), np.packbits(m)), heads128, a.repeats)),
+        ("packbits", per_slice(lambda k: (np.packbits(heads128[k]), np.packbits(brains128[k])), range(len(small)),
+                               a.repeats)),
     ]
     load = os.getloadavg()
     print(f"# bench_slice_steps  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  {machine()}  "
           f"load {load[0]:.2f}")
-    print(f"# {len(files)} files of series {series[0]} ({series[1]} x {series[2]}) in {a.dicom}")
+    print(f"# {len(files)} files of series {series} ({plan.rows} x {plan.cols}) in {a.dicom}")
     print("| step | CPU ms a slice |\n|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
