@@ -14,6 +14,7 @@ of every `ichbench` command (`training.heap`):
     quantise      windowing.quantise (the uint8 codes)
     head_mask     masks.head_mask at 128 px (and its parts: labelling alone, the largest component, hole filling)
     brain_mask    masks.brain_mask at 128 px (given the head)
+    head + brain compiled   both masks in one compiled pass (masks.head_and_brain(jit=True), sweep_jit.masks)
     packbits      np.packbits of the two masks (the spool's writes)
 
     PYTHONPATH=src .venv/bin/python scripts/bench_slice_steps.py [--dicom DIR] [--slices 300] [--repeats 3]
@@ -107,6 +108,7 @@ def main() -> None:
         ("  of it: hole filling", per_slice(masks._fill_holes, heads128, a.repeats)),
         ("brain_mask", per_slice(lambda k: masks.brain_mask(small[k][1], heads128[k]), range(len(small)),
                                  a.repeats)),
+        ("head + brain compiled", per_slice(lambda s: masks.head_and_brain(s[1], jit=True), small, a.repeats)),
         ("packbits", per_slice(lambda k: (np.packbits(heads128[k]), np.packbits(brains128[k])), range(len(small)),
                                a.repeats)),
     ]
@@ -117,8 +119,12 @@ def main() -> None:
     print("| step | CPU ms a slice |\n|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
-    steps = sum(ms for name, ms in rows if name != "bare decode" and not name.startswith(" "))
-    print(f"| the steps beside the decode, together | {steps:.3f} |")
+    ms = dict(rows)
+    steps = sum(v for name, v in rows if name not in ("bare decode", "head + brain compiled") and name[0] != " ")
+    print(f"| the steps beside the decode, together (OpenCV masks) | {steps:.3f} |")
+    compiled = steps - ms["head_mask"] - ms["brain_mask"] + ms["head + brain compiled"]
+    label = "the steps beside the decode, together (compiled masks, preprocess from JIT_MIN_SLICES)"
+    print(f"| {label} | {compiled:.3f} |")
 
 
 if __name__ == "__main__":

@@ -622,3 +622,87 @@ def test_compiled_sweep_is_used_from_its_break_even_unless_forced(monkeypatch, e
         monkeypatch.setenv("ICHBENCH_JIT", env)
     assert preprocess.use_jit(preprocess.JIT_MIN_SLICES - 1) is small
     assert preprocess.use_jit(preprocess.JIT_MIN_SLICES) is large
+
+
+def _mask_cases():
+    """HU maps the compiled masks must get as OpenCV's: heads with and without a skull, bone on the edge, noise,
+    ties of equal components, single rows and columns, NaN, all air, all tissue, float64."""
+    rng = np.random.default_rng(11)
+    vol = _head_volume(4, 128, 128, seed=5)
+    cases = list(vol)
+    cases.append(np.where(vol[1] > 500, 30.0, vol[1]).astype(np.float32))      # no skull: the eroded head
+    edge = vol[2].copy()
+    edge[:, :20] = 900.0
+    cases.append(edge)
+    open_skull = vol[3].copy()
+    open_skull[60:68, :] = 30.0                                                  # a ring with a gap
+    cases.append(open_skull)
+    for i in range(240):
+        shape = (1, int(rng.integers(1, 30))) if i % 17 == 0 else (int(rng.integers(1, 30)), 1) if i % 17 == 1 \
+            else tuple(int(v) for v in rng.integers(2, 70, 2))
+        kind = i % 5
+        if kind == 0:
+            hu = rng.normal(0, 600, shape)
+        elif kind == 1:
+            hu = rng.choice([-1000.0, 30.0, 500.0, -15.0, 100.0, -500.0, 300.0], shape)
+        elif kind == 2:                                   # many components of equal size: the tie
+            hu = np.full(shape, -1000.0)
+            hu[::2, ::2] = 40.0
+        elif kind == 3:
+            hu = np.full(shape, -1000.0 if i % 2 else 40.0)
+        else:
+            hu = rng.choice([-1000.0, 30.0, 900.0], shape, p=[0.3, 0.5, 0.2])
+        hu = hu.astype(np.float32) if i % 3 else hu
+        if i % 7 == 3:
+            hu = np.array(hu)
+            hu.flat[int(rng.integers(hu.size))] = np.nan
+        cases.append(hu)
+    return cases
+
+
+def test_compiled_masks_are_the_opencv_and_scipy_ones():
+    from ichbench.inputs import sweep_jit
+
+    assert sweep_jit._kernel(sweep_jit._masks) is not None, "numba is a dependency: the compiled masks must be there"
+    for k, hu in enumerate(_mask_cases()):
+        h = masks.head_mask(hu)
+        b = masks.brain_mask(hu, h)
+        ch, cb = masks.head_and_brain(hu, jit=True)
+        assert ch.dtype == bool and cb.dtype == bool and ch.shape == hu.shape and cb.shape == hu.shape
+        assert np.array_equal(ch, h) and np.array_equal(cb, b), (k, hu.shape, hu.dtype)
+        if k % 4 == 0:                                    # and the scipy algorithms of before
+            assert np.array_equal(ch, _old_head_mask(hu)) and np.array_equal(cb, _old_brain_mask(hu, ch))
+
+
+def test_compiled_masks_of_real_slices(shared_data):
+    index, _ = dicom_index.index_folder(shared_data / "cq500" / "dicom" / "CQ500-CT-0")
+    suid = index["series_uid"].value_counts().idxmax()
+    plan = dicomio.plan_series(index[index["series_uid"] == suid])
+    n = 0
+    for _, hu in dicomio.iter_hu(plan, reuse=False):
+        _, small = window_resize(hu, PAPER_WINDOWS, 128)
+        h, b = masks.head_and_brain(small, jit=True)
+        assert np.array_equal(h, masks.head_mask(small)) and np.array_equal(b, masks.brain_mask(small, h))
+        n += 1
+    assert n > 100
+
+
+def test_compiled_masks_without_numba_cache_or_switched_off(monkeypatch):
+    """No usable numba cache folder: the masks' kernel and its helpers compiled for the process, same masks;
+    ICHBENCH_JIT=0: OpenCV's masks."""
+    from numba.core import caching
+
+    from ichbench.inputs import sweep_jit
+
+    hu = _head_volume(1, 64, 64, seed=8)[0]
+    ref = masks.head_mask(hu), masks.brain_mask(hu, masks.head_mask(hu))
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])
+    fn = sweep_jit._compile(sweep_jit._masks)
+    head, brain = np.empty(hu.shape, np.uint8), np.empty(hu.shape, np.uint8)
+    fn(hu, masks.AIR_HU, masks.BONE_HU, masks.BRAIN_HU[0], masks.BRAIN_HU[1], head, brain)
+    assert np.array_equal(head.view(bool), ref[0]) and np.array_equal(brain.view(bool), ref[1])
+    monkeypatch.setenv("ICHBENCH_JIT", "0")
+    monkeypatch.setattr(sweep_jit, "_STATE", {})
+    assert sweep_jit.masks(hu, masks.AIR_HU, masks.BONE_HU, masks.BRAIN_HU) is None
+    off = masks.head_and_brain(hu, jit=True)
+    assert np.array_equal(off[0], ref[0]) and np.array_equal(off[1], ref[1])

@@ -203,9 +203,10 @@ def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None,
         raise
 
 
-#: slices one process caches from which the compiled sweep (inputs/sweep_jit.py) pays for its start-up
-#: (numba's import and the kernel's load from its cache, see docs/performance.md)
-JIT_MIN_SLICES = 1000
+#: slices one process caches from which the compiled kernels (inputs/sweep_jit.py: HU, windows sweep, masks) pay
+#: for their start-up (numba's import and first dispatch, about 0.37 CPU-s, against 0.55 ms saved a 512 px slice;
+#: docs/performance.md)
+JIT_MIN_SLICES = 700
 
 
 def use_jit(slices_per_process: float) -> bool:

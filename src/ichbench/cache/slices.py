@@ -23,7 +23,7 @@ from numpy.lib import format as npy
 from ..datasets import bhx
 from ..inputs.geometry import spacing_summary
 from ..inputs.inputcheck import HuSample, square_padding
-from ..inputs.masks import brain_mask, head_mask
+from ..inputs.masks import head_and_brain
 from ..inputs.sweep import window_resize
 from ..inputs.windowing import Window, quantise, resize_mask
 
@@ -51,7 +51,8 @@ class SliceCacher:
     the masks are bit-packed (2 kB a slice at 128 px instead of 16), a gt_mask that cannot hold anything
     (no masks, no boxes) is not spooled at all, and with `out_path` (the NPZ that `write` will be given) the
     images go straight into the NPZ's first member, so that each cached byte is written once.
-    `jit`: window and resize with the compiled sweep (`inputs.sweep_jit`) where numba is available (same values).
+    `jit`: window and resize with the compiled sweep, and the masks in one compiled pass (`inputs.sweep_jit`)
+    where numba is available (same values).
     """
 
     def __init__(self, rows: int, cols: int, windows: Sequence[Window], size: int, capacity: int,
@@ -115,8 +116,7 @@ class SliceCacher:
             hu = self._pad
         windowed, hu_small = window_resize(hu, self.windows, self.size, jit=self.jit)
         image = quantise(windowed)
-        h = head_mask(hu_small)
-        b = brain_mask(hu_small, h)
+        h, b = head_and_brain(hu_small, jit=self.jit)
         head, brain = h & self.inside_small, b & self.inside_small
         if brain.any():
             self.brain_mean[k] = hu_small[brain].mean()

@@ -89,6 +89,19 @@ def brain_mask(hu: np.ndarray, head: np.ndarray | None = None) -> np.ndarray:
     return _dilate(_erode(soft & inner))
 
 
+def head_and_brain(hu: np.ndarray, jit: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) HU -> (head_mask(hu), brain_mask(hu)); `jit`: both in one compiled pass (`sweep_jit.masks`, numba)
+    where it is available, the same masks."""
+    if jit:
+        from . import sweep_jit
+
+        both = sweep_jit.masks(hu, AIR_HU, BONE_HU, BRAIN_HU)
+        if both is not None:
+            return both
+    head = head_mask(hu)
+    return head, brain_mask(hu, head)
+
+
 def masks_for_volume(hu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, H, W) HU -> (head, brain) boolean masks of the same shape."""
     heads = np.zeros(hu.shape, dtype=bool)
