@@ -15,6 +15,8 @@ of every `ichbench` command (`training.heap`):
     head_mask     masks.head_mask at 128 px (and its parts: labelling alone, the largest component, hole filling)
     brain_mask    masks.brain_mask at 128 px (given the head)
     head + brain compiled   both masks in one compiled pass (masks.head_and_brain(jit=True), sweep_jit.masks)
+    window_resize with the HU sample, hu_check of that sample: the sweep taking hu[::4, ::4] on the way
+                  (sweep.window_resize_sampled) and HuSample.add_sampled of it, as preprocess runs them
     packbits      np.packbits of the two masks (the spool's writes)
 
     PYTHONPATH=src .venv/bin/python scripts/bench_slice_steps.py [--dicom DIR] [--slices 300] [--repeats 3]
@@ -60,7 +62,7 @@ def main() -> None:
     from ichbench.bench.machine import machine
     from ichbench.inputs import dicom_index, dicomio, masks, sweep_jit
     from ichbench.inputs.inputcheck import HuSample
-    from ichbench.inputs.sweep import window_resize
+    from ichbench.inputs.sweep import window_resize, window_resize_sampled
     from ichbench.inputs.windowing import PAPER_WINDOWS, quantise
     from ichbench.training.heap import keep_freed_memory
 
@@ -94,11 +96,16 @@ def main() -> None:
     heads128 = [masks.head_mask(s[1]) for s in small]
     brains128 = [masks.brain_mask(s[1], h) for s, h in zip(small, heads128)]
     sample = HuSample()
+    sampled = [window_resize_sampled(h, PAPER_WINDOWS, 128, sample.stride)[2] for h in hus]
     rows = [
         ("bare decode", per_slice(bare, files, a.repeats)),
         ("to_hu", per_slice(lambda r: sweep_jit.to_hu(r[0], r[1], r[2], out), raws, a.repeats)),
         ("hu_check", per_slice(sample.add, hus, a.repeats)),
         ("window_resize", per_slice(lambda h: window_resize(h, PAPER_WINDOWS, 128, jit=True), hus, a.repeats)),
+        ("window_resize with the HU sample", per_slice(
+            lambda h: window_resize_sampled(h, PAPER_WINDOWS, 128, sample.stride), hus, a.repeats)),
+        ("hu_check of that sample", per_slice(lambda v: HuSample().add_sampled(v) if v is not None else None,
+                                              sampled, a.repeats)),
         ("quantise", per_slice(lambda s: quantise(s[0]), small, a.repeats)),
         ("head_mask", per_slice(lambda s: masks.head_mask(s[1]), small, a.repeats)),
         ("  of it: labelling", per_slice(lambda s: cv2.connectedComponents(
@@ -120,11 +127,15 @@ def main() -> None:
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
     ms = dict(rows)
-    steps = sum(v for name, v in rows if name not in ("bare decode", "head + brain compiled") and name[0] != " ")
+    steps = sum(ms[k] for k in ("to_hu", "hu_check", "window_resize", "quantise", "head_mask", "brain_mask",
+                                 "packbits"))
     print(f"| the steps beside the decode, together (OpenCV masks) | {steps:.3f} |")
     compiled = steps - ms["head_mask"] - ms["brain_mask"] + ms["head + brain compiled"]
-    label = "the steps beside the decode, together (compiled masks, preprocess from JIT_MIN_SLICES)"
-    print(f"| {label} | {compiled:.3f} |")
+    print(f"| the same with the compiled masks | {compiled:.3f} |")
+    fused = compiled - ms["window_resize"] - ms["hu_check"] + ms["window_resize with the HU sample"] \
+        + ms["hu_check of that sample"]
+    label = "the same with the HU sample from the sweep (preprocess from JIT_MIN_SLICES)"
+    print(f"| {label} | {fused:.3f} |")
 
 
 if __name__ == "__main__":

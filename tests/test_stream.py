@@ -563,7 +563,7 @@ def test_compiled_sweep_without_any_cache_location(monkeypatch):
     low = np.array([w.low for w in PAPER_WINDOWS], np.float32)
     scale = np.array([np.float32(2.0 / w.width) for w in PAPER_WINDOWS], np.float32)
     out, rows = np.empty((4, 16, 16), np.float32), np.empty((4, 4, 16), np.float32)
-    fn(hu, low, scale, 4, 4, out, rows)
+    fn(hu, low, scale, 4, 4, out, rows, np.empty((0, 0), np.float32))
     ref_w, ref_hu = window_resize(hu, PAPER_WINDOWS, 16)
     assert out[:3].tobytes() == ref_w.tobytes() and out[3].tobytes() == ref_hu.tobytes()
 
@@ -706,3 +706,25 @@ def test_compiled_masks_without_numba_cache_or_switched_off(monkeypatch):
     assert sweep_jit.masks(hu, masks.AIR_HU, masks.BONE_HU, masks.BRAIN_HU) is None
     off = masks.head_and_brain(hu, jit=True)
     assert np.array_equal(off[0], ref[0]) and np.array_equal(off[1], ref[1])
+
+
+def test_hu_sample_taken_by_the_compiled_sweep_is_the_strided_one():
+    """window_resize_sampled: the windows and HU of window_resize, and hu[::4, ::4] bit for bit (NaN, -0.0,
+    infinities, non-integer HU), so the series' HU check judges the same samples; other steps: no sample."""
+    from ichbench.inputs.sweep import window_resize_sampled
+
+    for seed in range(5):
+        hu = _awkward_hu((512, 512), seed) if seed < 4 else _head_volume(1, 512, 512, seed=1)[0]   # integer HU
+        if seed == 2:
+            hu *= np.float32(0.37)                        # non-integer HU: the check's float table
+        w, s, sample = window_resize_sampled(hu, PAPER_WINDOWS, 128, 4)
+        ref_w, ref_s = window_resize(hu, PAPER_WINDOWS, 128)
+        assert w.tobytes() == ref_w.tobytes() and s.tobytes() == ref_s.tobytes()
+        assert sample is not None and sample.tobytes() == np.ascontiguousarray(hu[::4, ::4]).tobytes()
+        a, b = HuSample(), HuSample()
+        a.add(hu)
+        b.add_sampled(sample)
+        assert a.problem() == b.problem()
+        assert np.array_equal(a.percentiles(), b.percentiles())
+    w, s, sample = window_resize_sampled(_awkward_hu((256, 256), 0), PAPER_WINDOWS, 128, 4)
+    assert sample is None and w.shape == (3, 128, 128)

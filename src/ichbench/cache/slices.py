@@ -24,7 +24,7 @@ from ..datasets import bhx
 from ..inputs.geometry import spacing_summary
 from ..inputs.inputcheck import HuSample, square_padding
 from ..inputs.masks import head_and_brain
-from ..inputs.sweep import window_resize
+from ..inputs.sweep import window_resize, window_resize_sampled
 from ..inputs.windowing import Window, quantise, resize_mask
 
 AIR_PAD_HU = -1024.0   # what a non-square slice is padded with
@@ -110,11 +110,18 @@ class SliceCacher:
             raise ValueError(f"series {self.series_uid}: more slices than the {self.capacity} planned")
         if hu.shape != (self.rows, self.cols):
             raise ValueError(f"series {self.series_uid}: slice of shape {hu.shape}, the series' {(self.rows, self.cols)}")
-        self.hu_check.add(hu)
-        if self.padded:
-            self._pad[self.top:self.top + self.rows, self.left:self.left + self.cols] = hu
-            hu = self._pad
-        windowed, hu_small = window_resize(hu, self.windows, self.size, jit=self.jit)
+        if self.jit and not self.padded and hu.dtype == np.float32:   # the HU check's sample from the sweep
+            windowed, hu_small, sample = window_resize_sampled(hu, self.windows, self.size, self.hu_check.stride)
+        else:
+            sample = None
+            if self.padded:
+                self._pad[self.top:self.top + self.rows, self.left:self.left + self.cols] = hu
+            windowed, hu_small = window_resize(self._pad if self.padded else hu, self.windows, self.size,
+                                               jit=self.jit)
+        if sample is None:
+            self.hu_check.add(hu)
+        else:
+            self.hu_check.add_sampled(sample)
         image = quantise(windowed)
         h, b = head_and_brain(hu_small, jit=self.jit)
         head, brain = h & self.inside_small, b & self.inside_small

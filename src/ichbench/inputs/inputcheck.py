@@ -62,7 +62,10 @@ class HuSample:
 
     def add(self, hu: np.ndarray) -> None:
         """One slice (rows, cols) or a stack (..., rows, cols) of values after the rescale."""
-        v = np.asarray(hu)[..., ::self.stride, ::self.stride]
+        self.add_sampled(np.asarray(hu)[..., ::self.stride, ::self.stride])
+
+    def add_sampled(self, v: np.ndarray) -> None:
+        """hu[..., ::stride, ::stride] of a slice or stack, already taken (`sweep.window_resize_sampled`)."""
         finite = np.isfinite(v)
         v = v.ravel() if finite.all() else v[finite]
         if not v.size:

@@ -48,6 +48,32 @@ def window_resize(hu: np.ndarray, windows: Sequence[Window], size: int,
         acc = sweep_jit.window_resize(hu, low, scale, kh, kw)
         if acc is not None:
             return acc[:c], acc[c]
+    return _numpy_sweep(hu, low, scale, size, kh, kw)
+
+
+def window_resize_sampled(hu: np.ndarray, windows: Sequence[Window], size: int,
+                          stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`window_resize(hu, windows, size, jit=True)` and hu[::stride, ::stride] (the HU check's sample, see
+    `inputcheck.HuSample`), taken from the rows as the compiled sweep reads them where its steps are the
+    stride (a 512 px slice at 128 px, stride 4): no second read of the slice. The sample is None where the
+    steps are not the stride or no compiled sweep runs."""
+    hu = np.asarray(hu, dtype=np.float32)
+    h, w = hu.shape
+    if h != size * stride or w != size * stride or stride < 2:
+        return (*window_resize(hu, windows, size, jit=True), None)
+    from . import sweep_jit
+
+    low, scale = _constants(tuple(windows))
+    sample = np.empty((size, size), np.float32)
+    acc = sweep_jit.window_resize(hu, low, scale, stride, stride, sample)
+    if acc is None:
+        return (*window_resize(hu, windows, size), None)
+    return acc[:len(windows)], acc[len(windows)], sample
+
+
+def _numpy_sweep(hu, low, scale, size, kh, kw):
+    """The sweep of `window_resize` in numpy (H = kh * size, W = kw * size)."""
+    c = len(low)
     low, scale = low.reshape(c, 1, 1, 1), scale.reshape(c, 1, 1, 1)
     rows = hu.reshape(size, kh, size, kw)
     acc = np.zeros((c + 1, size, size), np.float32)          # the windows, then the HU

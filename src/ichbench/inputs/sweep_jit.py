@@ -32,18 +32,24 @@ _STATE: dict = {}
 _LOADED: set = set()          # kernels that ran (numba's registries are loaded once a process)
 
 
-def _sweep(hu, low, scale, kh, kw, acc, rows):
+def _sweep(hu, low, scale, kh, kw, acc, rows, sample):
     """hu (H, W) float32; low, scale (c,) float32; acc (c + 1, H // kh, W // kw) float32 (written: the
-    windows' sums, then the HU's, divided); rows (c + 1, kw, W // kw) float32 scratch."""
+    windows' sums, then the HU's, divided); rows (c + 1, kw, W // kw) float32 scratch; sample (H // kh,
+    W // kw) float32 written with hu[::kh, ::kw] on the way (or (0, 0): not)."""
     height, width = hu.shape
     c = low.shape[0]
     n_rows, n_cols = height // kh, width // kw
     one, minus_one = np.float32(1.0), np.float32(-1.0)
     acc[:] = np.float32(0.0)
     flat = rows.reshape((c + 1) * kw, n_cols)         # (channel, column in the window) -> one row
+    sampled = sample.shape[0] > 0
     for r in range(height):
         i = r // kh
         src = hu[r]
+        if sampled and r % kh == 0:                   # every kh-th row's every kw-th pixel, as read
+            dst = sample[i]
+            for j in range(n_cols):
+                dst[j] = src[j * kw]
         if kw == 4:                                   # the row's pixels by their column in the window
             d0, d1, d2, d3 = flat[c * 4], flat[c * 4 + 1], flat[c * 4 + 2], flat[c * 4 + 3]
             for j in range(n_cols):                   # (512 -> 128 spelled out: a vectorised shuffle)
@@ -335,17 +341,27 @@ def _call(fn, *args) -> bool:
     return True
 
 
-def window_resize(hu: np.ndarray, low: np.ndarray, scale: np.ndarray, kh: int, kw: int) -> np.ndarray | None:
+def window_resize(hu: np.ndarray, low: np.ndarray, scale: np.ndarray, kh: int, kw: int,
+                  sample: np.ndarray | None = None) -> np.ndarray | None:
     """(H, W) float32 HU, H = kh * S and W = kw * T -> (c + 1, S, T) float32: the c windows at S x T, then
-    the HU at S x T; None where no kernel is available."""
+    the HU at S x T; None where no kernel is available. `sample` ((S, T) float32): also written with
+    hu[::kh, ::kw], taken from the rows as the sweep reads them."""
     height, width = hu.shape
     c = len(low)
     out = np.empty((c + 1, height // kh, width // kw), np.float32)
     scratch = _STATE.get("rows")
     if scratch is None or scratch.shape != (c + 1, kw, width // kw):
         scratch = _STATE["rows"] = np.empty((c + 1, kw, width // kw), np.float32)
-    ok = _call(_sweep, np.ascontiguousarray(hu, dtype=np.float32), low, scale, int(kh), int(kw), out, scratch)
+    if sample is None:
+        sample = _NO_SAMPLE
+    elif sample.shape != out.shape[1:] or sample.dtype != np.float32 or not sample.flags.c_contiguous:
+        raise ValueError(f"sample: a C-contiguous float32 array of shape {out.shape[1:]}, not {sample.shape}")
+    ok = _call(_sweep, np.ascontiguousarray(hu, dtype=np.float32), low, scale, int(kh), int(kw), out, scratch,
+               sample)
     return out if ok else None
+
+
+_NO_SAMPLE = np.empty((0, 0), np.float32)
 
 
 def masks(hu: np.ndarray, air: float, bone: float, soft: tuple[float, float]) -> tuple[np.ndarray, np.ndarray] | None:
