@@ -4,7 +4,8 @@ Issue 24 item 1. For the real CQ500-CT-0 series (JPEG Lossless, ../shared/data/c
 synthetic RSNA-like folder (one uncompressed file per slice, int16 stored values with RescaleIntercept
 -1024, written here from the real series' HU), it runs in alternating pairs, each in its own process:
 
-    ichbench : `python -m ichbench preprocess --data IDX --out OUT --workers 1` (start-up included)
+    ichbench : `python -m ichbench preprocess --data IDX --out OUT --workers 1 --store STORE` (start-up included;
+               `--store always` also writes the slice store, which a cohort of up to 4 GB of slices does not need)
     bare     : a script that imports pydicom and numpy, reads every file of the chosen series with
                pydicom.dcmread and computes pixel_array * RescaleSlope + RescaleIntercept as float32
 
@@ -20,7 +21,7 @@ numba's cache is filled by one untimed run first. `--cold` adds a run per pair w
 empty numba cache (a fresh NUMBA_CACHE_DIR: it compiles), the first run on a new machine.
 
     .venv/bin/python scripts/bench_preprocess.py [--pairs 3] [--rsna-slices 238] [--before /work/main/src]
-                                                 [--jit auto|on|off] [--cold]
+                                                 [--jit auto|on|off] [--cold] [--store auto|always]
 """
 from __future__ import annotations
 
@@ -128,6 +129,8 @@ def main() -> None:
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
                     help="the compiled sweep in the ichbench runs")
+    ap.add_argument("--store", choices=["auto", "always"], default="auto",
+                    help="ichbench preprocess --store: auto writes no slice store for a cohort that fits 4 GB")
     ap.add_argument("--cold", action="store_true",
                     help="add a run per pair with the sweep on and an empty numba cache")
     a = ap.parse_args()
@@ -138,7 +141,7 @@ def main() -> None:
     work = Path(a.work or tempfile.mkdtemp(prefix="bench_preprocess_"))
     load0 = os.getloadavg()
     print(f"# bench_preprocess  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  {machine()}")
-    print(f"# load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
+    print(f"# load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; ichbench preprocess --store {a.store}")
     datasets = {"CQ500-CT-0 (JPEG Lossless)": Path(a.dicom)}
     real_idx = work / "real_index"
     real_idx.mkdir(parents=True, exist_ok=True)
@@ -169,7 +172,7 @@ def main() -> None:
         if a.cold:
             kinds["cold"] = dict(env_ours, ICHBENCH_JIT="1")
         ours = [sys.executable, "-m", "ichbench", "preprocess", "--data", str(idx), "--out", str(work / "warm"),
-                "--workers", "1"]
+                "--workers", "1", "--store", a.store]
         run_child(ours, dict(env_ours, ICHBENCH_JIT="1"))          # numba's cache filled, untimed
         got = {k: [] for k in kinds}
         for p in range(a.pairs):
@@ -184,7 +187,7 @@ def main() -> None:
                     cmd = [sys.executable, "-c", BARE, str(listing)]
                 else:
                     cmd = [sys.executable, "-m", "ichbench", "preprocess", "--data", str(idx), "--out", str(out),
-                           "--workers", "1"]
+                           "--workers", "1"] + (["--store", a.store] if kind != "before" else [])
                 got[kind].append(run_child(cmd, env))
         ratio = statistics.median(o[0] / b[0] for o, b in zip(got["ichbench"], got["bare"]))
         cpu = {k: statistics.median(c for c, _ in v) for k, v in got.items()}

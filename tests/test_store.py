@@ -1,9 +1,10 @@
 """The slice store (cache/store.py) and the two ways a fold is read (training/data.py): in memory, or gathered
 batch by batch from the memory map. Both must give the same batches, the same trained weights and the same
-scores; a store that no longer matches its NPZs is not used."""
+scores; a store that no longer matches its NPZs is not used: the job that reads it packs it again."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +94,73 @@ def test_auto_loads_a_fold_that_fits_and_maps_one_that_does_not(cache):
         open_slices(rows, in_memory="sometimes")
 
 
-def test_a_missing_or_stale_store_is_not_used(cache):
+def test_a_missing_or_stale_store_is_repacked_by_the_job_that_needs_it(cache):
     root, rows, _ = cache
     npz = root / "shard-1" / "s3.npz"
     st = npz.stat()
     os.utime(npz, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))      # rewritten after packing
-    with pytest.raises(ConfigError, match=r"s3\.npz changed since .*ichbench pack"):
-        open_slices(rows, memory_budget_gb=TINY, where="fold-0.csv")
+    assert "s3.npz changed since" in store.open_fold(rows)[1]           # the stale store itself is not used
+    before = (root / "shard-0" / "store" / "index.csv").stat().st_mtime_ns
+    mapped = open_slices(rows, memory_budget_gb=TINY, where="fold-0.csv")
+    assert not mapped.in_memory and store.open_fold(rows)[1] is None   # shard-1 repacked, then read
+    assert (root / "shard-0" / "store" / "index.csv").stat().st_mtime_ns == before     # shard-0 left as it was
     assert open_slices(rows).in_memory                                 # it fits: loaded from the NPZs
-    store.pack_shard(root / "shard-1")                                 # repacked: used again
-    assert not open_slices(rows, memory_budget_gb=TINY).in_memory
+    assert np.array_equal(mapped.images[np.arange(len(rows))], open_slices(rows).images)
     (root / "shard-0" / "store" / "store.json").unlink()
-    with pytest.raises(ConfigError, match="shard-0 has no slice store"):
-        open_slices(rows, in_memory="false")
+    assert not open_slices(rows, in_memory="false").in_memory         # no store: packed
+    assert (root / "shard-0" / "store" / "store.json").exists()
+    assert not list(root.glob("shard-*/store.partial*"))
+
+
+def test_a_store_that_cannot_be_packed_is_a_clear_error(cache):
+    root, rows, _ = cache
+    shutil.rmtree(root / "shard-0" / "store")
+    (root / "shard-0" / "series.csv").unlink()                          # not a shard preprocess wrote
+    with pytest.raises(ConfigError, match=r"shard-0 has no slice store.*packing it failed.*ichbench pack"):
+        open_slices(rows, memory_budget_gb=TINY, where="fold-0.csv")
+
+
+def test_a_stopped_packers_partial_store_is_removed_and_a_live_one_kept(cache):
+    """Partial folders are named by host and pid: this host's dead packer's is removed; another host's is kept
+    until it has not changed for a day (its packer cannot be asked)."""
+    import socket
+    import subprocess
+    import sys
+
+    root = cache[0] / "shard-0"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    gone = root / f"store.partial-{socket.gethostname()}-{dead}"
+    live = root / f"store.partial-{socket.gethostname()}-{os.getppid()}"
+    other = root / "store.partial-some-other-node-12"
+    old = root / "store.partial-some-other-node-13"
+    for d in (gone, live, other, old):
+        d.mkdir()
+    day_ago = old.stat().st_mtime - store.STALE_PARTIAL_S - 60
+    os.utime(old, (day_ago, day_ago))
+    store.pack_shard(root)
+    assert not gone.exists() and not old.exists()
+    assert live.exists() and other.exists()
+
+
+def test_preprocess_writes_the_store_where_a_fold_may_not_fit(tmp_path):
+    """store_needed: the selected series' slices (one per DICOM file of the index, a NIfTI volume's n_slices),
+    their images (3 windows) and 3 masks at 128 px, against the budget."""
+    pd.DataFrame({"series_uid": ["a", "b", "c"], "selected": [True, True, False]}).to_csv(
+        tmp_path / "series_candidates.csv", index=False)
+    pd.DataFrame({"series_uid": ["a"] * 3000 + ["b"] * 2000 + ["c"] * 7000}).to_csv(tmp_path / "index.csv",
+                                                                                   index=False)
+    assert store.cohort_slices(tmp_path) == 5000
+    per_slice = 6 * 128 * 128                                           # 98,304 bytes
+    assert not store.store_needed(tmp_path, 3, 128, 5000 * per_slice / 2**30)     # 5,000 selected slices fit
+    assert store.store_needed(tmp_path, 3, 128, 4999 * per_slice / 2**30)
+    assert store.store_needed(tmp_path, 3, 256, 5000 * per_slice / 2**30)
+    pd.DataFrame({"series_uid": ["a", "b", "c"], "n_slices": [3000, 2000, 10**7]}).to_csv(tmp_path / "index.csv",
+                                                                                         index=False)
+    assert store.cohort_slices(tmp_path) == 5000                        # NIfTI volumes: their slice counts
+    (tmp_path / "index.csv").unlink()
+    assert store.cohort_slices(tmp_path) is None
+    assert store.store_needed(tmp_path, 3, 128, 1000.0)                 # slice count unknown: written
 
 
 def _batches(b: DeviceBatches, seed: int, **kw) -> list[dict[str, torch.Tensor]]:

@@ -1,8 +1,9 @@
 """The slice store: a shard's cached slices packed into memory-mappable arrays, so that a fold too large for
 the memory budget is read batch by batch, as gathers from the map, instead of being loaded.
 
-Layout, `<shard>/store/` (written by `pack_shard` at the end of `ichbench preprocess`, or by `ichbench pack`
-for a cache made before the store existed):
+Layout, `<shard>/store/` (written by `pack_shard`: at the end of `ichbench preprocess` where the cohort's slices
+do not fit the memory budget (`store_needed`), by the first train or score job that reads a fold from a shard
+without a usable store (`ensure_packed`, one packer per shard under a file lock), or by `ichbench pack`):
 
     images.npy      uint8 (N, C, S, S)  every slice of the shard's NPZs, one series after the other
     head_mask.npy   bool  (N, S, S)
@@ -22,6 +23,8 @@ import json
 import mmap
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -39,6 +42,11 @@ INDEX_COLUMNS = ["npz", "start", "n_slices", "npz_bytes", "npz_mtime_ns"]
 #: maps up to ~8x the bytes it reads (the kernel maps the neighbouring cached pages of each fault): 8 MiB keeps
 #: a 3 GB store's mapped pages under ~100 MB (64 MiB let them reach 500 MB); a release costs ~15 us.
 RELEASE_BYTES = 8 * 2**20
+#: train.memory_budget_gb's default: a fold whose slices (images and masks) take more is read from the store
+DEFAULT_BUDGET_GB = 4.0
+LOCK_FILE = ".store.lock"
+#: a partial store of another host (whose packer cannot be asked) is removed after a day without change
+STALE_PARTIAL_S = 86400
 
 
 def store_dir(shard_dir: str | os.PathLike) -> Path:
@@ -136,7 +144,10 @@ def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
     if missing:
         raise ConfigError(f"{shard_dir / names[0]}: no {', '.join(missing)}; rerun `ichbench preprocess`")
     total = int(series["n_slices"].sum())
-    tmp = shard_dir / (STORE_DIR + ".partial")
+    for old in shard_dir.glob(STORE_DIR + ".partial*"):       # left by a packer that was stopped
+        if _abandoned(old):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = shard_dir / f"{STORE_DIR}.partial-{socket.gethostname()}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -174,8 +185,126 @@ def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
     pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(tmp / "index.csv", index=False)
     (tmp / "store.json").write_text(json.dumps(
         {"format": FORMAT, "slices": total, "image_shape": list(shape), "masks": list(MASKS)}, indent=1))
-    os.replace(tmp, final)
+    try:
+        os.replace(tmp, final)
+    except OSError:                       # a packer without the lock finished first: ours replaces its store
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     return final
+
+
+def _abandoned(partial: Path) -> bool:
+    """Whether a partial store folder (`store.partial-<host>-<pid>`) was left by a packer that stopped: its
+    process is gone from this host, or (another host's, or an older name) it has not changed for a day."""
+    host, _, pid = partial.name.partition("-")[2].rpartition("-")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    try:
+        return time.time() - partial.stat().st_mtime > STALE_PARTIAL_S
+    except OSError:
+        return False
+
+
+def cohort_slices(data_dir: str | os.PathLike) -> int | None:
+    """The slices of the series `index` selected (series_selected.csv's in `data_dir`): one per file of
+    index.csv, or a NIfTI volume's n_slices. None where the folder lacks those tables or their columns."""
+    data_dir = Path(data_dir)
+    try:
+        chosen = pd.read_csv(data_dir / "series_candidates.csv", usecols=lambda c: c in ("series_uid", "selected"),
+                             dtype={"series_uid": str})
+        index = pd.read_csv(data_dir / "index.csv", usecols=lambda c: c in ("series_uid", "n_slices"),
+                            dtype={"series_uid": str})
+    except (OSError, ValueError, pd.errors.EmptyDataError):
+        return None
+    if "series_uid" not in chosen or "series_uid" not in index:
+        return None
+    if "selected" in chosen:
+        chosen = chosen[chosen["selected"].astype(str).str.lower().isin(("true", "1"))]
+    rows = index[index["series_uid"].isin(set(chosen["series_uid"]))]
+    if "n_slices" not in rows:
+        return len(rows)
+    counts = pd.to_numeric(rows["n_slices"], errors="coerce")
+    return int(counts.fillna(1).clip(lower=1).sum())
+
+
+def store_needed(data_dir: str | os.PathLike, channels: int, size: int, budget_gb: float) -> bool:
+    """Whether a fold of this cohort may be too large for the memory budget, so that its shards are best
+    packed when they are cached: the selected series' slices (`cohort_slices`), their images and the three
+    masks, against `budget_gb`. True where the slice count is unknown."""
+    slices = cohort_slices(data_dir)
+    if slices is None:
+        return True
+    return float(slices) * (channels + len(MASKS)) * size * size > float(budget_gb) * 2**30
+
+
+def _store_problem(shard: Path) -> str | None:
+    """Why the shard's store does not hold its NPZs as they are now (None: it does)."""
+    index, _, why = _read_store(shard)
+    if why:
+        return why
+    series = pd.read_csv(shard / "series.csv", dtype={"npz": str})
+    for name in series["npz"]:
+        if name not in index.index:
+            return f"{shard / name} is not in {store_dir(shard)}"
+        try:
+            st = (shard / name).stat()
+        except OSError:
+            return f"{shard / name} is missing"
+        entry = index.loc[name]
+        if st.st_size != entry["npz_bytes"] or st.st_mtime_ns != entry["npz_mtime_ns"]:
+            return f"{shard / name} changed since {store_dir(shard)} was packed"
+    return None
+
+
+def ensure_packed(shards) -> list[Path]:
+    """Pack each shard folder whose store is missing or stale (see `_store_problem`), one process per shard at
+    a time (an exclusive `flock` on `<shard>/.store.lock` where the file system has it; concurrent packers
+    otherwise write their own partial folders). -> the shards packed here."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    packed = []
+    for shard in dict.fromkeys(Path(s) for s in shards):
+        if _store_problem(shard) is None:
+            continue
+        with _shard_lock(shard):
+            why = _store_problem(shard)               # another job may have packed it meanwhile
+            if why is None:
+                continue
+            log.info("packing the slice store of %s (%s)", shard, why)
+            pack_shard(shard)
+            packed.append(shard)
+    return packed
+
+
+class _shard_lock:
+    """An exclusive advisory lock on a shard's lock file (nothing where there is no fcntl or no lock support)."""
+
+    def __init__(self, shard: Path):
+        self.path, self.f = shard / LOCK_FILE, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+
+            self.f = open(self.path, "a")
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+        except (ImportError, OSError):
+            if self.f is not None:
+                self.f.close()
+            self.f = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()                            # closing releases the lock
+        return False
 
 
 def map_npy(path: str | os.PathLike) -> tuple[np.ndarray, mmap.mmap]:

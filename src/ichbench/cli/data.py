@@ -56,8 +56,14 @@ def cmd_preprocess(a) -> None:
                              boxes=[b for b in (a.boxes or []) if b] or None, non_hu=a.non_hu)
     logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
                  int(table["n_slices"].sum()) if len(table) else 0)
-    from ..cache.store import pack_shard
+    from ..cache.store import pack_shard, store_needed
 
+    n_windows = len(json.loads(a.windows))
+    if a.store == "auto" and not store_needed(data, n_windows, a.size, a.store_budget_gb):
+        # every fold fits the memory budget, so no job reads the store: not written (a job that needs it packs it)
+        logging.info("slice store: not written (the cohort's slices fit %.1f GB; --store always writes it)",
+                     a.store_budget_gb)
+        return
     packed = pack_shard(a.out)      # the memory-mappable slice store beside the NPZs (cache/store.py)
     logging.info("slice store: %s", packed or "none (no series)")
 
@@ -247,8 +253,14 @@ def add_commands(command) -> None:
     s.add_argument("--non-hu", default="reject", choices=["reject", "accept"],
                    help="a series whose values do not look like CT in HU: reject it, or accept it with a warning")
     s.add_argument("--workers", type=int, default=1, help="worker processes")
+    s.add_argument("--store", default="auto", choices=["auto", "always"],
+                   help="write the slice store: always, or (auto) where the cohort's selected slices, images and "
+                        "masks, exceed --store-budget-gb, so that a fold may not fit in memory")
+    s.add_argument("--store-budget-gb", type=float, default=4.0,
+                   help="train.memory_budget_gb of the jobs that read this cache (for --store auto)")
 
-    s = command("pack", "pack cache shards' NPZs into memory-mappable slice stores (preprocess does it too)",
+    s = command("pack", "pack cache shards' NPZs into memory-mappable slice stores (preprocess, train and score do it "
+                "where a fold may not fit in memory)",
                 cmd_pack)
     s.add_argument("--cache", nargs="+", required=True, help="cache shard folder(s) written by `preprocess`")
 

@@ -4,6 +4,7 @@ array when they fit the memory budget, else gathered batch by batch from the mem
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
@@ -19,8 +20,7 @@ from ..inputs.windowing import dequantise
 log = logging.getLogger(__name__)
 
 MASK_KEYS = ("head_mask", "brain_mask")
-#: train.memory_budget_gb's default: a fold whose slices (images and masks) take more is read from the store
-DEFAULT_BUDGET_GB = 4.0
+DEFAULT_BUDGET_GB = store.DEFAULT_BUDGET_GB
 
 
 @dataclass
@@ -102,6 +102,13 @@ def open_slices(rows: pd.DataFrame, extra: tuple[str, ...] = (), *, in_memory="a
     if mode == "auto" and need <= budget:
         return load_slices(rows, extra)
     arrays, why = store.open_fold(rows, keys)
+    if arrays is None:        # a shard not packed (its cohort fitted the budget) or packed before its NPZs changed
+        try:
+            packed = store.ensure_packed(sorted({os.path.dirname(str(n)) for n in rows["npz"].unique()}))
+        except (OSError, ConfigError) as exc:
+            packed, why = [], f"{why}, and packing it failed ({exc})"
+        if packed:
+            arrays, why = store.open_fold(rows, keys)
     if arrays is None:
         reason = ("train.in_memory is false" if mode == "false" else
                   f"its slices take {need / 2**30:.2f} GB, over train.memory_budget_gb ({memory_budget_gb})")
