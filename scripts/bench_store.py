@@ -35,7 +35,7 @@ NARROW = {"width": 8, "hidden": 64, "latent_dim": 16}
 
 def write_cache(folder: Path, gb: float) -> Path:
     """A packed synthetic shard of about `gb` GB of images; -> its manifest (every slice a normal training one)."""
-    from ichbench.cache.store import pack_shard
+    from ichbench.cache.pack import pack_shard
     from ichbench.synthetic.toy import toy_head_slices
 
     manifest = folder / "fold-0.csv"
@@ -71,8 +71,6 @@ def child(manifest: str, budget: float, in_memory: str, steps: int) -> None:
     epoch of batches of 64, every batch gathered and decoded, the narrow AE's training step on the first
     `steps` of them (an epoch of steps over 3 GB would take half an hour on 2 cores). Prints JSON: peak RSS,
     how the fold was read, the seconds of each part."""
-    import hashlib
-
     import torch
 
     from ichbench.cohort.splits import read_manifest

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from ichbench.cache import store
+from ichbench.cache import pack, store
 from ichbench.errors import ConfigError
 from ichbench.synthetic.toy import toy_head_slices
 from ichbench.training.data import DeviceBatches, load_slices, open_slices
@@ -44,7 +44,7 @@ def cache(tmp_path):
     write_shard(tmp_path / "shard-0", {"s0": 9, "s1": 5, "s2": 7}, seed=0)
     write_shard(tmp_path / "shard-1", {"s3": 10, "s4": 6}, seed=10)
     for shard in ("shard-0", "shard-1"):
-        store.pack_shard(tmp_path / shard)
+        pack.pack_shard(tmp_path / shard)
     rows = []
     for shard, series in (("shard-0", {"s0": 9, "s1": 5, "s2": 7}), ("shard-1", {"s3": 10, "s4": 6})):
         for name, n in series.items():
@@ -136,9 +136,9 @@ def test_a_stopped_packers_partial_store_is_removed_and_a_live_one_kept(cache):
     old = root / "store.partial-some-other-node-13"
     for d in (gone, live, other, old):
         d.mkdir()
-    day_ago = old.stat().st_mtime - store.STALE_PARTIAL_S - 60
+    day_ago = old.stat().st_mtime - pack.STALE_PARTIAL_S - 60
     os.utime(old, (day_ago, day_ago))
-    store.pack_shard(root)
+    pack.pack_shard(root)
     assert not gone.exists() and not old.exists()
     assert live.exists() and other.exists()
 
@@ -150,17 +150,17 @@ def test_preprocess_writes_the_store_where_a_fold_may_not_fit(tmp_path):
         tmp_path / "series_candidates.csv", index=False)
     pd.DataFrame({"series_uid": ["a"] * 3000 + ["b"] * 2000 + ["c"] * 7000}).to_csv(tmp_path / "index.csv",
                                                                                    index=False)
-    assert store.cohort_slices(tmp_path) == 5000
+    assert pack.cohort_slices(tmp_path) == 5000
     per_slice = 6 * 128 * 128                                           # 98,304 bytes
-    assert not store.store_needed(tmp_path, 3, 128, 5000 * per_slice / 2**30)     # 5,000 selected slices fit
-    assert store.store_needed(tmp_path, 3, 128, 4999 * per_slice / 2**30)
-    assert store.store_needed(tmp_path, 3, 256, 5000 * per_slice / 2**30)
+    assert not pack.store_needed(tmp_path, 3, 128, 5000 * per_slice / 2**30)     # 5,000 selected slices fit
+    assert pack.store_needed(tmp_path, 3, 128, 4999 * per_slice / 2**30)
+    assert pack.store_needed(tmp_path, 3, 256, 5000 * per_slice / 2**30)
     pd.DataFrame({"series_uid": ["a", "b", "c"], "n_slices": [3000, 2000, 10**7]}).to_csv(tmp_path / "index.csv",
                                                                                          index=False)
-    assert store.cohort_slices(tmp_path) == 5000                        # NIfTI volumes: their slice counts
+    assert pack.cohort_slices(tmp_path) == 5000                        # NIfTI volumes: their slice counts
     (tmp_path / "index.csv").unlink()
-    assert store.cohort_slices(tmp_path) is None
-    assert store.store_needed(tmp_path, 3, 128, 1000.0)                 # slice count unknown: written
+    assert pack.cohort_slices(tmp_path) is None
+    assert pack.store_needed(tmp_path, 3, 128, 1000.0)                 # slice count unknown: written
 
 
 def _batches(b: DeviceBatches, seed: int, **kw) -> list[dict[str, torch.Tensor]]:

@@ -56,7 +56,7 @@ def cmd_preprocess(a) -> None:
                              boxes=[b for b in (a.boxes or []) if b] or None, non_hu=a.non_hu)
     logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
                  int(table["n_slices"].sum()) if len(table) else 0)
-    from ..cache.store import pack_shard, store_needed
+    from ..cache.pack import pack_shard, store_needed
 
     n_windows = len(json.loads(a.windows))
     if a.store == "auto" and not store_needed(data, n_windows, a.size, a.store_budget_gb):
@@ -64,12 +64,12 @@ def cmd_preprocess(a) -> None:
         logging.info("slice store: not written (the cohort's slices fit %.1f GB; --store always writes it)",
                      a.store_budget_gb)
         return
-    packed = pack_shard(a.out)      # the memory-mappable slice store beside the NPZs (cache/store.py)
+    packed = pack_shard(a.out)      # the memory-mappable slice store beside the NPZs (cache/pack.py)
     logging.info("slice store: %s", packed or "none (no series)")
 
 
 def cmd_pack(a) -> None:
-    from ..cache.store import pack_shard
+    from ..cache.pack import pack_shard
 
     for shard in a.cache:
         logging.info("%s: slice store %s", shard, pack_shard(shard) or "not written (no series)")

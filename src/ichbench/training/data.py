@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..cache import store
+from ..cache import pack, store
 from ..errors import ConfigError
 from ..inputs.windowing import dequantise
 
@@ -104,7 +104,7 @@ def open_slices(rows: pd.DataFrame, extra: tuple[str, ...] = (), *, in_memory="a
     arrays, why = store.open_fold(rows, keys)
     if arrays is None:        # a shard not packed (its cohort fitted the budget) or packed before its NPZs changed
         try:
-            packed = store.ensure_packed(sorted({os.path.dirname(str(n)) for n in rows["npz"].unique()}))
+            packed = pack.ensure_packed(sorted({os.path.dirname(str(n)) for n in rows["npz"].unique()}))
         except (OSError, ConfigError) as exc:
             packed, why = [], f"{why}, and packing it failed ({exc})"
         if packed:
