@@ -20,8 +20,9 @@ JIT_MIN_SLICES slices a process) or always / never (`--jit on` / `off`: ICHBENCH
 numba's cache is filled by one untimed run first. `--cold` adds a run per pair with the sweep on and an
 empty numba cache (a fresh NUMBA_CACHE_DIR: it compiles), the first run on a new machine.
 
-    .venv/bin/python scripts/bench_preprocess.py [--pairs 3] [--rsna-slices 238] [--before /work/main/src]
-                                                 [--jit auto|on|off] [--cold] [--store auto|always]
+    .venv/bin/python scripts/bench_preprocess.py [--pairs 3] [--rsna-slices 238] [--rsna-series 1]
+                                                 [--before /work/main/src] [--jit auto|on|off] [--cold]
+                                                 [--store auto|always]
 """
 from __future__ import annotations
 
@@ -61,9 +62,10 @@ def run_child(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
     return float(user) + float(system), float(kib) / 1024.0
 
 
-def write_rsna_like(index_dir: Path, out: Path, n_slices: int) -> None:
+def write_rsna_like(index_dir: Path, out: Path, n_slices: int, n_series: int = 1) -> None:
     """One uncompressed file per slice, RSNA 2019 style (flat folder, ID_<hex>.dcm, int16, intercept -1024),
-    its pixels the real series' HU (repeated along z when more slices are asked for)."""
+    its pixels the real series' HU (repeated along z when more slices are asked for), in `n_series` series of
+    as many slices each, one patient each (RSNA 2019: ~35 slices a series)."""
     import numpy as np
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -78,9 +80,12 @@ def write_rsna_like(index_dir: Path, out: Path, n_slices: int) -> None:
     plan = dicomio.plan_series(index[index["series_uid"] == suid])
     slices = [hu.copy() for _, hu in dicomio.iter_hu(plan)]
     out.mkdir(parents=True, exist_ok=True)
-    study, series = generate_uid(entropy_srcs=["bench", "study"]), generate_uid(entropy_srcs=["bench", "series"])
     for k in range(n_slices):
-        hu = slices[k % len(slices)]
+        s = k * n_series // n_slices                       # the series of slice k, and its first slice
+        z = k - -(-s * n_slices // n_series)
+        study = generate_uid(entropy_srcs=["bench", "study", str(s)])
+        series = generate_uid(entropy_srcs=["bench", "series", str(s)])
+        hu = slices[z % len(slices)]
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         sop = generate_uid(entropy_srcs=["bench", str(k)])
@@ -89,13 +94,13 @@ def write_rsna_like(index_dir: Path, out: Path, n_slices: int) -> None:
         ds = Dataset()
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, sop, "CT"
-        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "ID_bench", study, series
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = f"ID_bench{s:05d}", study, series
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.Rows, ds.Columns = hu.shape
         ds.PixelSpacing = ["0.488281", "0.488281"]
         ds.SliceThickness = "5"
         ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-        ds.ImagePositionPatient = ["-125", "-125", f"{5.0 * k:.1f}"]
+        ds.ImagePositionPatient = ["-125", "-125", f"{5.0 * z:.1f}"]
         ds.InstanceNumber = k + 1
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
@@ -124,7 +129,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dicom", default=str(ROOT.parent / "shared/data/cq500/dicom"), help="the real DICOM folder")
     ap.add_argument("--pairs", type=int, default=3, help="alternating pairs per dataset (median reported)")
-    ap.add_argument("--rsna-slices", type=int, default=238, help="slices of the synthetic RSNA-like series")
+    ap.add_argument("--rsna-slices", type=int, default=238, help="slices of the synthetic RSNA-like folder")
+    ap.add_argument("--rsna-series", type=int, default=1, help="series (one patient each) they are split into")
     ap.add_argument("--before", help="PYTHONPATH of the code to compare with (a third run per pair)")
     ap.add_argument("--work", help="working folder (default: a temporary one)")
     ap.add_argument("--jit", choices=["auto", "on", "off"], default="auto",
@@ -148,8 +154,8 @@ def main() -> None:
     build_index(a.dicom, real_idx / "index.csv", real_idx / "series_candidates.csv", real_idx / "rejected.csv")
     rsna = work / "rsna_like"
     if not rsna.exists():
-        write_rsna_like(real_idx, rsna, a.rsna_slices)
-    datasets[f"RSNA-like ({a.rsna_slices} uncompressed files)"] = rsna
+        write_rsna_like(real_idx, rsna, a.rsna_slices, a.rsna_series)
+    datasets[f"RSNA-like ({a.rsna_slices} uncompressed files, {a.rsna_series} series)"] = rsna
     env_ours = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
     env_ours.pop("ICHBENCH_JIT", None)
     if a.jit != "auto":
