@@ -255,3 +255,28 @@ def test_pack_command_packs_a_cache_made_before_the_store(tmp_path):
     with np.load(tmp_path / "shard-0" / "b.npz") as z:
         assert images.shape == (7, 3, SIZE, SIZE) and np.array_equal(images[4:], z["images"])
     assert main(["pack", "--cache", str(tmp_path / "nowhere")]) not in (0, None)    # a clear error, no traceback
+
+
+def test_concurrent_jobs_pack_a_missing_store_once(cache):
+    """Two jobs that find the store missing at once: the second waits on the shard's lock, then finds the
+    store the first packed and reads it (were the store not checked again under the lock, both would pack)."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    shard = cache[0] / "shard-0"
+    shutil.rmtree(shard / "store")
+    code = ("import sys; from ichbench.cache import pack; "
+            "print(len(pack.ensure_packed([sys.argv[1]])), flush=True)")
+    with open(shard / pack.LOCK_FILE, "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)             # both jobs find no store and wait here
+        jobs = [subprocess.Popen([sys.executable, "-c", code, str(shard)], stdout=subprocess.PIPE, text=True)
+                for _ in range(2)]
+        time.sleep(3.0)
+        assert all(j.poll() is None for j in jobs)             # still waiting for the lock
+    outs = [j.communicate(timeout=120)[0].strip() for j in jobs]
+    assert all(j.returncode == 0 for j in jobs)
+    assert sorted(outs) == ["0", "1"]                           # one packed, the other found it packed
+    assert store.open_fold(cache[1][cache[1]["npz"].str.contains("shard-0")])[1] is None
+    assert not list(shard.glob("store.partial*"))
