@@ -204,9 +204,9 @@ def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None,
 
 
 #: slices one process caches from which the compiled kernels (inputs/sweep_jit.py: HU, windows sweep, masks) pay
-#: for their start-up (numba's import and first dispatch, about 0.37 CPU-s, against 0.55 ms saved a 512 px slice;
-#: docs/performance.md)
-JIT_MIN_SLICES = 700
+#: for their start-up (numba's import and first dispatch, less OpenCV's import that they do without: about 0.22
+#: CPU-s more, against about 0.9 ms saved a 512 px slice; break-even near 240 slices, docs/performance.md)
+JIT_MIN_SLICES = 300
 
 
 def use_jit(slices_per_process: float) -> bool:
@@ -228,10 +228,11 @@ SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "s
 def _one_opencv_thread() -> None:
     """OpenCV's own threads off in a preprocessing process (once): its masks at 128 x 128 are too small to
     split, and its idle pool threads spin (sched_yield) on the other cores; that cost 0.2-0.3 CPU-seconds
-    (mostly system time) per 1,000 slices. The masks are the same either way."""
-    import cv2
+    (mostly system time) per 1,000 slices. The masks are the same either way. (OpenCV itself is imported only
+    where a mask is computed with it: the compiled masks do without.)"""
+    from ..inputs.masks import single_threaded_opencv
 
-    cv2.setNumThreads(1)
+    single_threaded_opencv()
 
 
 def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:

@@ -6,18 +6,38 @@ AnatPaste pastes inside the brain, DAE zeroes its noise outside the head).
 The morphology is scipy.ndimage's (binary erosion, dilation, hole filling and labelling with its
 default 4-connected cross and border value 0), computed with OpenCV's routines on the uint8 view of
 the mask, 3-8x cheaper on a 128 x 128 slice and without importing scipy (0.3 CPU-seconds at
-start-up); tests/test_stream.py checks every routine against scipy's on random masks.
+start-up); tests/test_stream.py checks every routine against scipy's on random masks. OpenCV is imported
+at the first mask computed with it (0.05 CPU-s a process that the compiled masks do without).
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
 AIR_HU = -500.0
 BONE_HU = 300.0
 BRAIN_HU = (-15.0, 100.0)
 
-_CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+_OPENCV: dict = {}
+
+
+def _cv():
+    """OpenCV, imported at first use (with its own threads off where `single_threaded_opencv` asked so)."""
+    if "cv2" not in _OPENCV:
+        import cv2
+
+        if _OPENCV.get("one_thread"):
+            cv2.setNumThreads(1)
+        _OPENCV["cross"] = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+        _OPENCV["cv2"] = cv2
+    return _OPENCV["cv2"]
+
+
+def single_threaded_opencv() -> None:
+    """OpenCV's own threads off in this process, now or when it is first imported here: at 128 x 128 its
+    routines are too small to split, and its idle pool threads spin (sched_yield) on the other cores."""
+    _OPENCV["one_thread"] = True
+    if "cv2" in _OPENCV:
+        _OPENCV["cv2"].setNumThreads(1)
 
 
 def _u8(m: np.ndarray) -> np.ndarray:
@@ -29,6 +49,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 4-connected component of a 2D mask (the mask itself where it has at most one), as
     ndimage.label + sum_labels + argmax: of equal sizes, the component met first in raster order."""
     mask = np.asarray(mask, dtype=bool)
+    cv2 = _cv()
     n, labels = cv2.connectedComponents(_u8(mask), connectivity=4, ltype=cv2.CV_32S)
     if n <= 2:                               # background and at most one component
         return mask
@@ -42,13 +63,17 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def _erode(m: np.ndarray, iterations: int = 1) -> np.ndarray:
     """ndimage.binary_erosion(m, iterations=...) of a 2D mask: the 4-connected cross, outside counts as 0."""
-    out = cv2.erode(_u8(m), _CROSS, iterations=int(iterations), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    cv2 = _cv()
+    out = cv2.erode(_u8(m), _OPENCV["cross"], iterations=int(iterations), borderType=cv2.BORDER_CONSTANT,
+                    borderValue=0)
     return out.view(bool)
 
 
 def _dilate(m: np.ndarray, iterations: int = 1) -> np.ndarray:
     """ndimage.binary_dilation(m, iterations=...) of a 2D mask: the 4-connected cross, outside counts as 0."""
-    out = cv2.dilate(_u8(m), _CROSS, iterations=int(iterations), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    cv2 = _cv()
+    out = cv2.dilate(_u8(m), _OPENCV["cross"], iterations=int(iterations), borderType=cv2.BORDER_CONSTANT,
+                     borderValue=0)
     return out.view(bool)
 
 
@@ -58,7 +83,7 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=bool)
     background = np.ones((m.shape[0] + 2, m.shape[1] + 2), np.uint8)
     np.logical_not(m, out=background[1:-1, 1:-1].view(bool))
-    cv2.floodFill(background, None, (0, 0), 2, flags=4)
+    _cv().floodFill(background, None, (0, 0), 2, flags=4)
     return background[1:-1, 1:-1] != 2
 
 
