@@ -51,9 +51,20 @@ def _version() -> str:
         return __import__("ichbench").__version__
 
 
+class _VersionAction(argparse.Action):
+    """--version, the version looked up only when asked (importlib.metadata costs every command 27 ms)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ichbench", description=__doc__, formatter_class=_HelpFormatter)
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action=_VersionAction, help="show the version and exit")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="debug logging, and a full traceback instead of a one-line error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
