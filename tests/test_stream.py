@@ -18,7 +18,7 @@ from ichbench.cache.preprocess import build_index, cache_series, preprocess_shar
 from ichbench.datasets import bhx
 from ichbench.inputs import dicom_index, dicomio
 from ichbench.inputs.inputcheck import HuSample, hu_problem, square_padding
-from ichbench.inputs import masks
+from ichbench.inputs import masks, sweep_jit
 from scipy import ndimage
 from ichbench.inputs.sweep import window_resize
 from ichbench.inputs.windowing import PAPER_WINDOWS, apply_windows, area_resize, quantise
@@ -620,8 +620,36 @@ def test_compiled_sweep_is_used_from_its_break_even_unless_forced(monkeypatch, e
         monkeypatch.delenv("ICHBENCH_JIT", raising=False)
     else:
         monkeypatch.setenv("ICHBENCH_JIT", env)
+    monkeypatch.setattr(preprocess, "kernels_cached", lambda: True)
     assert preprocess.use_jit(preprocess.JIT_MIN_SLICES - 1) is small
     assert preprocess.use_jit(preprocess.JIT_MIN_SLICES) is large
+    monkeypatch.setattr(preprocess, "kernels_cached", lambda: False)      # they would be compiled first
+    assert preprocess.use_jit(preprocess.JIT_MIN_SLICES) is (large if env is not None and env != "maybe" else False)
+    assert preprocess.use_jit(preprocess.JIT_MIN_SLICES_COLD) is large
+
+
+def test_the_kernels_cache_is_warm_where_numba_has_their_index_files(monkeypatch, tmp_path):
+    """kernels_cached looks where numba keeps its cache (here NUMBA_CACHE_DIR, nested as numba nests it) for an
+    index file of each preprocessing kernel newer than the source; missing or older: cold."""
+    import os
+    import sys
+
+    from ichbench.cache import preprocess
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert not preprocess.kernels_cached()
+    folder = tmp_path / "inputs_0123"
+    folder.mkdir()
+    ext = f"py{sys.version_info[0]}{sys.version_info[1]}.nbi"
+    files = [folder / f"sweep_jit.{fn}-{10 + k}.{ext}" for k, fn in enumerate(sweep_jit.PREPROCESS_KERNELS)]
+    for f in files[:-1]:
+        f.write_bytes(b"")
+    assert not preprocess.kernels_cached()                                   # one kernel missing
+    files[-1].write_bytes(b"")
+    assert preprocess.kernels_cached()
+    old = os.stat(sweep_jit.__file__).st_mtime - 60
+    os.utime(files[0], (old, old))                                      # written before the source changed
+    assert not preprocess.kernels_cached()
 
 
 def _mask_cases():

@@ -207,15 +207,60 @@ def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None,
 #: for their start-up (numba's import and first dispatch, less OpenCV's import that they do without: about 0.22
 #: CPU-s more, against about 0.9 ms saved a 512 px slice; break-even near 240 slices, docs/performance.md)
 JIT_MIN_SLICES = 300
+#: the same where numba's disk cache does not hold the kernels yet (a fresh installation: compiling them costs
+#: about 7.5 CPU-s, once; the demo's 900 slices would lose 14 CPU-s to it in two workers)
+JIT_MIN_SLICES_COLD = 10_000
 
 
 def use_jit(slices_per_process: float) -> bool:
     """Whether a process caching this many slices uses the compiled sweep: ICHBENCH_JIT=1 / 0 forces it
-    on / off; otherwise from JIT_MIN_SLICES on (the values are the same either way)."""
+    on / off; otherwise from JIT_MIN_SLICES on where the kernels are in numba's disk cache, from
+    JIT_MIN_SLICES_COLD where they would be compiled first (the values are the same either way)."""
     from ..inputs.sweep_jit import forced
 
     on = forced()
-    return slices_per_process >= JIT_MIN_SLICES if on is None else on
+    if on is not None:
+        return on
+    if slices_per_process < JIT_MIN_SLICES:
+        return False
+    return slices_per_process >= JIT_MIN_SLICES_COLD or kernels_cached()
+
+
+def kernels_cached() -> bool:
+    """Whether numba's disk cache seems to hold the preprocessing kernels for their source (an index file of
+    each, newer than inputs/sweep_jit.py, where numba puts them: NUMBA_CACHE_DIR, else the `__pycache__`
+    beside that file or the user-wide `~/.cache/numba`), without importing numba. A wrong answer costs time
+    only: a compile (about 7.5 CPU-s) or the numpy path."""
+    import glob
+    import sys
+
+    from ..inputs import sweep_jit
+
+    src = os.path.abspath(sweep_jit.__file__)
+    try:
+        stamp = os.stat(src).st_mtime
+    except OSError:
+        return False
+    stem = os.path.splitext(os.path.basename(src))[0]
+    ext = f"py{sys.version_info[0]}{sys.version_info[1]}.nbi"
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        roots = [(os.environ["NUMBA_CACHE_DIR"], True)]
+    else:
+        user = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        roots = [(os.path.join(os.path.dirname(src), "__pycache__"), False), (os.path.join(user, "numba"), True)]
+
+    def found(name: str) -> bool:
+        for root, nested in roots:
+            pattern = os.path.join(root, "**", name) if nested else os.path.join(root, name)
+            for path in glob.iglob(pattern, recursive=nested):
+                try:
+                    if os.stat(path).st_mtime >= stamp:
+                        return True
+                except OSError:
+                    continue
+        return False
+
+    return all(found(f"{stem}.{fn}-*.{ext}") for fn in sweep_jit.PREPROCESS_KERNELS)
 
 
 SERIES_COLUMNS = ["patient_id", "study_uid", "series_uid", "npz", "n_slices", "slice_thickness", "tilt_deg",

@@ -281,6 +281,10 @@ def forced() -> bool | None:
     return True if value in ("1", "yes", "true", "on") else False if value in ("0", "no", "false", "off") else None
 
 
+#: the kernels preprocessing runs (whose cache files `preprocess.kernels_cached` looks for)
+PREPROCESS_KERNELS = ("_to_hu", "_sweep", "_masks")
+
+
 def _off() -> bool:
     return forced() is False
 
