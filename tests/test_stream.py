@@ -756,3 +756,77 @@ def test_hu_sample_taken_by_the_compiled_sweep_is_the_strided_one():
         assert np.array_equal(a.percentiles(), b.percentiles())
     w, s, sample = window_resize_sampled(_awkward_hu((256, 256), 0), PAPER_WINDOWS, 128, 4)
     assert sample is None and w.shape == (3, 128, 128)
+
+
+def _plan_series_pandas(files):
+    """plan_series as it was before its numpy rewrite (2026-12-06), the reference for the test below."""
+    from ichbench.inputs.dicomio import Rejection, SeriesPlan, _majority
+    from ichbench.inputs.geometry import slice_normal
+
+    files = files.reset_index(drop=True)
+    ids = {k: files.iloc[0][k] for k in ("patient_id", "study_uid", "series_uid")}
+    rejected = []
+    size_key = [f"{r}x{c}" for r, c in zip(files["rows"], files["columns"])]
+    major_size = _majority(size_key)
+    orient = np.array([o for o in files["orientation"]], float)
+    orient_key = [",".join(f"{v:.2f}" for v in o) for o in orient]
+    major_orient = orient[orient_key.index(_majority(orient_key))]
+    keep = []
+    for i, (sk, o, path) in enumerate(zip(size_key, orient, files["path"])):
+        if sk != major_size:
+            rejected.append(Rejection(path, f"image size {sk} differs from the series' {major_size}", "load"))
+        elif np.abs(o - major_orient).max() > 0.01:
+            rejected.append(Rejection(path, "image orientation differs from the rest of the series", "load"))
+        else:
+            keep.append(i)
+    files = files.iloc[keep]
+    normal = slice_normal(files.iloc[0]["orientation"])
+    files = files.assign(_z=[float(np.dot(normal, p)) for p in files["position"]])
+    files = files.sort_values(["_z", "instance_number", "sop_uid"]).drop_duplicates("sop_uid")
+    dup = np.r_[False, np.diff(files["_z"].to_numpy(float)) < 1e-3]
+    kept = files["sop_uid"].where(~pd.Series(dup, index=files.index)).ffill()
+    for path, k in zip(files["path"][dup], kept[dup]):
+        rejected.append(Rejection(path, f"a second slice at the same position along the slice normal (kept {k})",
+                                  "load"))
+    rows, cols = (int(v) for v in major_size.split("x"))
+    return SeriesPlan(files=files[~dup].reset_index(drop=True), rows=rows, cols=cols, normal=normal,
+                      rejected=rejected, ids=ids)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_series_plan_is_the_pandas_one(seed):
+    """The numpy plan (stable sort by z, InstanceNumber, SOPInstanceUID; a UID's first row; second copies of a
+    position left out) equals the pandas code it replaced on header rows with every kind of tie: repeated
+    UIDs, equal and near-equal positions, equal instance numbers, missing ones (NaN), other sizes and
+    orientations, tilted stacks, an index not 0..n-1."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    tilt = rng.uniform(-0.3, 0.3) if seed % 3 else 0.0
+    orient = [(1.0, 0.0, 0.0, 0.0, np.cos(tilt), np.sin(tilt))] * n
+    z = np.round(rng.uniform(0, 20, n), int(rng.integers(0, 3)))              # rounding makes equal positions
+    z[rng.random(n) < 0.1] += 0.0004                                           # near-equal ones
+    rows = [{"path": f"/d/f{i}.dcm", "patient_id": "P1", "study_uid": "1.2", "series_uid": "1.2.3",
+             "sop_uid": f"1.2.3.{int(rng.integers(0, n + 3))}", "rows": 512, "columns": 512,
+             "orientation": orient[i], "position": (-100.0, -100.0 + 0.1 * z[i], float(z[i])),
+             "instance_number": int(rng.integers(0, 5))} for i in range(n)]
+    for r in rows:
+        if rng.random() < 0.08:
+            r["rows"] = 256
+        elif rng.random() < 0.08:
+            r["orientation"] = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    frame = pd.DataFrame(rows, index=rng.permutation(np.arange(100, 100 + n)))
+    if seed % 4 == 1:
+        frame["instance_number"] = frame["instance_number"].astype(float)
+        frame.loc[frame.index[rng.random(n) < 0.3], "instance_number"] = np.nan
+    if seed % 5 == 2:
+        frame["instance_number"] = frame["instance_number"].astype(object)   # not plain numbers: pandas sorts
+    try:
+        want = _plan_series_pandas(frame)
+    except (IndexError, KeyError) as exc:                # no row kept: both fail the same way
+        with pytest.raises(type(exc)):
+            dicomio.plan_series(frame)
+        return
+    got = dicomio.plan_series(frame)
+    pd.testing.assert_frame_equal(got.files, want.files)
+    assert got.rejected == want.rejected and got.ids == want.ids
+    assert (got.rows, got.cols) == (want.rows, want.cols) and np.array_equal(got.normal, want.normal)

@@ -25,7 +25,7 @@ import pydicom
 
 from . import pixelfix
 from .native import native_pixels as _native_pixels, plain_rescale as _rescale, us as _us
-from .geometry import slice_normal, stack_tilt_deg
+from .geometry import slice_normal, stack_order, stack_tilt_deg
 
 log = logging.getLogger(__name__)
 # pydicom's own log lines may quote element values; keep them out of the run logs.
@@ -279,37 +279,46 @@ def plan_series(files: pd.DataFrame) -> SeriesPlan:
     """The files of one series (rows of the header index) that form its stack, in order along the slice normal.
 
     Slices whose size or orientation differs from the series' majority, and second copies of a slice
-    position, are left out and named in `SeriesPlan.rejected`. Reads headers only (from the index).
+    position, are left out and named in `SeriesPlan.rejected`. Reads headers only (from the index). The
+    stack is sorted along the normal, then by InstanceNumber and SOPInstanceUID (a stable sort, ties in
+    index order), and a SOPInstanceUID seen twice keeps its first row.
     """
-    files = files.reset_index(drop=True)
-    ids = {k: files.iloc[0][k] for k in ("patient_id", "study_uid", "series_uid")}
+    ids = {k: files[k].iat[0] for k in ("patient_id", "study_uid", "series_uid")}
     rejected: list[Rejection] = []
     # majority size and orientation; the others are not part of this stack
-    size_key = [f"{r}x{c}" for r, c in zip(files["rows"], files["columns"])]
+    size_key = [f"{r}x{c}" for r, c in zip(files["rows"].tolist(), files["columns"].tolist())]
     major_size = _majority(size_key)
-    orient = np.array([o for o in files["orientation"]], float)
+    orient = np.array(files["orientation"].tolist(), float)
     orient_key = [",".join(f"{v:.2f}" for v in o) for o in orient]
     major_orient = orient[orient_key.index(_majority(orient_key))]
+    paths = files["path"].tolist()
     keep = []
-    for i, (sk, o, path) in enumerate(zip(size_key, orient, files["path"])):
+    for i, (sk, o, path) in enumerate(zip(size_key, orient, paths)):
         if sk != major_size:
             rejected.append(Rejection(path, f"image size {sk} differs from the series' {major_size}", "load"))
         elif np.abs(o - major_orient).max() > 0.01:
             rejected.append(Rejection(path, "image orientation differs from the rest of the series", "load"))
         else:
             keep.append(i)
-    files = files.iloc[keep]
-    normal = slice_normal(files.iloc[0]["orientation"])
-    files = files.assign(_z=[float(np.dot(normal, p)) for p in files["position"]])
-    files = files.sort_values(["_z", "instance_number", "sop_uid"]).drop_duplicates("sop_uid")
-    dup = np.r_[False, np.diff(files["_z"].to_numpy(float)) < 1e-3]
-    kept = files["sop_uid"].where(~pd.Series(dup, index=files.index)).ffill()   # the first file at each position
-    for path, k in zip(files["path"][dup], kept[dup]):
-        rejected.append(Rejection(path, f"a second slice at the same position along the slice normal (kept {k})",
-                                  "load"))
+    keep = np.asarray(keep, np.intp)
+    normal = slice_normal(files["orientation"].iat[keep[0]])
+    positions = files["position"].tolist()
+    z = np.array([float(np.dot(normal, positions[i])) for i in keep], float)
+    perm = stack_order(z, files["instance_number"].to_numpy()[keep], files["sop_uid"].to_numpy()[keep])
+    order, z = keep[perm], z[perm]
+    sop = files["sop_uid"].to_numpy()[order]
+    _, first = np.unique(sop, return_index=True)            # drop_duplicates: a UID's first row in this order
+    once = np.zeros(len(order), bool)
+    once[first] = True
+    order, z, sop = order[once], z[once], sop[once]
+    dup = np.r_[False, np.diff(z) < 1e-3]
+    kept = np.maximum.accumulate(np.where(dup, 0, np.arange(len(dup))))   # the first file at each position
+    for j in np.flatnonzero(dup):
+        rejected.append(Rejection(paths[order[j]], "a second slice at the same position along the slice normal "
+                                                   f"(kept {sop[kept[j]]})", "load"))
     rows, cols = (int(v) for v in major_size.split("x"))
-    return SeriesPlan(files=files[~dup].reset_index(drop=True), rows=rows, cols=cols, normal=normal,
-                      rejected=rejected, ids=ids)
+    stack = files.take(order[~dup]).assign(_z=z[~dup]).reset_index(drop=True)
+    return SeriesPlan(files=stack, rows=rows, cols=cols, normal=normal, rejected=rejected, ids=ids)
 
 
 def iter_hu(plan: SeriesPlan, reuse: bool = True, jit: bool = False) -> Iterator[tuple[str, np.ndarray]]:

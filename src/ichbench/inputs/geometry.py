@@ -1,4 +1,4 @@
-"""Geometry of a stack of CT slices: slice normal, axial or not, gantry tilt, spacing between slices."""
+"""Geometry of a stack of CT slices: slice normal, axial or not, gantry tilt, spacing between slices, stack order."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -46,3 +46,15 @@ def spacing_summary(spacing: np.ndarray) -> dict:
         "n_gaps": int((gaps > 1.5 * med).sum()),
         "uneven_spacing": bool((np.max(gaps) - np.min(gaps)) > 0.1 * max(med, 1e-6)),
     }
+
+
+def stack_order(z: np.ndarray, instance: np.ndarray, sop: np.ndarray) -> np.ndarray:
+    """Positions that sort the rows by z, then InstanceNumber, then SOPInstanceUID, stably: pandas'
+    `sort_values` of the three columns (NaN last), computed with np.lexsort where the keys are plain numbers
+    and strings, else by pandas."""
+    if instance.dtype.kind in "iuf" and all(type(s) is str and not s.endswith("\x00") for s in sop):
+        return np.lexsort((np.array(sop.tolist(), dtype=str), instance, z))
+    import pandas as pd
+
+    frame = pd.DataFrame({"_z": z, "instance_number": instance, "sop_uid": sop})
+    return frame.sort_values(["_z", "instance_number", "sop_uid"]).index.to_numpy()
