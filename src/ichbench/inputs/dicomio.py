@@ -307,9 +307,7 @@ def plan_series(files: pd.DataFrame) -> SeriesPlan:
     perm = stack_order(z, files["instance_number"].to_numpy()[keep], files["sop_uid"].to_numpy()[keep])
     order, z = keep[perm], z[perm]
     sop = files["sop_uid"].to_numpy()[order]
-    _, first = np.unique(sop, return_index=True)            # drop_duplicates: a UID's first row in this order
-    once = np.zeros(len(order), bool)
-    once[first] = True
+    once = ~pd.Series(sop).duplicated().to_numpy()          # drop_duplicates: a UID's first row in this order
     order, z, sop = order[once], z[once], sop[once]
     dup = np.r_[False, np.diff(z) < 1e-3]
     kept = np.maximum.accumulate(np.where(dup, 0, np.arange(len(dup))))   # the first file at each position
