@@ -77,7 +77,7 @@ def main() -> None:
     if not decoded:
         sys.exit(f"{a.dicom}: no file of series {series} decodes")
     hus = [hu for _, hu in decoded]
-    files = [plan.files["path"].iloc[i] for i in plan.decoded[:len(hus)]]
+    files = [plan.files["path"][i] for i in plan.decoded[:len(hus)]]
     raws = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

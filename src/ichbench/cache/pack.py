@@ -2,7 +2,9 @@
 packs (`store_needed`), and the packing on demand, one packer per shard, of a job that finds no usable store."""
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import shutil
 import socket
@@ -10,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ..errors import ConfigError
 from .store import FORMAT, IMAGES, INDEX_COLUMNS, MASKS, STORE_DIR, _read_store, store_dir
@@ -94,6 +95,8 @@ def pack_shard(shard_dir: str | os.PathLike) -> Path | None:
     """Pack the NPZs listed in `<shard_dir>/series.csv` into `<shard_dir>/store/`: each array's bytes copied
     from its NPZ member (uncompressed: `os.copy_file_range`, nothing loaded; sequential writes). Replaces an
     older store. -> the store folder (None for a shard with no series)."""
+    import pandas as pd
+
     shard_dir = Path(shard_dir)
     listing = shard_dir / "series.csv"
     if not listing.exists():
@@ -180,24 +183,40 @@ def _abandoned(partial: Path) -> bool:
 
 def cohort_slices(data_dir: str | os.PathLike) -> int | None:
     """The slices of the series `index` selected (series_selected.csv's in `data_dir`): one per file of
-    index.csv, or a NIfTI volume's n_slices. None where the folder lacks those tables or their columns."""
+    index.csv, or a NIfTI volume's n_slices. None where the folder lacks those tables or their columns, or a
+    row of them has another number of fields than the header. (Plain csv: a preprocessing process has no
+    pandas to import for this.)"""
     data_dir = Path(data_dir)
+
+    def rows(name: str):
+        with open(data_dir / name, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or "series_uid" not in header:
+                raise ValueError(f"{name}: no series_uid column")
+            for row in reader:
+                if len(row) != len(header):
+                    raise ValueError(f"{name}: a row of {len(row)} fields")
+                yield dict(zip(header, row))
+
     try:
-        chosen = pd.read_csv(data_dir / "series_candidates.csv", usecols=lambda c: c in ("series_uid", "selected"),
-                             dtype={"series_uid": str})
-        index = pd.read_csv(data_dir / "index.csv", usecols=lambda c: c in ("series_uid", "n_slices"),
-                            dtype={"series_uid": str})
-    except (OSError, ValueError, pd.errors.EmptyDataError):
+        chosen = {r["series_uid"] for r in rows("series_candidates.csv")
+                  if r.get("selected", "true").strip().lower() in ("true", "1")}
+        total = 0.0
+        for r in rows("index.csv"):
+            if r["series_uid"] not in chosen:
+                continue
+            if "n_slices" not in r:
+                total += 1
+                continue
+            try:
+                n = float(r["n_slices"])
+            except ValueError:
+                n = math.nan
+            total += 1.0 if math.isnan(n) else max(n, 1.0)
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
-    if "series_uid" not in chosen or "series_uid" not in index:
-        return None
-    if "selected" in chosen:
-        chosen = chosen[chosen["selected"].astype(str).str.lower().isin(("true", "1"))]
-    rows = index[index["series_uid"].isin(set(chosen["series_uid"]))]
-    if "n_slices" not in rows:
-        return len(rows)
-    counts = pd.to_numeric(rows["n_slices"], errors="coerce")
-    return int(counts.fillna(1).clip(lower=1).sum())
+    return int(total)
 
 
 def store_needed(data_dir: str | os.PathLike, channels: int, size: int, budget_gb: float) -> bool:
@@ -212,6 +231,8 @@ def store_needed(data_dir: str | os.PathLike, channels: int, size: int, budget_g
 
 def _store_problem(shard: Path) -> str | None:
     """Why the shard's store does not hold its NPZs as they are now (None: it does)."""
+    import pandas as pd
+
     index, _, why = _read_store(shard)
     if why:
         return why

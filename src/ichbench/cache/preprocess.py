@@ -39,107 +39,21 @@ import functools
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 
-from ..datasets import bhx
-from ..inputs import dicom_index, dicomio, rejections, series_select
+from ..inputs import dicomio, indexrows, rejections
+from ..inputs.index_tables import build_index, read_index, write_index  # noqa: F401  (kept importable here)
 from ..inputs.inputcheck import NON_HU_ACTIONS, mask_truth
 from ..inputs.windowing import Window
 from .slices import AIR_PAD_HU, SliceCacher, box_pixels as _box_pixels  # noqa: F401  (kept importable here)
 
+if TYPE_CHECKING:    # pandas is imported where it is used: a DICOM preprocessing process does without it
+    import pandas as pd
+
 log = logging.getLogger(__name__)
-
-_TUPLE_COLUMNS = ("pixel_spacing", "orientation", "position")
-
-
-def _tuple_to_str(v) -> str:
-    return "" if v is None else "\\".join(f"{x:.9g}" for x in v)
-
-
-def _str_to_tuple(s) -> tuple[float, ...] | None:
-    if not isinstance(s, str) or not s:
-        return None
-    return tuple(float(x) for x in s.split("\\"))
-
-
-def write_index(index: pd.DataFrame, path: str | os.PathLike) -> None:
-    out = index.copy()
-    for c in _TUPLE_COLUMNS:
-        out[c] = out[c].map(_tuple_to_str)
-    out.to_csv(path, index=False)
-
-
-def read_index(path: str | os.PathLike) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"patient_id": str, "study_uid": str, "series_uid": str, "sop_uid": str,
-                                  "image_type": str, "series_description": str, "kernel": str,
-                                  "transfer_syntax": str}, keep_default_na=False)
-    for c in _TUPLE_COLUMNS:
-        df[c] = df[c].map(_str_to_tuple)
-    df["slice_thickness"] = pd.to_numeric(df["slice_thickness"], errors="coerce")
-    return df
-
-
-def build_index(dicom_dir: str | os.PathLike, index_csv, series_csv, rejected_csv, *,
-                min_slices: int = 8, min_extent_mm: float = 60.0, workers: int = 1,
-                series_override: str | os.PathLike | None = None, bone_patterns: Sequence[str] = (),
-                axial_tolerance_deg: float = 30.0, selected_csv=None, scan_key: str = "patient",
-                file_list: str | os.PathLike | None = None) -> pd.DataFrame:
-    """Index the DICOM folder by headers and choose one series per scan: per patient, or with
-    `scan_key="study"` per study (series_select.SCAN_KEYS). `file_list`: only the files it names (one a
-    line, relative to the folder; dicom_index.listed_files), e.g. a dataset adapter's scans of a large folder.
-
-    Writes the file index, the per-series candidates with the choice and its reason, the per-scan
-    manifest of the choice (`series_selected.csv` beside the candidates unless `selected_csv`) and
-    the files and scans rejected while indexing. Returns the candidates. Raises where no scan has a
-    usable series (after writing the files).
-    """
-    if not Path(dicom_dir).is_dir():
-        raise FileNotFoundError(f"DICOM folder {dicom_dir} does not exist")
-    override = series_select.read_series_override(series_override)
-    t0 = time.perf_counter()
-    index, rejected = dicom_index.index_folder(dicom_dir, workers=workers, file_list=file_list)
-    rejected = rejections.refine_file_reasons(rejected)
-    n_files = len(index) + len(rejected)
-    dt = time.perf_counter() - t0
-    log.info("indexed %d files in %.1f s (%.0f files/s, %d workers): %d usable CT images, %d rejected",
-             n_files, dt, n_files / max(dt, 1e-9), workers, len(index), len(rejected))
-    rejections.log_summary(((r.item, r.reason) for r in rejected), log, "files")
-    if selected_csv is None:
-        selected_csv = Path(series_csv).with_name("series_selected.csv")
-    if index.empty:
-        dicomio.rejections_frame(rejected).to_csv(rejected_csv, index=False)
-        raise RuntimeError(f"no usable CT image in {dicom_dir} ({len(rejected)} files rejected, see {rejected_csv})")
-    candidates = series_select.select_series(
-        series_select.describe_series(index, bone_patterns=bone_patterns, axial_tolerance_deg=axial_tolerance_deg,
-                                      scan_key=scan_key),
-        min_slices=min_slices, min_extent_mm=min_extent_mm, override=override)
-    # files with their scan and series (where the header names them): a scan whose every file was rejected
-    # (e.g. only localizers) still gets its series in series_candidates.csv, with why
-    file_rejections = rejections.rejections_frame(rejected, with_scan=True)
-    candidates = rejections.add_unindexed_series(candidates,
-                                                 rejections.unindexed_series(file_rejections, candidates))
-    key = series_select.scan_key_column(scan_key)
-    candidates["scan_id"] = candidates["scan_id"].where(candidates["scan_id"].notna(), candidates[key])
-    choices = series_select.scan_choices(candidates)
-    scan_rejected = [dicomio.Rejection(c["scan_id"], f"no usable series: {c['choice']}", "select")
-                     for _, c in choices[choices["series_uid"] == ""].iterrows()]
-    scan_rejected += [dicomio.Rejection(pid, "named in series_override but no CT image of this scan was indexed",
-                                        "select") for pid in sorted(set(override) - set(candidates["scan_id"]))]
-    rejections.log_summary(((r.item, r.reason) for r in scan_rejected), log, "scans")
-    write_index(index, index_csv)
-    candidates.to_csv(series_csv, index=False)
-    choices.to_csv(selected_csv, index=False)
-    pd.concat([file_rejections, rejections.rejections_frame(scan_rejected, with_scan=False)],
-              ignore_index=True).to_csv(rejected_csv, index=False)
-    if not candidates["selected"].any():
-        raise RuntimeError(f"no scan in {dicom_dir} has a usable series; see {selected_csv} and {rejected_csv}")
-    return candidates
-
 
 def shard_of(series_uid: str, n_shards: int) -> int:
     """Stable shard of a series (independent of Python's hash seed)."""
@@ -184,8 +98,9 @@ def cache_series(series: dicomio.Series, out_path: str | os.PathLike, windows: S
     return cacher.write(series, out_path, not_hu=not_hu)
 
 
-def _stream_dicom(files: pd.DataFrame, windows, size, gt_dir, boxes, spool=None, jit: bool = False, out_path=None):
+def _stream_dicom(files, windows, size, gt_dir, boxes, spool=None, jit: bool = False, out_path=None):
     """Decode, window, resize and mask a DICOM series one file at a time: (Series without `hu`, cacher).
+    `files`: its rows of the header index (IndexRows or a DataFrame).
 
     `spool`: folder for the cacher's per-slice arrays (see slices.SliceCacher), None to keep them in memory;
     with `out_path` (the NPZ the cacher's `write` will be given) the images go straight into it.
@@ -283,10 +198,10 @@ def _one_opencv_thread() -> None:
 def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
     kind, item, out_path, windows, size, gt_dir, boxes, non_hu, jit = args
     _one_opencv_thread()
-    suid = item["series_uid"] if kind == "nifti" else item.iloc[0]["series_uid"]
-    pid = item["patient_id"] if kind == "nifti" else item.iloc[0]["patient_id"]
+    suid = item["series_uid"] if kind == "nifti" else item.first("series_uid")
+    pid = item["patient_id"] if kind == "nifti" else item.first("patient_id")
     # the scan the cohort knows (a study where scans are studies, e.g. RSNA), so the split names why it is missing
-    sid = pid if kind == "nifti" or "scan_id" not in item else item.iloc[0]["scan_id"]
+    sid = pid if kind == "nifti" or "scan_id" not in item else item.first("scan_id")
     left_out = dicomio.Rejection(sid, f"scan left out: its series {suid} could not be loaded", "load")
     cacher = None
     try:
@@ -329,43 +244,39 @@ def _cache_one(args) -> tuple[dict | None, list[dicomio.Rejection]]:
 def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int,
                      windows: Sequence[Window], size: int, gt_dir=None, workers: int = 1,
                      boxes=None, non_hu: str = "reject") -> pd.DataFrame:
-    """Cache the selected series of one shard into `out_dir`, with `series.csv` and `rejected.csv` beside.
+    """Cache the selected series of one shard into `out_dir`, with `series.csv` and `rejected.csv` beside;
+    -> series.csv as a DataFrame (`cache_shard` is the same without pandas: its rows).
 
     `boxes`: BHX box file(s) or a box table (see bhx.py), rasterised into `gt_mask`. DICOM and NIfTI
     indexes (series_candidates.csv column `source`) are both handled. A series whose values do not
     look like CT in HU is rejected, or with `non_hu="accept"` cached with a warning and flagged.
     """
+    import pandas as pd
+
+    rows = cache_shard(index_csv, series_csv, out_dir, shard=shard, n_shards=n_shards, windows=windows, size=size,
+                       gt_dir=gt_dir, workers=workers, boxes=boxes, non_hu=non_hu)
+    return pd.DataFrame(rows, columns=SERIES_COLUMNS)
+
+
+def cache_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int, windows: Sequence[Window],
+                size: int, gt_dir=None, workers: int = 1, boxes=None, non_hu: str = "reject") -> list[dict]:
+    """`preprocess_shard` -> the rows of series.csv. A DICOM shard without boxes, from the tables `build_index`
+    writes, is read and written without importing pandas (`inputs.indexrows`; its import is a third of a short
+    series' start-up); NIfTI, boxes and tables of another shape go through pandas, with the same result."""
     if non_hu not in NON_HU_ACTIONS:
         raise ValueError(f"non_hu must be one of {', '.join(NON_HU_ACTIONS)}, not {non_hu!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if boxes is not None and not isinstance(boxes, pd.DataFrame):
-        boxes = bhx.read_bhx(boxes)
-    chosen = pd.read_csv(series_csv, dtype={"patient_id": str, "series_uid": str, "study_uid": str, "scan_id": str})
-    chosen = chosen[chosen["selected"].astype(bool)]
-    chosen = chosen[[shard_of(u, n_shards) == shard for u in chosen["series_uid"]]]
-    nifti = "source" in chosen and (chosen["source"] == "nifti").any()
-    if nifti:
-        volumes = pd.read_csv(index_csv, dtype=str, keep_default_na=False).set_index("series_uid", drop=False)
-        jobs = [("nifti", volumes.loc[suid].to_dict(), out_dir / f"{suid}.npz", tuple(windows), size, None, None, non_hu)
-                for suid in chosen["series_uid"]]
-        slices = int(pd.to_numeric(chosen["n_slices"], errors="coerce").fillna(0).sum()) if "n_slices" in chosen else 0
-    else:
-        index = read_index(index_csv)
-        groups = {u: g for u, g in index[index["series_uid"].isin(set(chosen["series_uid"]))].groupby("series_uid")}
-        scan_of = dict(zip(chosen["series_uid"], chosen["scan_id"].astype(str))) if "scan_id" in chosen else {}
-        jobs = []
-        for suid in chosen["series_uid"]:
-            files = groups.get(suid)
-            if files is None:
-                continue
-            b = None
-            if boxes is not None and len(boxes):
-                b = boxes[boxes["sop_uid"].isin(set(files["sop_uid"]))]
-            if "scan_id" in chosen:
-                files = files.assign(scan_id=scan_of[suid])
-            jobs.append(("dicom", files, out_dir / f"{suid}.npz", tuple(windows), size, gt_dir, b, non_hu))
-        slices = sum(len(j[1]) for j in jobs)
+    jobs = None
+    if boxes is None:
+        try:
+            jobs = _plain_dicom_jobs(index_csv, series_csv, out_dir, shard, n_shards, windows, size, gt_dir, non_hu)
+        except indexrows.IndexFormatError as exc:
+            log.debug("%s; read with pandas", exc)
+    if jobs is None:
+        jobs = _jobs(index_csv, series_csv, out_dir, shard, n_shards, windows, size, gt_dir, boxes, non_hu)
+    slices = sum(j[-1] for j in jobs)
+    jobs = [j[:8] for j in jobs]
     jit = use_jit(slices / max(1, min(workers, len(jobs))))
     jobs = [j + (jit,) for j in jobs]
     if workers > 1 and len(jobs) > 1:
@@ -381,9 +292,66 @@ def preprocess_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: in
         if row is not None:
             rows.append(row)
     rejections.log_summary(((r.item, r.reason) for r in rejected), log, "items")
-    table = pd.DataFrame(rows, columns=SERIES_COLUMNS)
-    table.to_csv(out_dir / "series.csv", index=False)
-    dicomio.rejections_frame(rejected).to_csv(out_dir / "rejected.csv", index=False)
-    if jobs and table.empty:
+    indexrows.write_csv(out_dir / "series.csv", rows, SERIES_COLUMNS)
+    indexrows.write_csv(out_dir / "rejected.csv", rejections.rejections_rows(rejected), rejections.REJECTION_COLUMNS)
+    if jobs and not rows:
         log.warning("shard %d: none of its %d series could be cached", shard, len(jobs))
-    return table
+    return rows
+
+
+def _plain_dicom_jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, windows, size, gt_dir, non_hu):
+    """The jobs of a DICOM shard without boxes from the CSV files, without pandas (IndexFormatError where
+    the tables are NIfTI ones or not as build_index writes them). Each job ends with its slice count."""
+    chosen = [c for c in indexrows.read_chosen(series_csv) if shard_of(c["series_uid"], n_shards) == shard]
+    if any(c.get("source", "dicom") != "dicom" for c in chosen):
+        raise indexrows.IndexFormatError(f"{series_csv}: not DICOM series")
+    groups = indexrows.read_series_rows(index_csv, [c["series_uid"] for c in chosen])
+    jobs = []
+    for c in chosen:
+        files = groups.get(c["series_uid"])
+        if files is None:
+            continue
+        if "scan_id" in c:
+            files = files.assign(scan_id=c["scan_id"])
+        jobs.append(("dicom", files, out_dir / f"{c['series_uid']}.npz", tuple(windows), size, gt_dir, None, non_hu,
+                     len(files)))
+    return jobs
+
+
+def _jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, windows, size, gt_dir, boxes, non_hu):
+    """The jobs of a shard, read with pandas: NIfTI volumes, or DICOM series with their boxes. Each job ends
+    with its slice count."""
+    import pandas as pd
+
+    from ..datasets import bhx
+
+    if boxes is not None and not isinstance(boxes, pd.DataFrame):
+        boxes = bhx.read_bhx(boxes)
+    chosen = pd.read_csv(series_csv, dtype={"patient_id": str, "series_uid": str, "study_uid": str, "scan_id": str})
+    chosen = chosen[chosen["selected"].astype(bool)]
+    chosen = chosen[[shard_of(u, n_shards) == shard for u in chosen["series_uid"]]]
+    nifti = "source" in chosen and (chosen["source"] == "nifti").any()
+    if nifti:
+        volumes = pd.read_csv(index_csv, dtype=str, keep_default_na=False).set_index("series_uid", drop=False)
+        jobs = [("nifti", volumes.loc[suid].to_dict(), out_dir / f"{suid}.npz", tuple(windows), size, None, None,
+                 non_hu, 0) for suid in chosen["series_uid"]]
+        if jobs and "n_slices" in chosen:
+            counts = pd.to_numeric(chosen["n_slices"], errors="coerce").fillna(0).astype(int).tolist()
+            jobs = [j[:-1] + (n,) for j, n in zip(jobs, counts)]
+        return jobs
+    index = read_index(index_csv)
+    groups = {u: g for u, g in index[index["series_uid"].isin(set(chosen["series_uid"]))].groupby("series_uid")}
+    scan_of = dict(zip(chosen["series_uid"], chosen["scan_id"].astype(str))) if "scan_id" in chosen else {}
+    jobs = []
+    for suid in chosen["series_uid"]:
+        files = groups.get(suid)
+        if files is None:
+            continue
+        b = None
+        if boxes is not None and len(boxes):
+            b = boxes[boxes["sop_uid"].isin(set(files["sop_uid"]))]
+        if "scan_id" in chosen:
+            files = files.assign(scan_id=scan_of[suid])
+        jobs.append(("dicom", indexrows.IndexRows.from_frame(files), out_dir / f"{suid}.npz", tuple(windows), size,
+                     gt_dir, b, non_hu, len(files)))
+    return jobs

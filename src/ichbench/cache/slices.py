@@ -14,18 +14,19 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import pandas as pd
 from numpy.lib import format as npy
 
-from ..datasets import bhx
 from ..inputs.geometry import spacing_summary
 from ..inputs.inputcheck import HuSample, square_padding
 from ..inputs.masks import head_and_brain
 from ..inputs.sweep import window_resize, window_resize_sampled
 from ..inputs.windowing import Window, quantise, resize_mask
+
+if TYPE_CHECKING:       # pandas only where boxes are given (a preprocessing process does without it)
+    import pandas as pd
 
 AIR_PAD_HU = -1024.0   # what a non-square slice is padded with
 
@@ -161,6 +162,8 @@ class SliceCacher:
             self.box_hit = True
             if self.gt is None:
                 self.gt_pixels[k] = box_pixels(boxes, rows, cols).sum()
+            from ..datasets import bhx
+
             shifted = boxes.assign(x=boxes["x"] + self.left, y=boxes["y"] + self.top)
             gt_small |= bhx.rasterise(shifted, self.side, self.side, self.size)
         return gt_small

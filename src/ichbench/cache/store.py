@@ -23,12 +23,14 @@ import json
 import mmap
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import pandas as pd
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT = 1
 STORE_DIR = "store"
@@ -153,6 +155,8 @@ class StoreArray:
 
 
 def _read_store(shard: Path) -> tuple[pd.DataFrame | None, dict | None, str | None]:
+    import pandas as pd
+
     d = store_dir(shard)
     try:
         meta = json.loads((d / "store.json").read_text())

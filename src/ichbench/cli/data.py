@@ -42,7 +42,7 @@ def cmd_index(a) -> None:
 def cmd_preprocess(a) -> None:
     import gc
 
-    from ..cache.preprocess import preprocess_shard
+    from ..cache.preprocess import cache_shard
     from ..inputs.windowing import windows_from_config
 
     # the objects made so far (the modules) live to the end of this process: out of the garbage collector's
@@ -50,12 +50,12 @@ def cmd_preprocess(a) -> None:
     gc.freeze()
 
     data = Path(a.data)
-    table = preprocess_shard(data / "index.csv", data / "series_candidates.csv", a.out, shard=a.shard,
-                             n_shards=a.n_shards, windows=windows_from_config(json.loads(a.windows)),
-                             size=a.size, gt_dir=a.gt_dir or None, workers=a.workers,
-                             boxes=[b for b in (a.boxes or []) if b] or None, non_hu=a.non_hu)
-    logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(table),
-                 int(table["n_slices"].sum()) if len(table) else 0)
+    rows = cache_shard(data / "index.csv", data / "series_candidates.csv", a.out, shard=a.shard,
+                       n_shards=a.n_shards, windows=windows_from_config(json.loads(a.windows)),
+                       size=a.size, gt_dir=a.gt_dir or None, workers=a.workers,
+                       boxes=[b for b in (a.boxes or []) if b] or None, non_hu=a.non_hu)
+    logging.info("shard %d/%d: %d series, %d slices cached", a.shard, a.n_shards, len(rows),
+                 sum(int(r["n_slices"]) for r in rows))
     from ..cache.pack import pack_shard, store_needed
 
     n_windows = len(json.loads(a.windows))
@@ -117,7 +117,7 @@ def cmd_split(a) -> None:
     # a missing download told apart from a scan whose files hold no usable series
     problems = rejections.explain_unlabelled_scans(problems, pd.concat(rejected, ignore_index=True) if rejected
                                                    else pd.DataFrame())
-    rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
+    rejected.append(rejections.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
     rejections.log_summary(problems, logging.getLogger("ichbench.split"), "scans")
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ def cmd_external_manifest(a) -> None:
     rejected = [pd.read_csv(p, dtype=str, keep_default_na=False) for p in a.rejected_in if Path(p).exists()]
     problems = rejections.explain_unlabelled_scans(problems, pd.concat(rejected, ignore_index=True) if rejected
                                                    else pd.DataFrame())
-    rejected.append(dicomio.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
+    rejected.append(rejections.rejections_frame(dicomio.Rejection(s, r, "labels") for s, r in problems))
     rejections.log_summary(problems, logging.getLogger("ichbench.external"), "scans")
     if cohort.empty:
         raise ValueError(f"external set {a.label}: no scan has both a usable series and a label; see {a.rejected_out}")

@@ -17,15 +17,17 @@ import os
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import pydicom
 
 from . import pixelfix
-from .native import native_pixels as _native_pixels, plain_rescale as _rescale, us as _us
 from .geometry import slice_normal, stack_order, stack_tilt_deg
+from .indexrows import IndexRows, first_of_each
+from .native import native_pixels as _native_pixels
+from .native import plain_rescale as _rescale
+from .native import us as _us
 
 log = logging.getLogger(__name__)
 # pydicom's own log lines may quote element values; keep them out of the run logs.
@@ -261,7 +263,7 @@ def _majority(values: Sequence) -> object:
 @dataclass
 class SeriesPlan:
     """The files of one series in stack order, before any pixel is decoded (see `plan_series`)."""
-    files: pd.DataFrame                # rows of the header index, sorted along the slice normal (column _z)
+    files: IndexRows                   # rows of the header index, sorted along the slice normal (column _z)
     rows: int
     cols: int
     normal: np.ndarray
@@ -275,15 +277,17 @@ class SeriesPlan:
         return self.ids["series_uid"]
 
 
-def plan_series(files: pd.DataFrame) -> SeriesPlan:
-    """The files of one series (rows of the header index) that form its stack, in order along the slice normal.
+def plan_series(files) -> SeriesPlan:
+    """The files of one series (rows of the header index: a DataFrame or `IndexRows`) that form its stack, in
+    order along the slice normal.
 
     Slices whose size or orientation differs from the series' majority, and second copies of a slice
     position, are left out and named in `SeriesPlan.rejected`. Reads headers only (from the index). The
     stack is sorted along the normal, then by InstanceNumber and SOPInstanceUID (a stable sort, ties in
     index order), and a SOPInstanceUID seen twice keeps its first row.
     """
-    ids = {k: files[k].iat[0] for k in ("patient_id", "study_uid", "series_uid")}
+    files = IndexRows.of(files)
+    ids = {k: files.first(k) for k in ("patient_id", "study_uid", "series_uid")}
     rejected: list[Rejection] = []
     # majority size and orientation; the others are not part of this stack
     size_key = [f"{r}x{c}" for r, c in zip(files["rows"].tolist(), files["columns"].tolist())]
@@ -301,13 +305,13 @@ def plan_series(files: pd.DataFrame) -> SeriesPlan:
         else:
             keep.append(i)
     keep = np.asarray(keep, np.intp)
-    normal = slice_normal(files["orientation"].iat[keep[0]])
+    normal = slice_normal(files["orientation"][keep[0]])
     positions = files["position"].tolist()
     z = np.array([float(np.dot(normal, positions[i])) for i in keep], float)
-    perm = stack_order(z, files["instance_number"].to_numpy()[keep], files["sop_uid"].to_numpy()[keep])
+    perm = stack_order(z, files["instance_number"][keep], files["sop_uid"][keep])
     order, z = keep[perm], z[perm]
-    sop = files["sop_uid"].to_numpy()[order]
-    once = ~pd.Series(sop).duplicated().to_numpy()          # drop_duplicates: a UID's first row in this order
+    sop = files["sop_uid"][order]
+    once = first_of_each(sop)                     # drop_duplicates: a UID's first row in this order
     order, z, sop = order[once], z[once], sop[once]
     dup = np.r_[False, np.diff(z) < 1e-3]
     kept = np.maximum.accumulate(np.where(dup, 0, np.arange(len(dup))))   # the first file at each position
@@ -315,7 +319,7 @@ def plan_series(files: pd.DataFrame) -> SeriesPlan:
         rejected.append(Rejection(paths[order[j]], "a second slice at the same position along the slice normal "
                                                    f"(kept {sop[kept[j]]})", "load"))
     rows, cols = (int(v) for v in major_size.split("x"))
-    stack = files.take(order[~dup]).assign(_z=z[~dup]).reset_index(drop=True)
+    stack = files.take(order[~dup]).assign(_z=z[~dup])
     return SeriesPlan(files=stack, rows=rows, cols=cols, normal=normal, rejected=rejected, ids=ids)
 
 
@@ -352,13 +356,13 @@ def finish_series(plan: SeriesPlan, hu: np.ndarray | None = None) -> Series:
         reasons = sorted({r.reason for r in plan.rejected})[:3]
         raise DicomReadError(plan.series_uid, "no slice of the series could be decoded"
                              + (f" ({'; '.join(reasons)})" if reasons else ""))
-    files = plan.files.iloc[plan.decoded]
-    z = files["_z"].to_numpy(float)
-    ends = np.array([files.iloc[0]["position"], files.iloc[-1]["position"]], float)
+    files = plan.files.take(plan.decoded)
+    z = np.asarray(files["_z"], float)
+    ends = np.array([files["position"][0], files["position"][-1]], float)
     tilt = stack_tilt_deg(plan.normal, ends if len(files) > 1 else ends[:1])
-    ps = files.iloc[0]["pixel_spacing"] or (np.nan, np.nan)
-    th = float(np.nanmedian(files["slice_thickness"].astype(float))) if files["slice_thickness"].notna().any() \
-        else float("nan")
+    ps = files.first("pixel_spacing") or (np.nan, np.nan)
+    thickness = np.asarray(files["slice_thickness"], float)      # None and NaN: not known
+    th = float(np.nanmedian(thickness)) if not np.isnan(thickness).all() else float("nan")
     notes = list(plan.notes)
     if np.isnan(th) and len(z) > 1:       # stripped headers (RSNA): the spacing along the slice normal
         th = float(np.median(np.diff(z)))
@@ -370,13 +374,13 @@ def finish_series(plan: SeriesPlan, hu: np.ndarray | None = None) -> Series:
     return Series(
         patient_id=plan.ids["patient_id"], study_uid=plan.ids["study_uid"], series_uid=plan.ids["series_uid"],
         hu=hu, sop_uids=list(files["sop_uid"]), positions=z,
-        instance_numbers=files["instance_number"].to_numpy(int), pixel_spacing=(float(ps[0]), float(ps[1])),
+        instance_numbers=np.asarray(files["instance_number"]).astype(int), pixel_spacing=(float(ps[0]), float(ps[1])),
         slice_thickness=th, tilt_deg=tilt, spacing=np.diff(z), rejected=plan.rejected,
         notes=sorted(set(notes)),
     )
 
 
-def load_series(files: pd.DataFrame) -> Series:
+def load_series(files) -> Series:
     """Load the files of one series (rows of the header index) as HU, sorted along the slice normal.
 
     Files that fail to decode are dropped and reported in `Series.rejected`; so are slices whose
@@ -389,8 +393,3 @@ def load_series(files: pd.DataFrame) -> Series:
     for k, (_, slice_hu) in enumerate(iter_hu(plan)):
         hu[k] = slice_hu
     return finish_series(plan, hu[:len(plan.decoded)] if len(plan.decoded) < len(hu) else hu)
-
-
-def rejections_frame(rejections: Iterable[Rejection]) -> pd.DataFrame:
-    return pd.DataFrame([{"stage": r.stage, "item": r.item, "reason": r.reason} for r in rejections],
-                        columns=["stage", "item", "reason"])

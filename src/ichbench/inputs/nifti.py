@@ -171,7 +171,7 @@ def build_index(nifti_dir, index_csv, series_csv, rejected_csv, *, masks_dir=Non
         if sid not in seen and str(p) not in used and scan_id_of(p) == sid:
             rejected.append(dicomio.Rejection(str(p), "mask without a volume of the same scan ID"))
     rejections.log_summary(((r.item, r.reason) for r in rejected), log, "files")
-    dicomio.rejections_frame(rejected).to_csv(rejected_csv, index=False)
+    rejections.rejections_frame(rejected).to_csv(rejected_csv, index=False)
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     candidates = pd.DataFrame(cands)
     index.to_csv(index_csv, index=False)

@@ -6,11 +6,12 @@ import os
 import re
 import warnings
 from collections import Counter
-from typing import Iterable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .dicomio import Rejection
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 EMPTY_FILE = "empty file (0 bytes): an incomplete download, unzip or copy"
 MISSING_DOWNLOAD = ("missing download: the label file lists this scan, but no file of it was found below the "
@@ -52,8 +53,12 @@ def _scan_tags(path: str) -> tuple[str, str, str, str]:
         return "", "", "", ""
 
 
-def rejections_frame(rejected: Iterable[Rejection], with_scan: bool = False) -> pd.DataFrame:
-    """stage, item, reason (and, for files, the scan and series their header names where readable)."""
+REJECTION_COLUMNS = ["stage", "item", "reason"]
+
+
+def rejections_rows(rejected: Iterable[Rejection], with_scan: bool = False) -> list[dict]:
+    """stage, item, reason (and, for files, the scan and series their header names where readable): the rows
+    of rejected.csv."""
     rows = []
     for r in rejected:
         row = {"stage": r.stage, "item": r.item, "reason": r.reason}
@@ -61,8 +66,15 @@ def rejections_frame(rejected: Iterable[Rejection], with_scan: bool = False) -> 
             pid, _, suid, _ = _scan_tags(r.item) if r.stage == "index" and os.path.isfile(r.item) else ("",) * 4
             row.update(patient_id=pid, series_uid=suid)
         rows.append(row)
-    columns = ["stage", "item", "reason"] + (["patient_id", "series_uid"] if with_scan else [])
-    return pd.DataFrame(rows, columns=columns)
+    return rows
+
+
+def rejections_frame(rejected: Iterable[Rejection], with_scan: bool = False) -> pd.DataFrame:
+    """`rejections_rows` as a DataFrame (its columns also where there is no row)."""
+    import pandas as pd
+
+    columns = REJECTION_COLUMNS + (["patient_id", "series_uid"] if with_scan else [])
+    return pd.DataFrame(rejections_rows(rejected, with_scan), columns=columns)
 
 
 def unindexed_series(rejected: pd.DataFrame, candidates: pd.DataFrame) -> pd.DataFrame:
@@ -70,6 +82,8 @@ def unindexed_series(rejected: pd.DataFrame, candidates: pd.DataFrame) -> pd.Dat
 
     `rejected` is `rejections_frame(..., with_scan=True)`; `candidates` the series of the indexed files.
     """
+    import pandas as pd
+
     files = rejected[(rejected["stage"] == "index") & (rejected["series_uid"] != "") & (rejected["patient_id"] != "")]
     files = files[~files["series_uid"].isin(set(candidates.get("series_uid", ())))]
     rows = []
@@ -86,6 +100,8 @@ def unindexed_series(rejected: pd.DataFrame, candidates: pd.DataFrame) -> pd.Dat
 def add_unindexed_series(candidates: pd.DataFrame, extra: pd.DataFrame) -> pd.DataFrame:
     """`candidates` (select_series output) plus the series of `extra`; a scan that has only such series gets
     the choice "no eligible series (...)" like a scan whose indexed series are all ineligible."""
+    import pandas as pd
+
     if extra.empty:
         return candidates
     out = pd.concat([candidates, extra], ignore_index=True)
@@ -101,6 +117,8 @@ def explain_unlabelled_scans(problems: list[tuple[str, str]], rejected: pd.DataF
 
     `problems` are splits.build_cohort's (scan, reason); `rejected` the earlier stages' rejections (files with
     their patient_id where readable, scans by ID)."""
+    import pandas as pd
+
     if rejected.empty:
         rejected = pd.DataFrame(columns=["stage", "item", "reason", "patient_id"])
     by_scan = rejected[rejected["stage"] != "index"].groupby("item")["reason"].first().to_dict()
