@@ -2,7 +2,6 @@
 packs (`store_needed`), and the packing on demand, one packer per shard, of a job that finds no usable store."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
+from ..inputs.indexrows import csv_records
 from .store import FORMAT, IMAGES, INDEX_COLUMNS, MASKS, STORE_DIR, _read_store, store_dir
 
 LOCK_FILE = ".store.lock"
@@ -190,13 +190,8 @@ def cohort_slices(data_dir: str | os.PathLike) -> int | None:
 
     def rows(name: str):
         with open(data_dir / name, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or "series_uid" not in header:
-                raise ValueError(f"{name}: no series_uid column")
-            for row in reader:
-                if len(row) != len(header):
-                    raise ValueError(f"{name}: a row of {len(row)} fields")
+            header, records = csv_records(f, data_dir / name, ("series_uid",))
+            for row in records:
                 yield dict(zip(header, row))
 
     try:
@@ -214,7 +209,7 @@ def cohort_slices(data_dir: str | os.PathLike) -> int | None:
             except ValueError:
                 n = math.nan
             total += 1.0 if math.isnan(n) else max(n, 1.0)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError):     # IndexFormatError is a ValueError
         return None
     return int(total)
 

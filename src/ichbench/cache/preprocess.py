@@ -55,6 +55,7 @@ if TYPE_CHECKING:    # pandas is imported where it is used: a DICOM preprocessin
 
 log = logging.getLogger(__name__)
 
+
 def shard_of(series_uid: str, n_shards: int) -> int:
     """Stable shard of a series (independent of Python's hash seed)."""
     return int(hashlib.sha1(series_uid.encode()).hexdigest(), 16) % n_shards
@@ -270,13 +271,12 @@ def cache_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int, wi
     jobs = None
     if boxes is None:
         try:
-            jobs = _plain_dicom_jobs(index_csv, series_csv, out_dir, shard, n_shards, windows, size, gt_dir, non_hu)
+            jobs, slices = _plain_dicom_jobs(index_csv, series_csv, out_dir, shard, n_shards, windows, size, gt_dir,
+                                             non_hu)
         except indexrows.IndexFormatError as exc:
             log.debug("%s; read with pandas", exc)
     if jobs is None:
-        jobs = _jobs(index_csv, series_csv, out_dir, shard, n_shards, windows, size, gt_dir, boxes, non_hu)
-    slices = sum(j[-1] for j in jobs)
-    jobs = [j[:8] for j in jobs]
+        jobs, slices = _jobs(index_csv, series_csv, out_dir, shard, n_shards, windows, size, gt_dir, boxes, non_hu)
     jit = use_jit(slices / max(1, min(workers, len(jobs))))
     jobs = [j + (jit,) for j in jobs]
     if workers > 1 and len(jobs) > 1:
@@ -301,7 +301,7 @@ def cache_shard(index_csv, series_csv, out_dir, *, shard: int, n_shards: int, wi
 
 def _plain_dicom_jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, windows, size, gt_dir, non_hu):
     """The jobs of a DICOM shard without boxes from the CSV files, without pandas (IndexFormatError where
-    the tables are NIfTI ones or not as build_index writes them). Each job ends with its slice count."""
+    the tables are NIfTI ones or not as build_index writes them), and their slices."""
     chosen = [c for c in indexrows.read_chosen(series_csv) if shard_of(c["series_uid"], n_shards) == shard]
     if any(c.get("source", "dicom") != "dicom" for c in chosen):
         raise indexrows.IndexFormatError(f"{series_csv}: not DICOM series")
@@ -313,14 +313,12 @@ def _plain_dicom_jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, win
             continue
         if "scan_id" in c:
             files = files.assign(scan_id=c["scan_id"])
-        jobs.append(("dicom", files, out_dir / f"{c['series_uid']}.npz", tuple(windows), size, gt_dir, None, non_hu,
-                     len(files)))
-    return jobs
+        jobs.append(("dicom", files, out_dir / f"{c['series_uid']}.npz", tuple(windows), size, gt_dir, None, non_hu))
+    return jobs, sum(len(j[1]) for j in jobs)
 
 
 def _jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, windows, size, gt_dir, boxes, non_hu):
-    """The jobs of a shard, read with pandas: NIfTI volumes, or DICOM series with their boxes. Each job ends
-    with its slice count."""
+    """The jobs of a shard, read with pandas: NIfTI volumes, or DICOM series with their boxes; and their slices."""
     import pandas as pd
 
     from ..datasets import bhx
@@ -334,11 +332,9 @@ def _jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, windows, size, 
     if nifti:
         volumes = pd.read_csv(index_csv, dtype=str, keep_default_na=False).set_index("series_uid", drop=False)
         jobs = [("nifti", volumes.loc[suid].to_dict(), out_dir / f"{suid}.npz", tuple(windows), size, None, None,
-                 non_hu, 0) for suid in chosen["series_uid"]]
-        if jobs and "n_slices" in chosen:
-            counts = pd.to_numeric(chosen["n_slices"], errors="coerce").fillna(0).astype(int).tolist()
-            jobs = [j[:-1] + (n,) for j, n in zip(jobs, counts)]
-        return jobs
+                 non_hu) for suid in chosen["series_uid"]]
+        slices = int(pd.to_numeric(chosen["n_slices"], errors="coerce").fillna(0).sum()) if "n_slices" in chosen else 0
+        return jobs, slices
     index = read_index(index_csv)
     groups = {u: g for u, g in index[index["series_uid"].isin(set(chosen["series_uid"]))].groupby("series_uid")}
     scan_of = dict(zip(chosen["series_uid"], chosen["scan_id"].astype(str))) if "scan_id" in chosen else {}
@@ -353,5 +349,5 @@ def _jobs(index_csv, series_csv, out_dir: Path, shard, n_shards, windows, size, 
         if "scan_id" in chosen:
             files = files.assign(scan_id=scan_of[suid])
         jobs.append(("dicom", indexrows.IndexRows.from_frame(files), out_dir / f"{suid}.npz", tuple(windows), size,
-                     gt_dir, b, non_hu, len(files)))
-    return jobs
+                     gt_dir, b, non_hu))
+    return jobs, sum(len(j[1]) for j in jobs)

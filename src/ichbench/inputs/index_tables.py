@@ -13,30 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from . import dicomio, rejections
+from .indexrows import TUPLE_COLUMNS, parse_tuple
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger("ichbench.cache.preprocess")     # the name its log lines always had
 
-_TUPLE_COLUMNS = ("pixel_spacing", "orientation", "position")
-
-
 def _tuple_to_str(v) -> str:
     return "" if v is None else "\\".join(f"{x:.9g}" for x in v)
-
-
-def _str_to_tuple(s) -> tuple[float, ...] | None:
-    if not isinstance(s, str) or not s:
-        return None
-    return tuple(float(x) for x in s.split("\\"))
 
 
 def write_index(index: pd.DataFrame, path: str | os.PathLike) -> None:
     """The header index as index.csv (tuples as backslash-separated numbers; read back by `read_index` or,
     without pandas, `indexrows.read_series_rows`)."""
     out = index.copy()
-    for c in _TUPLE_COLUMNS:
+    for c in TUPLE_COLUMNS:
         out[c] = out[c].map(_tuple_to_str)
     out.to_csv(path, index=False)
 
@@ -47,8 +39,8 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
     df = pd.read_csv(path, dtype={"patient_id": str, "study_uid": str, "series_uid": str, "sop_uid": str,
                                   "image_type": str, "series_description": str, "kernel": str,
                                   "transfer_syntax": str}, keep_default_na=False)
-    for c in _TUPLE_COLUMNS:
-        df[c] = df[c].map(_str_to_tuple)
+    for c in TUPLE_COLUMNS:
+        df[c] = df[c].map(parse_tuple)
     df["slice_thickness"] = pd.to_numeric(df["slice_thickness"], errors="coerce")
     return df
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -109,8 +109,31 @@ def first_of_each(values: np.ndarray) -> np.ndarray:
     return first
 
 
-def _tuple(text: str) -> tuple[float, ...] | None:
-    return tuple(float(x) for x in text.split("\\")) if text else None
+def parse_tuple(text) -> tuple[float, ...] | None:
+    """index.csv's backslash-separated numbers as a tuple (None for an empty or missing value)."""
+    if not isinstance(text, str) or not text:
+        return None
+    return tuple(float(x) for x in text.split("\\"))
+
+
+def csv_records(f, path, required: Sequence[str] = ()) -> tuple[list[str], Iterator[list[str]]]:
+    """The header of the open CSV file `f` and an iterator of its rows (lists of text). IndexFormatError where
+    it is empty, lacks a `required` column or repeats one, or (while iterating) a row has another length."""
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None:
+        raise IndexFormatError(f"{path}: empty")
+    missing = [c for c in required if c not in header]
+    if missing or len(set(header)) != len(header):
+        raise IndexFormatError(f"{path}: columns {missing or 'repeated'}")
+
+    def rows() -> Iterator[list[str]]:
+        for row in reader:
+            if len(row) != len(header):
+                raise IndexFormatError(f"{path}: a row of {len(row)} fields, not {len(header)}")
+            yield row
+
+    return header, rows()
 
 
 def _float(text: str) -> float:
@@ -133,19 +156,10 @@ def read_series_rows(path: str | os.PathLike, series_uids: Iterable[str]) -> dic
     header index as `preprocess.write_index` writes it."""
     wanted = set(series_uids)
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise IndexFormatError(f"{path}: empty") from None
-        missing = [c for c in PLAN_COLUMNS if c not in header]
-        if missing or len(set(header)) != len(header):
-            raise IndexFormatError(f"{path}: columns {missing or 'repeated'}")
+        header, records = csv_records(f, path, PLAN_COLUMNS)
         at = header.index("series_uid")
         groups: dict[str, list[list[str]]] = {}
-        for row in reader:
-            if len(row) != len(header):
-                raise IndexFormatError(f"{path}: a row of {len(row)} fields, not {len(header)}")
+        for row in records:
             if row[at] in wanted:
                 groups.setdefault(row[at], []).append(row)
     out = {}
@@ -160,7 +174,7 @@ def read_series_rows(path: str | os.PathLike, series_uids: Iterable[str]) -> dic
             elif name in TUPLE_COLUMNS:
                 values = np.empty(len(texts), object)
                 try:
-                    values[:] = [_tuple(t) for t in texts]
+                    values[:] = [parse_tuple(t) for t in texts]
                 except ValueError:
                     raise IndexFormatError(f"{path}: column {name} is not numbers separated by \\") from None
                 cols[name] = values
@@ -180,14 +194,10 @@ def read_chosen(path: str | os.PathLike) -> list[dict[str, str]]:
     where the file is not as `preprocess.build_index` writes it: a `selected` other than True / False, or an
     empty patient_id, series_uid or scan_id (which pandas would read as NaN)."""
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        names = reader.fieldnames or []
-        if "series_uid" not in names or "selected" not in names or "patient_id" not in names:
-            raise IndexFormatError(f"{path}: no series_uid, patient_id or selected column")
+        header, records = csv_records(f, path, ("series_uid", "patient_id", "selected"))
         out = []
-        for row in reader:
-            if None in row or any(v is None for v in row.values()):
-                raise IndexFormatError(f"{path}: a row of another length")
+        for record in records:
+            row = dict(zip(header, record))
             if row["selected"] not in (_TRUE, _FALSE):
                 raise IndexFormatError(f"{path}: selected is {row['selected']!r}")
             if row["selected"] == _TRUE:
